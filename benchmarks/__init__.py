@@ -1,0 +1,1 @@
+"""metered benchmarks: `make bench` runs every bench_*.py here (or `make bench BENCH=pricing`)."""

@@ -1,0 +1,3 @@
+from metered.cli import main
+
+raise SystemExit(main())

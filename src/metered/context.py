@@ -1,0 +1,121 @@
+"""Who is calling: ContextVars shared by the middleware (which binds them per request) and
+the client proxies (which read them for every metered call).
+
+One ContextVar per item, so binding the account does not clobber a tier bound elsewhere.
+ContextVars follow asyncio tasks and ``contextvars.copy_context()``, so calls made in
+background tasks started during a request, and in streaming-response generators, are
+attributed to that request's caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "CallerContext",
+    "RequestTotals",
+    "bind",
+    "current",
+    "current_totals",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CallerContext:
+    """The caller of a metered call, as bound for the current context."""
+
+    account: str | None = None
+    tier: str | None = None
+    feature: str | None = None
+    route: str | None = None
+    urgent: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+class RequestTotals:
+    """Running cost/price of the metered calls made while serving one request."""
+
+    __slots__ = ("calls", "cost", "price")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.cost = Decimal(0)
+        self.price = Decimal(0)
+
+    def add(self, cost: Decimal | None, price: Decimal) -> None:
+        """Add one settled call."""
+        self.calls += 1
+        if cost is not None:
+            self.cost += cost
+        self.price += price
+
+
+_account: ContextVar[str | None] = ContextVar("metered.account", default=None)
+_tier: ContextVar[str | None] = ContextVar("metered.tier", default=None)
+_feature: ContextVar[str | None] = ContextVar("metered.feature", default=None)
+_route: ContextVar[str | None] = ContextVar("metered.route", default=None)
+_urgent: ContextVar[bool] = ContextVar("metered.urgent", default=False)
+_metadata: ContextVar[Mapping[str, Any] | None] = ContextVar("metered.metadata", default=None)
+_totals: ContextVar[RequestTotals | None] = ContextVar("metered.totals", default=None)
+
+_UNSET: Any = object()
+
+
+def current() -> CallerContext:
+    """The caller bound in the current context (all ``None`` when nothing is bound)."""
+    return CallerContext(
+        account=_account.get(),
+        tier=_tier.get(),
+        feature=_feature.get(),
+        route=_route.get(),
+        urgent=_urgent.get(),
+        metadata=_metadata.get() or {},
+    )
+
+
+def current_totals() -> RequestTotals | None:
+    """The per-request totals bound by the middleware, if any."""
+    return _totals.get()
+
+
+@contextmanager
+def bind(
+    *,
+    account: str | None = _UNSET,
+    tier: str | None = _UNSET,
+    feature: str | None = _UNSET,
+    route: str | None = _UNSET,
+    urgent: bool = _UNSET,
+    metadata: Mapping[str, Any] | None = _UNSET,
+    totals: RequestTotals | None = _UNSET,
+) -> Iterator[None]:
+    """Bind caller items for the duration of a ``with`` block; unset items stay as they are.
+
+    Example::
+
+        with metered.context.bind(account="user-42", tier="pro"):
+            client.chat.completions.create(...)  # charged to user-42
+    """
+    tokens: list[tuple[ContextVar[Any], Token[Any]]] = []
+    pairs: tuple[tuple[ContextVar[Any], Any], ...] = (
+        (_account, account),
+        (_tier, tier),
+        (_feature, feature),
+        (_route, route),
+        (_urgent, urgent),
+        (_metadata, metadata),
+        (_totals, totals),
+    )
+    for var, value in pairs:
+        if value is not _UNSET:
+            tokens.append((var, var.set(value)))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)

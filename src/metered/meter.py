@@ -1,0 +1,978 @@
+"""The engine: one pipeline for every metered chat call, whichever door it came through.
+
+``Meter.begin`` runs steps 1-5 before the upstream call and may refuse it:
+
+1. identify  — account, tier, feature, route (explicit, else the bound context)
+2. policy    — normalised model id; allow/deny lists; the route's ``onRequest`` hook
+3. fit       — the tier's output cap (clamp or reject), history trimming to the window
+4. quote     — prompt counted locally + the output limit → the call's maximum price
+5. reserve   — hold (``after-response``) or charge (``before-response``) on every account
+
+A refused call raises :class:`~metered.exceptions.PolicyDenied` /
+:class:`~metered.exceptions.BudgetExceeded` (or ``InvalidRequest``) before anything is
+sent upstream or charged; its span is still emitted with the reason.
+
+``Call.finish`` runs steps 7-9 exactly once (idempotent, thread-safe): measure (the
+provider's usage, else an estimate), price (cost, price, margin), settle (see
+:mod:`metered.settlement`), then emit the span, metrics and the usage record.
+``Meter.abegin`` / ``Call.afinish`` are the async shells over the same steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from opentelemetry.trace import Span
+
+from metered import context as _context
+from metered.config import Config, load_config, load_yaml, resolve_callable
+from metered.exceptions import (
+    BudgetExceeded,
+    InvalidRequest,
+    MeteredError,
+    PolicyDenied,
+)
+from metered.ledger import Budget, Charge, Ledger, MemoryLedger, Receipt, Threshold, parse_budget
+from metered.money import from_nanos, to_nanos
+from metered.policy import (
+    ModelPolicy,
+    apply_output_cap,
+    cap_output,
+    output_limit_param,
+    requested_output_limit,
+)
+from metered.pricing import Pricer, Quote, RoutePricer
+from metered.records import CallbackSink, JsonlSink, RecordSink, UsageRecord
+from metered.settlement import Action, SettlementMode, decide
+from metered.telemetry import EVENT_BUDGET_ALERT, EVENT_SETTLEMENT, Telemetry
+from metered.tokens import ChatCounter, Shape, count_request
+from metered.trimming import trim_messages
+from metered.usage import Usage
+
+__all__ = ["Api", "Call", "Meter"]
+
+logger = logging.getLogger("metered")
+
+Api = Literal["chat", "responses", "anthropic"]
+
+#: Output tokens assumed for the maximum price when neither the caller nor a tier sets a
+#: limit and the catalog names none (the hold may then be below the actual price; the
+#: capture still records the actual).
+DEFAULT_OUTPUT_TOKENS = 4096
+# a second finish() waits this long for the first one to settle and emit its record
+_WAIT_FOR_FIRST_FINISH = 30.0
+_OPERATION: dict[str, str] = {"chat": "chat", "responses": "chat", "anthropic": "chat"}
+_UNSET: Any = object()
+_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(6).hex()
+
+
+def _new_id() -> str:
+    # unique across processes sharing a ledger, and ~20x cheaper than uuid4()
+    return f"{_ID_PREFIX}-{next(_ids):x}"
+
+
+OnResponse = Callable[["Call", Any], object]
+OnBudgetAlert = Callable[[Threshold], object]
+
+
+@dataclass(slots=True)
+class _Fit:
+    body: dict[str, Any]
+    prompt_tokens: int
+    output_limit: int
+    clamped_from: int | None = None
+    trimmed: int = 0
+
+
+class Meter:
+    """The metering engine.
+
+    Args:
+        config: a :class:`~metered.config.Config`, a mapping of settings, or ``None`` for
+            defaults (price from the catalog, enforce nothing).
+        ledger: the budget store; default an in-process :class:`MemoryLedger`.
+        tracer_provider / meter_provider: OTel providers; default the global ones.
+        sink: where usage records go: a callable or a :class:`RecordSink`; default from
+            ``records:`` in the config (none).
+        on_response: ``hook(call, response) -> bool``; a false result vetoes settlement.
+        on_budget_alert: called with each budget :class:`Threshold` crossed.
+        default_account: account charged when no caller is bound.
+        hold_ttl_seconds: how long a hold may outlive a crashed caller.
+
+    Example::
+
+        meter = Meter.from_yaml("metered.yaml")
+        client = MeteredOpenAI(OpenAI(), meter=meter, account="team-a")
+        meter.spent("team-a")
+    """
+
+    def __init__(
+        self,
+        config: Config | Mapping[str, Any] | None = None,
+        *,
+        ledger: Ledger | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        sink: RecordSink | Callable[[UsageRecord], object] | None = None,
+        on_response: OnResponse | None = None,
+        on_budget_alert: OnBudgetAlert | None = None,
+        default_account: str = "anonymous",
+        hold_ttl_seconds: float = 600.0,
+    ) -> None:
+        self.config = load_config(config)
+        self.pricer = Pricer(self.config)
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        self.policy = ModelPolicy(allow=self.config.models.allow, deny=self.config.models.deny)
+        self.telemetry = Telemetry(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            enabled=self.config.telemetry.enabled,
+        )
+        self.default_account = default_account
+        self.hold_ttl_seconds = hold_ttl_seconds
+        self.on_budget_alert = on_budget_alert
+        self._on_response = on_response
+        self._sink = self._make_sink(sink)
+        self._budgets = self._parse_budgets()
+        self._charges_cache: dict[tuple[str, str | None, str | None], tuple[Charge, ...]] = {}
+        self._route_hooks = {
+            name: (
+                resolve_callable(r.hooks.on_request) if r.hooks and r.hooks.on_request else None,
+                resolve_callable(r.hooks.on_response) if r.hooks and r.hooks.on_response else None,
+            )
+            for name, r in self.config.routes.items()
+        }
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **kwargs: Any) -> Meter:
+        """Build a meter from a YAML config file (see :mod:`metered.config`)."""
+        return cls(load_yaml(path), **kwargs)
+
+    def _make_sink(
+        self, sink: RecordSink | Callable[[UsageRecord], object] | None
+    ) -> RecordSink | None:
+        if sink is not None:
+            return sink if isinstance(sink, (JsonlSink, CallbackSink)) else CallbackSink(sink)
+        records = self.config.records
+        if records.sink == "jsonl" and records.path:
+            return JsonlSink(records.path, fsync=records.fsync)
+        return None
+
+    def _parse_budgets(self) -> dict[str, tuple[Budget, ...]]:
+        out: dict[str, tuple[Budget, ...]] = {}
+
+        def parse(items: Iterable[str], key: str) -> tuple[Budget, ...]:
+            return tuple(parse_budget(raw, key=f"{key}[{i}]") for i, raw in enumerate(items))
+
+        out["@default"] = parse(self.config.default_budgets, "default_budgets")
+        for name, tier in self.config.tiers.items():
+            out[f"@tier:{name}"] = parse(tier.budgets, f"tiers.{name}.budgets")
+        for name, account in self.config.accounts.items():
+            out[name] = parse(account.budgets, f"accounts.{name}.budgets")
+        return out
+
+    # -- accounts ------------------------------------------------------------------------
+
+    def charges_for(
+        self, account: str, *, tier: str | None = None, feature: str | None = None
+    ) -> tuple[Charge, ...]:
+        """The accounts a call by ``account`` is charged to, with their budgets.
+
+        A configured account brings its own budgets (else its tier's, else the default
+        budgets) and its ``parents`` (a team); a feature tag is tracked as the account
+        ``feature:<name>``.
+        """
+        key = (account, tier, feature)
+        cached = self._charges_cache.get(key)
+        if cached is not None:
+            return cached
+        configured = self.config.accounts.get(account)
+        tier = tier or (configured.tier if configured else None)
+        charges = [Charge(account, self._budgets_of(account, tier))]
+        seen = {account}
+        for parent in configured.parents if configured else ():
+            if parent not in seen:
+                seen.add(parent)
+                parent_cfg = self.config.accounts.get(parent)
+                charges.append(
+                    Charge(
+                        parent, self._budgets_of(parent, parent_cfg.tier if parent_cfg else None)
+                    )
+                )
+        if feature:
+            name = f"feature:{feature}"
+            if name not in seen:
+                charges.append(Charge(name, self._budgets.get(name, ())))
+        result = tuple(charges)
+        if len(self._charges_cache) > 10_000:  # account names are user input: bound it
+            self._charges_cache.clear()
+        self._charges_cache[key] = result
+        return result
+
+    def _budgets_of(self, account: str, tier: str | None) -> tuple[Budget, ...]:
+        own = self._budgets.get(account)
+        if own:
+            return own
+        if tier is not None:
+            tiered = self._budgets.get(f"@tier:{tier}")
+            if tiered:
+                return tiered
+        return self._budgets["@default"]
+
+    def spent(self, account: str, *, window: str | None = None) -> Decimal:
+        """What ``account`` has spent (settled), lifetime or in ``window`` (``"day"`` ...)."""
+        budget = parse_budget(f"$0/{window}", key="window").window if window else None
+        return self.ledger.balance(account, budget).spent
+
+    def remaining(self, account: str, *, tier: str | None = None) -> Decimal | None:
+        """The least remaining of ``account``'s budgets (holds count), ``None`` if unlimited."""
+        budgets = self._budgets_of(account, tier or self._tier_of(account))
+        remaining: Decimal | None = None
+        for budget in budgets:
+            left = self.ledger.balance(account, budget).remaining
+            if left is not None and (remaining is None or left < remaining):
+                remaining = left
+        return remaining
+
+    def _tier_of(self, account: str) -> str | None:
+        configured = self.config.accounts.get(account)
+        return configured.tier if configured else None
+
+    def quote(self, model: str, usage: Usage, *, route: str | None = None, **context: Any) -> Quote:
+        """Price a usage without metering a call (see :meth:`RoutePricer.quote`)."""
+        return self.pricer.quote(model, usage, route=route, **context)
+
+    # -- steps 1-5 -----------------------------------------------------------------------
+
+    def begin(
+        self,
+        body: Mapping[str, Any],
+        *,
+        api: Api = "chat",
+        provider: str | None = None,
+        server_address: str | None = None,
+        account: str | None = _UNSET,
+        tier: str | None = _UNSET,
+        feature: str | None = _UNSET,
+        route: str | None = _UNSET,
+        urgent: bool = _UNSET,
+        headers: Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Call:
+        """Steps 1-5 for a request ``body`` (SDK kwargs or a JSON body); see the module doc.
+
+        Returns:
+            the :class:`Call`; send ``call.body`` (fitted: trimmed, output-capped) upstream.
+
+        Raises:
+            InvalidRequest: malformed request (missing/non-string model, bad limits).
+            PolicyDenied: model not allowed, unknown and rejected, or cannot fit.
+            BudgetExceeded: an account cannot pay the maximum price.
+        """
+        call = self._prepare(
+            body,
+            api,
+            provider,
+            server_address,
+            account,
+            tier,
+            feature,
+            route,
+            urgent,
+            headers,
+            metadata,
+        )
+        if call._charges is not None:
+            try:
+                self._reserve(call)
+            except BaseException as exc:
+                call._reject(exc)
+                raise
+        return call
+
+    async def abegin(
+        self,
+        body: Mapping[str, Any],
+        *,
+        api: Api = "chat",
+        provider: str | None = None,
+        server_address: str | None = None,
+        account: str | None = _UNSET,
+        tier: str | None = _UNSET,
+        feature: str | None = _UNSET,
+        route: str | None = _UNSET,
+        urgent: bool = _UNSET,
+        headers: Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Call:
+        """Async :meth:`begin` (reserves through the ledger's async API)."""
+        call = self._prepare(
+            body,
+            api,
+            provider,
+            server_address,
+            account,
+            tier,
+            feature,
+            route,
+            urgent,
+            headers,
+            metadata,
+        )
+        if call._charges is not None:
+            try:
+                await self._areserve(call)
+            except BaseException as exc:
+                call._reject(exc)
+                raise
+        return call
+
+    def _prepare(
+        self,
+        body: Mapping[str, Any],
+        api: Api,
+        provider: str | None,
+        server_address: str | None,
+        account: str | None,
+        tier: str | None,
+        feature: str | None,
+        route: str | None,
+        urgent: bool,
+        headers: Mapping[str, str] | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> Call:
+        # 1 identify
+        bound = _context.current()
+        account = bound.account if account is _UNSET else account
+        tier = bound.tier if tier is _UNSET else tier
+        feature = bound.feature if feature is _UNSET else feature
+        route = bound.route if route is _UNSET else route
+        urgent = bound.urgent if urgent is _UNSET else urgent
+        meta = {**bound.metadata, **(metadata or {})} if bound.metadata or metadata else {}
+        account = account or self.default_account
+        tier = tier or self._tier_of(account)
+        model = body.get("model") if isinstance(body, Mapping) else None
+        call = Call(
+            self,
+            body=dict(body) if isinstance(body, Mapping) else {},
+            api=api,
+            provider=provider,
+            server_address=server_address,
+            account=account,
+            tier=tier,
+            feature=feature,
+            route_name=route,
+            headers=headers or {},
+            metadata=meta,
+        )
+        call._span = self.telemetry.start(
+            operation=_OPERATION[api],
+            model=model if isinstance(model, str) else None,
+            provider=provider,
+            server_address=server_address,
+            stream=bool(call.body.get("stream")),
+        )
+        try:
+            if not isinstance(body, Mapping):
+                raise InvalidRequest("the request body must be a JSON object")
+            if model is None:
+                raise InvalidRequest("'model' is required", param="model")
+            pricer = (
+                self.pricer.route(route if route in self.pricer.routes else None)
+                if route
+                else self.pricer.route()
+            )
+            call._pricer = pricer
+            # 2 policy
+            resolved = pricer.resolve(model)
+            call.model = resolved.requested
+            call._base_model = resolved.base
+            self.policy.check(resolved)
+            on_request = self._route_hooks.get(pricer.name or "", (None, None))[0]
+            if on_request is not None and on_request(call) is False:
+                raise PolicyDenied(
+                    f"model {model!r} was refused by the route's onRequest hook",
+                    model=model,
+                    reason="hook",
+                )
+            # 3 fit, 4 quote
+            fit = self._fit(call, pricer, urgent)
+            call.body = fit.body
+            call.prompt_tokens = fit.prompt_tokens
+            call.output_limit = fit.output_limit
+            call.clamped_from = fit.clamped_from
+            call.trimmed = fit.trimmed
+            estimate = Usage(
+                input_tokens=fit.prompt_tokens,
+                output_tokens=fit.output_limit * _choices(call.body),
+                source="estimated",
+            )
+            call.estimate = pricer.quote(
+                call.model, estimate, headers=call.headers, body=call.body, metadata=meta
+            )
+            call.payment_required = call.estimate.price
+            call._charges = self.charges_for(account, tier=tier, feature=feature)
+        except BaseException as exc:
+            call._reject(exc)
+            raise
+        return call
+
+    def _fit(self, call: Call, pricer: RoutePricer, urgent: bool) -> _Fit:
+        body = call.body
+        model = call._base_model
+        entry = pricer.entry(call.model or model)
+        tier_cfg = self.config.tiers.get(call.tier) if call.tier else None
+        cap = cap_output(
+            requested_output_limit(body),
+            cap=tier_cfg.max_tokens if tier_cfg else None,
+            policy=tier_cfg.cap_policy if tier_cfg else "clamp",
+            urgent=urgent,
+            urgent_multiplier=tier_cfg.urgent_multiplier if tier_cfg else Decimal("1.5"),
+            default=None,
+            model=model,
+            api=call.api,
+            param=None if call.api != "chat" else output_limit_param(model, "chat", body=body),
+        )
+        fitted = (
+            apply_output_cap(body, cap)
+            if cap.clamped_from is not None or cap.defaulted
+            else dict(body)
+        )
+        # the maximum the call may output: its limit, else the model's cap, else a default
+        reserved = (
+            cap.limit or (entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS
+        )
+        if call.api == "responses":
+            return _Fit(
+                fitted, count_request(fitted, model=model).tokens, reserved, cap.clamped_from
+            )
+        messages = fitted.get("messages")
+        if not isinstance(messages, list):
+            raise InvalidRequest("'messages' must be a list of messages", param="messages")
+        shape: Shape = "anthropic" if call.api == "anthropic" else "openai"
+        tools = fitted.get("tools") or fitted.get("functions")
+        window = entry.context_window if entry is not None else None
+        if window is None:
+            prompt = ChatCounter(model, shape=shape).total(
+                messages, tools=tools, system=fitted.get("system")
+            )
+            return _Fit(fitted, prompt, reserved, cap.clamped_from)
+        result = trim_messages(
+            messages,
+            model=model,
+            context_window=window,
+            reserved_output=min(reserved, window),
+            tools=tools,
+            system=fitted.get("system"),
+            shape=shape,
+        )
+        if result.trimmed:
+            fitted["messages"] = result.messages
+        return _Fit(fitted, result.prompt_tokens, reserved, cap.clamped_from, len(result.dropped))
+
+    def _reserve(self, call: Call) -> None:
+        assert call._charges is not None
+        amount = to_nanos(call.payment_required)
+        if call.mode == "after-response":
+            self.ledger.hold(call.id, call._charges, amount, ttl_seconds=self.hold_ttl_seconds)
+        else:
+            receipt = self.ledger.charge(call.id, call._charges, amount)
+            call._alerts(receipt)
+
+    async def _areserve(self, call: Call) -> None:
+        assert call._charges is not None
+        amount = to_nanos(call.payment_required)
+        if call.mode == "after-response":
+            await self.ledger.ahold(
+                call.id, call._charges, amount, ttl_seconds=self.hold_ttl_seconds
+            )
+        else:
+            receipt = await self.ledger.acharge(call.id, call._charges, amount)
+            call._alerts(receipt)
+
+    def close(self) -> None:
+        """Close the ledger and the record sink."""
+        self.ledger.close()
+        if isinstance(self._sink, JsonlSink):
+            self._sink.close()
+
+
+def _choices(body: Mapping[str, Any]) -> int:
+    n = body.get("n")
+    if n is None:
+        return 1
+    if type(n) is not int or n < 1:
+        raise InvalidRequest("'n' must be a positive integer", param="n")
+    return n
+
+
+@dataclass(slots=True)
+class _Finish:
+    usage: Usage | None
+    error: BaseException | None
+    status: int | None
+    response_model: str | None
+    response_id: str | None
+    finish_reasons: tuple[str, ...]
+    partial: bool
+    vetoed: bool
+
+
+class Call:
+    """One metered call between :meth:`Meter.begin` and :meth:`finish`.
+
+    Attributes:
+        id: unique call id (the ledger idempotency key).
+        body: the request to send upstream (trimmed and output-capped).
+        model: the requested model id.
+        estimate: the pre-call quote (prompt counted + output limit).
+        payment_required: the amount held or charged before the call.
+        account: who pays first (then its parents and feature tag).
+    """
+
+    def __init__(
+        self,
+        meter: Meter,
+        *,
+        body: dict[str, Any],
+        api: Api,
+        provider: str | None,
+        server_address: str | None,
+        account: str,
+        tier: str | None,
+        feature: str | None,
+        route_name: str | None,
+        headers: Mapping[str, str],
+        metadata: Mapping[str, Any],
+    ) -> None:
+        self.id = _new_id()
+        self._meter = meter
+        self.body = body
+        self.api = api
+        self.provider = provider
+        self.server_address = server_address
+        self.account = account
+        self.tier = tier
+        self.feature = feature
+        self.route_name = route_name
+        self.headers = headers
+        self.metadata = metadata
+        self.model: str | None = None
+        self._base_model = ""  # what the model resolves to: the tokenizer's model
+        self.prompt_tokens = 0
+        self.output_limit = 0
+        self.clamped_from: int | None = None
+        self.trimmed = 0
+        self.estimate: Quote | None = None
+        self.payment_required = Decimal(0)
+        self.record: UsageRecord | None = None
+        self._pricer: RoutePricer | None = None
+        self._charges: tuple[Charge, ...] | None = None
+        self._span: Span | None = None
+        self._started = time.perf_counter()
+        self._first_chunk: float | None = None
+        self._events: list[tuple[str, Mapping[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._done = False
+        self._settled = threading.Event()
+
+    @property
+    def mode(self) -> SettlementMode:
+        """The route's settlement mode."""
+        pricer = self._pricer
+        return pricer.config.settlement if pricer is not None else "after-response"
+
+    @property
+    def span(self) -> Span | None:
+        """The call's span (to parent upstream HTTP spans, or add events)."""
+        return self._span
+
+    def first_chunk(self) -> None:
+        """Mark the first streamed chunk (time to first chunk)."""
+        if self._first_chunk is None:
+            self._first_chunk = time.perf_counter()
+
+    def _alerts(self, receipt: Receipt) -> None:
+        for threshold in receipt.crossed:
+            self._events.append(
+                (
+                    EVENT_BUDGET_ALERT,
+                    {
+                        "metered.account": threshold.account,
+                        "metered.budget.window": str(threshold.budget.window),
+                        "metered.budget.fraction": float(threshold.fraction),
+                        "metered.budget.spent.usd": float(from_nanos(threshold.spent_nanos)),
+                        "metered.budget.limit.usd": float(threshold.budget.limit),
+                    },
+                )
+            )
+            callback = self._meter.on_budget_alert
+            if callback is not None:
+                try:
+                    callback(threshold)
+                except Exception:
+                    logger.exception("metered: on_budget_alert callback failed")
+
+    # -- rejection ---------------------------------------------------------------------------
+
+    def _reject(self, exc: BaseException) -> None:
+        """Emit the span and record of a call refused in steps 1-5."""
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        reason = getattr(exc, "reason", None) or getattr(exc, "code", None) or type(exc).__name__
+        decision = "denied" if isinstance(exc, MeteredError) else "error"
+        record = self._build_record(
+            usage=None,
+            quote=self.estimate,
+            status="skipped",
+            amount_nanos=0,
+            settlement_ms=0.0,
+            policy_decision=decision,
+            policy_reason=str(reason),
+            error_type=type(exc).__name__,
+            upstream_status=None,
+            fin=None,
+            remaining=self._remaining_from(exc),
+        )
+        self._emit(record, exc)
+
+    @staticmethod
+    def _remaining_from(exc: BaseException) -> Decimal | None:
+        if isinstance(exc, BudgetExceeded):
+            return max(exc.limit - exc.spent, Decimal(0))
+        return None
+
+    # -- steps 7-9 ---------------------------------------------------------------------------
+
+    def finish(
+        self,
+        usage: Usage | None = None,
+        *,
+        error: BaseException | None = None,
+        response: Any = None,
+        status: int | None = None,
+        response_model: str | None = None,
+        response_id: str | None = None,
+        finish_reasons: Sequence[str] = (),
+        partial: bool = False,
+    ) -> UsageRecord | None:
+        """Measure, price, settle and emit — once. Later calls return the first record.
+
+        Args:
+            usage: what the provider reported (``source="actual"``) or what the adapter
+                counted (``estimated``); ``None`` settles the pre-call estimate.
+            error: the upstream failure, if the call failed.
+            response: the upstream response, passed to ``on_response`` hooks.
+            status: the upstream HTTP status, if known.
+            response_model / response_id / finish_reasons: from the response.
+            partial: a stream that ended early; ``usage`` is what was delivered.
+        """
+        fin = self._claim(
+            usage, error, response, status, response_model, response_id, finish_reasons, partial
+        )
+        if fin is None:
+            self._settled.wait(_WAIT_FOR_FIRST_FINISH)
+            return self.record
+        quote, action = self._price(fin)
+        started = time.perf_counter()
+        receipt, failed = self._settle_sync(action, quote)
+        return self._complete(fin, quote, action, receipt, failed, started)
+
+    async def afinish(
+        self,
+        usage: Usage | None = None,
+        *,
+        error: BaseException | None = None,
+        response: Any = None,
+        status: int | None = None,
+        response_model: str | None = None,
+        response_id: str | None = None,
+        finish_reasons: Sequence[str] = (),
+        partial: bool = False,
+    ) -> UsageRecord | None:
+        """Async :meth:`finish`."""
+        fin = self._claim(
+            usage, error, response, status, response_model, response_id, finish_reasons, partial
+        )
+        if fin is None:
+            # the first finish may be awaiting the ledger on this very loop: yield to it
+            deadline = time.monotonic() + _WAIT_FOR_FIRST_FINISH
+            while not self._settled.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            return self.record
+        quote, action = self._price(fin)
+        started = time.perf_counter()
+        receipt, failed = await self._settle_async(action, quote)
+        return self._complete(fin, quote, action, receipt, failed, started)
+
+    def _claim(
+        self,
+        usage: Usage | None,
+        error: BaseException | None,
+        response: Any,
+        status: int | None,
+        response_model: str | None,
+        response_id: str | None,
+        finish_reasons: Sequence[str],
+        partial: bool,
+    ) -> _Finish | None:
+        with self._lock:
+            if self._done:
+                return None
+            self._done = True
+        vetoed = False
+        if error is None:
+            vetoed = not self._hooks_allow(response, status)
+        return _Finish(
+            usage,
+            error,
+            status,
+            response_model,
+            response_id,
+            tuple(finish_reasons),
+            partial,
+            vetoed,
+        )
+
+    def _hooks_allow(self, response: Any, status: int | None) -> bool:
+        hooks = [self._meter._on_response]
+        pricer = self._pricer
+        if pricer is not None and pricer.name is not None:
+            hooks.append(self._meter._route_hooks.get(pricer.name, (None, None))[1])
+        for hook in hooks:
+            if hook is None:
+                continue
+            try:
+                if hook(self, response) is False:
+                    return False
+            except Exception:
+                logger.exception("metered: on_response hook failed; settling normally")
+        return True
+
+    def _price(self, fin: _Finish) -> tuple[Quote | None, Action]:
+        pricer = self._pricer
+        succeeded = fin.error is None
+        if fin.partial and not (pricer is not None and pricer.config.settle_partial_streams):
+            succeeded = False
+        action = decide(
+            self.mode,
+            succeeded=succeeded,
+            vetoed=fin.vetoed,
+            refund_on_failure=pricer.config.refund_on_failure if pricer is not None else False,
+        )
+        if pricer is None or self.model is None:
+            return None, action
+        usage = fin.usage
+        if usage is None:
+            # no usage reported: settle the pre-call estimate (the maximum), marked estimated
+            usage = self.estimate.usage if self.estimate is not None else Usage(source="unknown")
+        quote: Quote | None
+        try:
+            quote = pricer.quote(
+                self.model, usage, headers=self.headers, body=self.body, metadata=self.metadata
+            )
+        except Exception:
+            logger.exception("metered: pricing failed after the call; settling the estimate")
+            quote = self.estimate
+        return quote, action
+
+    def _ledger_args(self, action: Action, quote: Quote | None) -> int:
+        if action.kind in ("capture", "adjust"):
+            return to_nanos(quote.price) if quote is not None else to_nanos(self.payment_required)
+        return 0
+
+    def _settle_sync(self, action: Action, quote: Quote | None) -> tuple[Receipt | None, bool]:
+        ledger = self._meter.ledger
+        if self._charges is None:
+            return None, False
+        try:
+            amount = self._ledger_args(action, quote)
+            if action.kind == "capture":
+                return ledger.capture(self.id, amount, charges=self._charges), False
+            if action.kind == "adjust":
+                return ledger.adjust(self.id, amount), False
+            if action.kind == "refund":
+                return ledger.refund(self.id), False
+            if action.kind == "release":
+                ledger.release(self.id)
+            return None, False
+        except Exception:
+            logger.exception("metered: settlement failed for call %s", self.id)
+            return None, True
+
+    async def _settle_async(
+        self, action: Action, quote: Quote | None
+    ) -> tuple[Receipt | None, bool]:
+        ledger = self._meter.ledger
+        if self._charges is None:
+            return None, False
+        try:
+            amount = self._ledger_args(action, quote)
+            if action.kind == "capture":
+                return await ledger.acapture(self.id, amount, charges=self._charges), False
+            if action.kind == "adjust":
+                return await ledger.aadjust(self.id, amount), False
+            if action.kind == "refund":
+                return await ledger.arefund(self.id), False
+            if action.kind == "release":
+                await ledger.arelease(self.id)
+            return None, False
+        except Exception:
+            logger.exception("metered: settlement failed for call %s", self.id)
+            return None, True
+
+    def _complete(
+        self,
+        fin: _Finish,
+        quote: Quote | None,
+        action: Action,
+        receipt: Receipt | None,
+        failed: bool,
+        settle_started: float,
+    ) -> UsageRecord:
+        settlement_ms = (time.perf_counter() - settle_started) * 1000
+        if receipt is not None:
+            self._alerts(receipt)
+        status = "failed" if failed else action.status
+        if receipt is not None:
+            amount = receipt.amount_nanos
+        elif action.kind == "keep":
+            amount = to_nanos(self.payment_required)
+        else:
+            amount = 0
+        remaining = None
+        if self._meter._budgets_of(self.account, self.tier):
+            try:
+                remaining = self._meter.remaining(self.account, tier=self.tier)
+            except Exception:
+                logger.exception("metered: could not read the remaining budget")
+        record = self._build_record(
+            usage=quote.usage if quote is not None and status == "settled" else fin.usage,
+            quote=quote,
+            status=status,
+            amount_nanos=amount,
+            settlement_ms=settlement_ms,
+            policy_decision="allowed",
+            policy_reason=None,
+            error_type=type(fin.error).__name__ if fin.error is not None else None,
+            upstream_status=fin.status,
+            fin=fin,
+            remaining=remaining,
+        )
+        totals = _context.current_totals()
+        if totals is not None and status == "settled" and quote is not None:
+            totals.add(quote.cost, from_nanos(amount))
+        self._events.append(
+            (
+                EVENT_SETTLEMENT,
+                {
+                    "metered.settlement.status": status,
+                    "metered.settlement.amount.usd": float(from_nanos(amount)),
+                    "metered.settlement.latency_ms": settlement_ms,
+                },
+            )
+        )
+        self._emit(record, fin.error)
+        return record
+
+    def _build_record(
+        self,
+        *,
+        usage: Usage | None,
+        quote: Quote | None,
+        status: str,
+        amount_nanos: int,
+        settlement_ms: float,
+        policy_decision: str,
+        policy_reason: str | None,
+        error_type: str | None,
+        upstream_status: int | None,
+        fin: _Finish | None,
+        remaining: Decimal | None,
+    ) -> UsageRecord:
+        u = usage or Usage(source="unknown")
+        now = time.perf_counter()
+        ttfc = None if self._first_chunk is None else (self._first_chunk - self._started) * 1000
+        return UsageRecord(
+            timestamp=datetime.now(tz=UTC).isoformat(timespec="milliseconds"),
+            call_id=self.id,
+            route=self.route_name if self._pricer is None else self._pricer.name,
+            provider=(quote.provider if quote is not None and quote.provider else self.provider),
+            operation=_OPERATION[self.api],
+            requested_model=self.model or _str_or_none(self.body.get("model")),
+            response_model=fin.response_model if fin else None,
+            resolved_model=quote.resolved_model if quote is not None else None,
+            resolved_pricing_mode=quote.pricing_mode if quote is not None else None,
+            pricing_source=quote.pricing_source if quote is not None else None,
+            resolved_price=quote.price if quote is not None else None,
+            cost=quote.cost if quote is not None else None,
+            margin=quote.margin if quote is not None else None,
+            tokens_in=u.input_tokens,
+            tokens_out=u.output_tokens,
+            cache_read_tokens=u.cache_read_tokens,
+            cache_write_tokens=u.cache_write_tokens,
+            reasoning_tokens=u.reasoning_tokens,
+            tokens_source=u.source,
+            payment_required=self.payment_required,
+            payment_settled=status == "settled",
+            settlement_mode=self.mode,
+            settlement_status=status,
+            settlement_amount=from_nanos(amount_nanos),
+            settlement_latency_ms=settlement_ms,
+            upstream_status=upstream_status,
+            upstream_latency_ms=(now - self._started) * 1000 if fin is not None else None,
+            account=self.account,
+            accounts=tuple(c.account for c in self._charges or ()),
+            tier=self.tier,
+            feature=self.feature,
+            policy_decision=policy_decision,
+            policy_reason=policy_reason,
+            error_type=error_type,
+            stream=bool(self.body.get("stream")),
+            time_to_first_chunk_ms=ttfc,
+            trimmed_messages=self.trimmed,
+            max_tokens_clamped_from=self.clamped_from,
+            budget_remaining=remaining,
+            finish_reasons=fin.finish_reasons if fin else (),
+            response_id=fin.response_id if fin else None,
+            server_address=self.server_address,
+            catalog_version=quote.catalog_version if quote is not None else None,
+        )
+
+    def _emit(self, record: UsageRecord, error: BaseException | None) -> None:
+        self.record = record
+        self._settled.set()
+        meter = self._meter
+        if self._span is not None:
+            meter.telemetry.finish(
+                self._span,
+                record,
+                operation=record.operation,
+                duration_s=time.perf_counter() - self._started,
+                events=self._events,
+                error=error,
+            )
+        sink = meter._sink
+        if sink is not None:
+            try:
+                sink(record)
+            except Exception:
+                logger.exception("metered: usage record sink failed")
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None

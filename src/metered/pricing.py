@@ -1,0 +1,411 @@
+"""Cost, price and margin of a call, and why: the :class:`Quote`.
+
+* **cost** — what the provider charges: catalog (or operator override) rates x usage.
+* **price** — what the operator charges its customer, from the route's rules, first hit
+  wins: ``match`` rules → ``price.fn`` → ``route.models`` (the name the user sent, then
+  the resolved names) → ``default-table`` (catalog cost x the route's markup; used when the
+  route sets a markup or lists no models) → ``fallback`` (if the route's unknown-model
+  policy is ``fallback``) → :class:`~metered.exceptions.UnknownModel`.
+  Per-model floors and ceilings bound the result. With no rules at all the price is the
+  cost (an app tracking its own spend).
+* **margin** — price − cost.
+
+A model with no catalog price is never priced at $0: its cost is ``None`` (unknown), and
+its price must come from a rule or the fallback.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from metered.catalog import Catalog, CatalogEntry, CostRates
+from metered.config import Config, ModelPrice, RouteConfig, resolve_callable
+from metered.exceptions import ConfigError, InvalidRequest, UnknownModel
+from metered.money import parse_amount
+from metered.resolve import ResolvedModel, Resolver
+from metered.usage import Usage
+
+__all__ = [
+    "PriceRequest",
+    "Pricer",
+    "PricingMode",
+    "PricingSource",
+    "Quote",
+    "RoutePricer",
+]
+
+PricingSource = Literal["route.models", "default-table", "match", "price.fn", "fallback"]
+PricingMode = Literal["token-based", "flat", "per-second"]
+
+_ONE = Decimal(1)
+_EMPTY: Mapping[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """The priced call.
+
+    Attributes:
+        cost: upstream cost in USD, ``None`` when no catalog price is known.
+        price: what the caller is charged in USD.
+        margin: ``price - cost``, ``None`` when the cost is unknown.
+        pricing_source: which rule produced the price.
+        pricing_mode: ``token-based``, ``flat`` (per request) or ``per-second``.
+        requested_model: the id as the caller sent it.
+        resolved_model: the catalog model the cost came from, else the price's model key.
+        provider: catalog provider id, if known.
+        route: route name.
+        usage: the usage that was priced.
+        catalog_version: the price data version.
+    """
+
+    cost: Decimal | None
+    price: Decimal
+    margin: Decimal | None
+    pricing_source: PricingSource
+    pricing_mode: PricingMode
+    requested_model: str
+    resolved_model: str | None
+    provider: str | None
+    route: str | None
+    usage: Usage
+    catalog_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRequest:
+    """What a ``price.fn`` callable receives."""
+
+    model: ResolvedModel
+    usage: Usage
+    cost: Decimal | None
+    route: str | None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything about (route, model) that does not depend on the call: cached."""
+
+    resolved: ResolvedModel
+    entry: CatalogEntry | None
+    model_price: ModelPrice | None  # from route.models
+    model_key: str | None
+    floor: Decimal | None
+    ceiling: Decimal | None
+
+
+def _mode(price: ModelPrice, entry: CatalogEntry | None) -> PricingMode:
+    if price.request is not None and price.input is None:
+        return "flat"
+    if price.markup is not None and entry is not None and _is_per_second(entry):
+        return "per-second"
+    return "token-based"
+
+
+def _is_per_second(entry: CatalogEntry) -> bool:
+    rates = entry.rates
+    return isinstance(rates, CostRates) and rates.second is not None and rates.input is None
+
+
+def _resale_rates(price: ModelPrice) -> CostRates:
+    def usd(rate: Any) -> Decimal | None:
+        return None if rate is None else rate.usd
+
+    return CostRates(
+        input=usd(price.input),
+        output=usd(price.output),
+        cache_read=usd(price.cache_read),
+        cache_write=usd(price.cache_write),
+        reasoning=usd(price.reasoning),
+        request=usd(price.request),
+    )
+
+
+class _Condition:
+    __slots__ = ("expected", "path", "scope")
+
+    def __init__(self, key: str, expected: object) -> None:
+        self.scope, _, dotted = key.partition(".")
+        self.path = tuple(dotted.split("."))
+        if self.scope == "headers":
+            self.path = (dotted.lower(),)  # header names are case-insensitive
+        values = expected if isinstance(expected, list) else [expected]
+        self.expected = frozenset(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
+
+    def holds(
+        self, headers: Mapping[str, str], body: Mapping[str, Any], meta: Mapping[str, Any]
+    ) -> bool:
+        value: Any = {"headers": headers, "body": body, "metadata": meta}[self.scope]
+        for part in self.path:
+            if not isinstance(value, Mapping):
+                return False
+            value = value.get(part)
+            if value is None:
+                return False
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        return text in self.expected
+
+
+class RoutePricer:
+    """Prices calls on one route. Build with :meth:`Pricer.route`."""
+
+    def __init__(
+        self,
+        name: str | None,
+        route: RouteConfig,
+        *,
+        catalog: Catalog,
+        resolver: Resolver,
+    ) -> None:
+        self.name = name
+        self.config = route
+        self._catalog = catalog
+        self._resolver = resolver
+        self._provider = route.upstream if route.upstream and "://" not in route.upstream else None
+        self._models = self._normalised(route.models, "models")
+        self._floors = self._normalised(route.floors, "floors")
+        self._ceilings = self._normalised(route.ceilings, "ceilings")
+        self._match = [
+            (tuple(_Condition(k, v) for k, v in rule.where.items()), rule.price)
+            for rule in route.match
+        ]
+        fn = route.price
+        self._price_fn: Callable[[PriceRequest], Any] | None = (
+            resolve_callable(fn.fn) if fn is not None else None
+        )
+        # The catalog cost (x markup) prices calls only when the operator asked for a
+        # markup or set no resale prices at all: a route with its own models, match rules
+        # or fallback must never quietly charge pass-through cost for a model it did not list.
+        self._use_default_table = route.markup is not None or not (
+            route.models or route.match or route.fallback or route.price
+        )
+        self._plans: dict[str, _Plan] = {}
+        self._lock = threading.Lock()
+
+    def _normalised(self, mapping: Mapping[str, Any], key: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for model, value in mapping.items():
+            name = model.strip().lower()
+            if name != "*":
+                try:
+                    name = self._resolver.resolve(model).normalized
+                except (InvalidRequest, UnknownModel, ValueError) as exc:
+                    raise ConfigError(f'routes."{self.name}".{key}.{model}', str(exc)) from None
+            out[name] = value
+        return out
+
+    def _plan(self, model: str) -> _Plan:
+        plan = self._plans.get(model)
+        if plan is not None:
+            return plan
+        resolved = self._resolver.resolve(model)
+        provider = resolved.provider or self._provider
+        entry = None
+        for name in resolved.cost_chain:
+            entry = self._catalog.lookup(name, provider=provider)
+            if entry is not None:
+                break
+        model_price = model_key = None
+        for name in (*resolved.chain, "*"):
+            if name in self._models:
+                model_price, model_key = self._models[name], name
+                break
+        floor = next((self._floors[n] for n in resolved.chain if n in self._floors), None)
+        ceiling = next((self._ceilings[n] for n in resolved.chain if n in self._ceilings), None)
+        plan = _Plan(
+            resolved=resolved,
+            entry=entry,
+            model_price=model_price,
+            model_key=model_key,
+            floor=self._floors.get("*") if floor is None else floor,
+            ceiling=self._ceilings.get("*") if ceiling is None else ceiling,
+        )
+        with self._lock:
+            if len(self._plans) > 4096:  # requested ids are user input: bound the cache
+                self._plans.clear()
+            self._plans[model] = plan
+        return plan
+
+    def resolve(self, model: str) -> ResolvedModel:
+        """Resolve a requested id as this route sees it."""
+        return self._plan(model).resolved
+
+    def entry(self, model: str) -> CatalogEntry | None:
+        """The catalog entry that prices ``model``'s cost on this route, if any."""
+        return self._plan(model).entry
+
+    def is_known(self, model: str) -> bool:
+        """Whether ``model`` gets a price here without the fallback."""
+        plan = self._plan(model)
+        return bool(
+            self._match
+            or self._price_fn
+            or plan.model_price is not None
+            or (self._use_default_table and plan.entry is not None)
+        )
+
+    def quote(
+        self,
+        model: str,
+        usage: Usage,
+        *,
+        headers: Mapping[str, str] = _EMPTY,
+        body: Mapping[str, Any] = _EMPTY,
+        metadata: Mapping[str, Any] = _EMPTY,
+    ) -> Quote:
+        """Price ``usage`` of a call to ``model``.
+
+        ``headers`` (lower-case names), ``body`` and ``metadata`` feed ``match`` rules and
+        ``price.fn``.
+
+        Raises:
+            UnknownModel: no rule prices the model and the route rejects unknown models.
+            InvalidRequest / PolicyDenied: the model id is not a valid id.
+        """
+        plan = self._plan(model)
+        entry = plan.entry
+        cost = entry.cost(usage) if entry is not None else None
+        source: PricingSource
+        price: Decimal | None = None
+        mode: PricingMode = "token-based"
+        rule = self._matching_rule(headers, body, metadata) if self._match else None
+        if rule is not None:
+            price, mode = self._apply(rule, usage, cost, entry)
+            source = "match"
+        if price is None and self._price_fn is not None:
+            price = self._call_price_fn(plan, usage, cost, headers, body, metadata)
+            source = "price.fn"
+        if price is None and plan.model_price is not None:
+            price, mode = self._apply(plan.model_price, usage, cost, entry)
+            source = "route.models"
+        if price is None and self._use_default_table and cost is not None:
+            markup = self.config.markup
+            price = cost if markup is None else cost * markup
+            mode = "per-second" if entry is not None and _is_per_second(entry) else "token-based"
+            source = "default-table"
+        if price is None and self.config.unknown_policy == "fallback" and self.config.fallback:
+            price, mode = self._apply(self.config.fallback, usage, cost, entry)
+            source = "fallback"
+        if price is None:
+            raise UnknownModel(plan.resolved.requested, route=self.name)
+        if plan.floor is not None and price < plan.floor:
+            price = plan.floor
+        if plan.ceiling is not None and price > plan.ceiling:
+            price = plan.ceiling
+        return Quote(
+            cost=cost,
+            price=price,
+            margin=None if cost is None else price - cost,
+            pricing_source=source,
+            pricing_mode=mode,
+            requested_model=plan.resolved.requested,
+            resolved_model=entry.model_id if entry is not None else plan.model_key,
+            provider=entry.provider if entry is not None else plan.resolved.provider,
+            route=self.name,
+            usage=usage,
+            catalog_version=self._catalog.version,
+        )
+
+    def _matching_rule(
+        self, headers: Mapping[str, str], body: Mapping[str, Any], meta: Mapping[str, Any]
+    ) -> ModelPrice | None:
+        for conditions, price in self._match:
+            if all(c.holds(headers, body, meta) for c in conditions):
+                return price
+        return None
+
+    @staticmethod
+    def _apply(
+        price: ModelPrice, usage: Usage, cost: Decimal | None, entry: CatalogEntry | None
+    ) -> tuple[Decimal | None, PricingMode]:
+        if price.markup is not None:
+            # a markup needs a cost; without one the next rule (or the fallback) decides
+            return (None if cost is None else cost * price.markup), _mode(price, entry)
+        return _resale_rates(price).cost(usage), _mode(price, entry)
+
+    def _call_price_fn(
+        self,
+        plan: _Plan,
+        usage: Usage,
+        cost: Decimal | None,
+        headers: Mapping[str, str],
+        body: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+    ) -> Decimal | None:
+        assert self._price_fn is not None
+        result = self._price_fn(
+            PriceRequest(
+                model=plan.resolved,
+                usage=usage,
+                cost=cost,
+                route=self.name,
+                headers=headers,
+                body=body,
+                metadata=metadata,
+            )
+        )
+        if result is None:
+            return None
+        if isinstance(result, Decimal) and result.is_finite() and result >= 0:
+            return result
+        if isinstance(result, str):
+            return parse_amount(result, key=f'routes."{self.name}".price.fn result')
+        raise ConfigError(
+            f'routes."{self.name}".price.fn',
+            "must return a non-negative Decimal, a '$' amount string or None",
+            result,
+        )
+
+
+class Pricer:
+    """All routes of a configuration, sharing one catalog and resolver."""
+
+    DEFAULT_ROUTE = "default"
+
+    def __init__(self, config: Config, *, catalog: Catalog | None = None) -> None:
+        self.config = config
+        self.catalog = catalog or Catalog(
+            overrides=config.catalog.overrides, source=config.catalog.source
+        )
+        self.resolver = Resolver(
+            aliases=config.models.aliases, deployments=config.models.deployments
+        )
+        self._routes = {
+            name: RoutePricer(name, route, catalog=self.catalog, resolver=self.resolver)
+            for name, route in config.routes.items()
+        }
+        default_name = config.default_route
+        self._default = (
+            self._routes[default_name]
+            if default_name is not None
+            else RoutePricer(None, RouteConfig(), catalog=self.catalog, resolver=self.resolver)
+        )
+
+    @property
+    def routes(self) -> Mapping[str, RoutePricer]:
+        """Configured routes by name."""
+        return self._routes
+
+    def route(self, name: str | None = None) -> RoutePricer:
+        """The pricer of route ``name``; the default route for ``None``.
+
+        Raises:
+            InvalidRequest: no such route.
+        """
+        if name is None:
+            return self._default
+        try:
+            return self._routes[name]
+        except KeyError:
+            raise InvalidRequest(f"unknown route {name!r}", param="route") from None
+
+    def quote(self, model: str, usage: Usage, *, route: str | None = None, **context: Any) -> Quote:
+        """Shortcut for ``pricer.route(route).quote(model, usage, ...)``."""
+        return self.route(route).quote(model, usage, **context)

@@ -1,0 +1,232 @@
+"""Model id normalisation and the chain of names a price may come from.
+
+A requested id goes through, in order:
+
+1. normalisation: Unicode NFKC, zero-width characters removed, whitespace trimmed, lower
+   case. Ids that are still not printable ASCII are refused (:class:`PolicyDenied`), so a
+   Cyrillic ``о`` in ``gpt-4о`` cannot slip past a denylist.
+2. operator aliases (``my-chatbot -> claude-sonnet-4-5``),
+3. provider prefixes (``openai/``, ``anthropic/``, ``azure/`` ...) and Azure deployments
+   (``azure/prod-4o -> gpt-4o`` via ``models.deployments``),
+4. dated snapshots (``gpt-4o-2024-08-06 -> gpt-4o``, ``claude-sonnet-4-5-20250929``,
+   ``gpt-3.5-turbo-0125``),
+5. fine-tunes (``ft:gpt-4o-mini-2024-07-18:acme::x``): priced as themselves (the catalog
+   has fine-tune rates) and never at the base model's price, which is lower.
+
+The resulting :class:`ResolvedModel` lists those names most specific first
+(:attr:`ResolvedModel.chain`): pricing uses the first name that has an entry, so the
+name the user sent wins when it has its own price.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from metered.exceptions import ConfigError, InvalidRequest, PolicyDenied
+
+__all__ = ["PROVIDER_PREFIXES", "ResolvedModel", "Resolver", "normalize_model_id"]
+
+_INVISIBLE = dict.fromkeys(
+    map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\u2066\u2067\u2068\u2069\ufeff\u00ad")
+)
+PROVIDER_PREFIXES = frozenset(
+    {
+        "openai",
+        "azure",
+        "azure_openai",
+        "anthropic",
+        "google",
+        "gemini",
+        "vertex_ai",
+        "vertex",
+        "bedrock",
+        "aws",
+        "mistral",
+        "groq",
+        "deepseek",
+        "xai",
+        "x-ai",
+        "together",
+        "fireworks",
+        "cohere",
+        "openrouter",
+    }
+)
+_DATED = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
+_FINE_TUNE = re.compile(r"^ft:(?P<base>[^:]+):(?P<rest>.*)$")
+_CACHE_LIMIT = 4096  # requested ids are user input: bound the cache
+
+
+def normalize_model_id(raw: object) -> str:
+    """Normalise a requested model id, refusing ids that could impersonate another.
+
+    Raises:
+        InvalidRequest: not a string, or empty.
+        PolicyDenied: characters outside printable ASCII remain after NFKC.
+    """
+    if not isinstance(raw, str):
+        raise InvalidRequest(f"model must be a string, got {type(raw).__name__}", param="model")
+    text = unicodedata.normalize("NFKC", raw).translate(_INVISIBLE).strip().lower()
+    if not text:
+        raise InvalidRequest("model must not be empty", param="model")
+    if not text.isascii() or not text.isprintable() or any(c.isspace() for c in text):
+        raise PolicyDenied(
+            f"model id {raw!r} contains characters that are not plain ASCII",
+            model=raw,
+            reason="invalid_model_id",
+        )
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """A requested model id and the names its price may come from.
+
+    Attributes:
+        requested: the id exactly as the caller sent it.
+        normalized: the normalised id.
+        chain: names to price by, most specific first (the normalised id first).
+        provider: provider named by a prefix (``azure/...``), if any.
+        fine_tune_base: the base model of a fine-tune id (for deny lists only).
+        aliases: names in the chain that are operator aliases: they may carry a resale
+            price, but their upstream cost is their target's (``gpt-4 -> gpt-4o`` must
+            not cost what the catalog's own ``gpt-4`` costs).
+    """
+
+    requested: str
+    normalized: str
+    chain: tuple[str, ...]
+    provider: str | None = None
+    fine_tune_base: str | None = None
+    aliases: frozenset[str] = frozenset()
+
+    @property
+    def cost_chain(self) -> tuple[str, ...]:
+        """Names to look the upstream cost up by: the chain without alias names."""
+        if not self.aliases:
+            return self.chain
+        return tuple(name for name in self.chain if name not in self.aliases)
+
+    @property
+    def base(self) -> str:
+        """The least specific name: what the call is routed and tokenised as."""
+        return self.chain[-1]
+
+    @property
+    def is_fine_tune(self) -> bool:
+        """Whether the id names a fine-tuned model."""
+        return self.fine_tune_base is not None
+
+
+def _undated(name: str) -> str | None:
+    m = _DATED.match(name)
+    return m.group("base") if m else None
+
+
+class Resolver:
+    """Resolves requested ids with the operator's aliases and Azure deployments.
+
+    Args:
+        aliases: requested name -> model it stands for.
+        deployments: Azure deployment name -> base model.
+    """
+
+    def __init__(
+        self,
+        *,
+        aliases: Mapping[str, str] | None = None,
+        deployments: Mapping[str, str] | None = None,
+    ) -> None:
+        self._aliases = self._normalised_map(aliases or {}, "models.aliases")
+        self._deployments = self._normalised_map(deployments or {}, "models.deployments")
+        for name in self._aliases:
+            self._alias_target(name)  # raises on cycles at construction time
+        self._cache: dict[str, ResolvedModel] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _normalised_map(mapping: Mapping[str, str], key: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, target in mapping.items():
+            try:
+                out[normalize_model_id(name)] = normalize_model_id(target)
+            except (InvalidRequest, PolicyDenied) as exc:
+                raise ConfigError(f"{key}.{name}", exc.message, target) from None
+        return out
+
+    def _alias_target(self, name: str) -> str:
+        seen = [name]
+        while name in self._aliases:
+            name = self._aliases[name]
+            if name in seen:
+                raise ConfigError(
+                    f"models.aliases.{seen[0]}",
+                    "aliases form a cycle: " + " -> ".join([*seen, name]),
+                )
+            seen.append(name)
+        return name
+
+    def resolve(self, requested: str) -> ResolvedModel:
+        """Resolve a requested id (cached).
+
+        Raises:
+            InvalidRequest: not a string or empty.
+            PolicyDenied: non-ASCII look-alike characters.
+        """
+        hit = self._cache.get(requested)
+        if hit is not None:
+            return hit
+        resolved = self._resolve(requested)
+        with self._lock:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[requested] = resolved
+        return resolved
+
+    def _resolve(self, requested: str) -> ResolvedModel:
+        name = normalize_model_id(requested)
+        chain: list[str] = []
+        provider: str | None = None
+        fine_tune_base: str | None = None
+
+        def add(candidate: str | None) -> None:
+            if candidate and candidate not in chain:
+                chain.append(candidate)
+
+        add(name)
+        current = self._alias_target(name)
+        add(current)
+        prefix, slash, rest = current.partition("/")
+        if slash and prefix in PROVIDER_PREFIXES and rest:
+            provider = prefix
+            current = self._alias_target(rest)
+            add(rest)
+            add(current)
+        deployment = self._deployments.get(current)
+        if deployment is not None:
+            provider = provider or "azure"
+            current = self._alias_target(deployment)
+            add(current)
+        ft = _FINE_TUNE.match(current)
+        if ft is not None:
+            provider = provider or "openai"  # "ft:" ids are OpenAI's fine-tune naming
+            fine_tune_base = ft.group("base")
+            # the same fine-tune written with an undated base: ft:gpt-4o:acme::x
+            undated_base = _undated(fine_tune_base)
+            if undated_base is not None:
+                add(f"ft:{undated_base}:{ft.group('rest')}")
+            fine_tune_base = undated_base or fine_tune_base
+        else:
+            add(_undated(current))
+        return ResolvedModel(
+            requested=requested,
+            normalized=name,
+            chain=tuple(chain),
+            provider=provider,
+            fine_tune_base=fine_tune_base,
+            aliases=frozenset(n for n in chain if n in self._aliases),
+        )

@@ -1,0 +1,349 @@
+"""Spans and metrics: every name in one table, attributes built from the usage record.
+
+The library depends on ``opentelemetry-api`` only. With no SDK configured every span is a
+non-recording span and nothing below builds an attribute (the checks are
+``span.is_recording()`` and whether a real meter provider is installed), so metering
+costs next to nothing. Telemetry faults are logged and swallowed: they never break the
+user's call.
+
+Span contract: one CLIENT span per call named ``"{operation} {model}"`` with the GenAI
+semantic-convention attributes (v1.41.0 names) and the ``metered.*`` attributes below.
+Prompt/completion content is never recorded unless ``capture_content`` is on; API keys
+never are (no attribute here takes a header or credential).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from metered.records import UsageRecord
+
+__all__ = ["ATTR", "METRIC", "Telemetry"]
+
+logger = logging.getLogger("metered")
+
+
+class ATTR:
+    """Attribute names (GenAI semconv v1.41.0 + metered.*)."""
+
+    OPERATION = "gen_ai.operation.name"
+    PROVIDER = "gen_ai.provider.name"
+    REQUEST_MODEL = "gen_ai.request.model"
+    REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+    REQUEST_STREAM = "gen_ai.request.stream"
+    RESPONSE_MODEL = "gen_ai.response.model"
+    RESPONSE_ID = "gen_ai.response.id"
+    FINISH_REASONS = "gen_ai.response.finish_reasons"
+    INPUT_TOKENS = "gen_ai.usage.input_tokens"
+    OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+    CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+    CACHE_CREATION_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
+    REASONING_TOKENS = "gen_ai.usage.reasoning.output_tokens"
+    TOKEN_TYPE = "gen_ai.token.type"
+    SERVER_ADDRESS = "server.address"
+    ERROR_TYPE = "error.type"
+
+    PRICING_SOURCE = "metered.pricing.source"
+    PRICING_MODE = "metered.pricing.mode"
+    MODEL_RESOLVED = "metered.model.resolved"
+    COST = "metered.cost.usd"
+    PRICE = "metered.price.usd"
+    MARGIN = "metered.margin.usd"
+    TOKENS_SOURCE = "metered.tokens.source"
+    SETTLEMENT_MODE = "metered.settlement.mode"
+    SETTLEMENT_STATUS = "metered.settlement.status"
+    SETTLEMENT_AMOUNT = "metered.settlement.amount.usd"
+    SETTLEMENT_LATENCY = "metered.settlement.latency_ms"
+    PAYMENT_REQUIRED = "metered.payment.required.usd"
+    ACCOUNT = "metered.account"
+    BUDGET_REMAINING = "metered.budget.remaining.usd"
+    POLICY_DECISION = "metered.policy.decision"
+    POLICY_REASON = "metered.policy.reason"
+    TRIM_DROPPED = "metered.trim.messages_dropped"
+    MAX_TOKENS_CLAMPED_FROM = "metered.max_tokens.clamped_from"
+    ROUTE = "metered.route"
+    TIER = "metered.tier"
+    FEATURE = "metered.feature"
+    CALL_ID = "metered.call.id"
+    TTFC = "metered.stream.time_to_first_chunk_ms"
+    UPSTREAM_STATUS = "metered.upstream.status"
+    CATALOG_VERSION = "metered.catalog.version"
+
+
+class METRIC:
+    """Metric names."""
+
+    TOKEN_USAGE = "gen_ai.client.token.usage"
+    DURATION = "gen_ai.client.operation.duration"
+    COST = "metered.cost"
+    PRICE = "metered.price"
+    CALLS = "metered.calls"
+
+
+EVENT_BUDGET_ALERT = "metered.budget.alert"
+EVENT_SETTLEMENT = "metered.settlement"
+
+# semconv advisory buckets
+_DURATION_BUCKETS = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+_TOKEN_BUCKETS = (
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262144,
+    1048576,
+    4194304,
+    16777216,
+    67108864,
+)
+
+# semconv well-known provider names, from the names users and catalogs use
+_PROVIDERS = {
+    "openai": "openai",
+    "azure": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "google": "gcp.gemini",
+    "aws": "aws.bedrock",
+    "x-ai": "x_ai",
+    "mistral": "mistral_ai",
+    "deepseek": "deepseek",
+    "groq": "groq",
+    "cohere": "cohere",
+    "perplexity": "perplexity",
+}
+
+
+def provider_name(provider: str | None) -> str | None:
+    """The semconv ``gen_ai.provider.name`` for a catalog provider id."""
+    if provider is None:
+        return None
+    return _PROVIDERS.get(provider, provider)
+
+
+def _usd(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def record_attributes(record: UsageRecord) -> dict[str, Any]:
+    """Span attributes for a finished call (``None`` values are left out)."""
+    attrs: dict[str, Any] = {
+        ATTR.RESPONSE_MODEL: record.response_model,
+        ATTR.RESPONSE_ID: record.response_id,
+        ATTR.FINISH_REASONS: list(record.finish_reasons) if record.finish_reasons else None,
+        ATTR.INPUT_TOKENS: record.tokens_in,
+        ATTR.OUTPUT_TOKENS: record.tokens_out,
+        ATTR.CACHE_READ_TOKENS: record.cache_read_tokens,
+        ATTR.CACHE_CREATION_TOKENS: record.cache_write_tokens,
+        ATTR.REASONING_TOKENS: record.reasoning_tokens,
+        ATTR.ERROR_TYPE: record.error_type,
+        ATTR.PRICING_SOURCE: record.pricing_source,
+        ATTR.PRICING_MODE: record.resolved_pricing_mode,
+        ATTR.MODEL_RESOLVED: record.resolved_model,
+        ATTR.COST: _usd(record.cost),
+        ATTR.PRICE: _usd(record.resolved_price),
+        ATTR.MARGIN: _usd(record.margin),
+        ATTR.TOKENS_SOURCE: record.tokens_source,
+        ATTR.SETTLEMENT_MODE: record.settlement_mode,
+        ATTR.SETTLEMENT_STATUS: record.settlement_status,
+        ATTR.SETTLEMENT_AMOUNT: _usd(record.settlement_amount),
+        ATTR.SETTLEMENT_LATENCY: record.settlement_latency_ms,
+        ATTR.PAYMENT_REQUIRED: _usd(record.payment_required),
+        ATTR.ACCOUNT: record.account,
+        ATTR.BUDGET_REMAINING: _usd(record.budget_remaining),
+        ATTR.POLICY_DECISION: record.policy_decision,
+        ATTR.POLICY_REASON: record.policy_reason,
+        ATTR.TRIM_DROPPED: record.trimmed_messages,
+        ATTR.MAX_TOKENS_CLAMPED_FROM: record.max_tokens_clamped_from,
+        ATTR.ROUTE: record.route,
+        ATTR.TIER: record.tier,
+        ATTR.FEATURE: record.feature,
+        ATTR.CALL_ID: record.call_id,
+        ATTR.TTFC: record.time_to_first_chunk_ms,
+        ATTR.UPSTREAM_STATUS: record.upstream_status,
+        ATTR.CATALOG_VERSION: record.catalog_version,
+    }
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+def _metrics_installed() -> bool:
+    provider = metrics.get_meter_provider()
+    return not isinstance(provider, metrics.NoOpMeterProvider) and (
+        type(provider).__name__ != "_ProxyMeterProvider"
+    )
+
+
+class Telemetry:
+    """Starts call spans and records their outcome.
+
+    Args:
+        tracer_provider: defaults to the global provider (resolved at each call, so an SDK
+            configured after the meter was built is picked up).
+        meter_provider: defaults to the global provider.
+        enabled: ``False`` turns every span and metric off.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        enabled: bool = True,
+    ) -> None:
+        from metered import __version__
+
+        self.enabled = enabled
+        self._tracer = trace.get_tracer("metered", __version__, tracer_provider=tracer_provider)
+        self._explicit_meter = meter_provider is not None
+        meter = metrics.get_meter("metered", __version__, meter_provider=meter_provider)
+        self._token_usage = meter.create_histogram(
+            METRIC.TOKEN_USAGE,
+            unit="{token}",
+            description="Tokens used per call, by token type",
+            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+        )
+        self._duration = meter.create_histogram(
+            METRIC.DURATION,
+            unit="s",
+            description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self._cost = meter.create_counter(
+            METRIC.COST, unit="USD", description="Upstream cost of calls"
+        )
+        self._price = meter.create_counter(
+            METRIC.PRICE, unit="USD", description="Price charged for calls"
+        )
+        self._calls = meter.create_counter(
+            METRIC.CALLS,
+            unit="{call}",
+            description="Metered calls by pricing source, settlement and policy",
+        )
+
+    def start(
+        self,
+        *,
+        operation: str,
+        model: str | None,
+        provider: str | None,
+        server_address: str | None,
+        stream: bool,
+    ) -> Span:
+        """Start the CLIENT span of a call, parented to the current span."""
+        if not self.enabled:
+            return trace.INVALID_SPAN
+        try:
+            span = self._tracer.start_span(
+                f"{operation} {model}" if model else operation, kind=SpanKind.CLIENT
+            )
+            if span.is_recording():
+                attrs: dict[str, Any] = {ATTR.OPERATION: operation, ATTR.REQUEST_STREAM: stream}
+                if model is not None:
+                    attrs[ATTR.REQUEST_MODEL] = model
+                name = provider_name(provider)
+                if name is not None:
+                    attrs[ATTR.PROVIDER] = name
+                if server_address:
+                    attrs[ATTR.SERVER_ADDRESS] = server_address
+                span.set_attributes(attrs)
+            return span
+        except Exception:  # telemetry must never break a call
+            logger.exception("metered: could not start span")
+            return trace.INVALID_SPAN
+
+    @staticmethod
+    def annotate(span: Span, attributes: Mapping[str, Any]) -> None:
+        """Add attributes known after the start (output limit, provider) to a live span."""
+        try:
+            if span.is_recording():
+                span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+        except Exception:
+            logger.exception("metered: could not annotate span")
+
+    def finish(
+        self,
+        span: Span,
+        record: UsageRecord,
+        *,
+        operation: str,
+        duration_s: float,
+        events: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        error: BaseException | None = None,
+    ) -> None:
+        """Set the outcome attributes, add events, end the span and record metrics."""
+        if not self.enabled:
+            return
+        try:
+            if span.is_recording():
+                span.set_attributes(record_attributes(record))
+                for name, attrs in events:
+                    span.add_event(name, dict(attrs))
+                if error is not None or record.error_type is not None:
+                    description = record.policy_reason or record.error_type or type(error).__name__
+                    span.set_status(Status(StatusCode.ERROR, description))
+        except Exception:
+            logger.exception("metered: could not set the span's outcome")
+        try:
+            span.end()
+        except Exception:
+            logger.exception("metered: could not end span")
+        if self._explicit_meter or _metrics_installed():
+            try:
+                self._record_metrics(record, operation, duration_s)
+            except Exception:
+                logger.exception("metered: could not record metrics")
+
+    def _record_metrics(self, record: UsageRecord, operation: str, duration_s: float) -> None:
+        base: dict[str, Any] = {ATTR.OPERATION: operation}
+        provider = provider_name(record.provider)
+        if provider is not None:
+            base[ATTR.PROVIDER] = provider
+        if record.requested_model is not None:
+            base[ATTR.REQUEST_MODEL] = record.requested_model
+        if record.response_model is not None:
+            base[ATTR.RESPONSE_MODEL] = record.response_model
+        duration_attrs = dict(base)
+        if record.error_type is not None:
+            duration_attrs[ATTR.ERROR_TYPE] = record.error_type
+        self._duration.record(duration_s, duration_attrs)
+        if record.tokens_in or record.tokens_out:
+            self._token_usage.record(record.tokens_in, {**base, ATTR.TOKEN_TYPE: "input"})
+            self._token_usage.record(record.tokens_out, {**base, ATTR.TOKEN_TYPE: "output"})
+        money_attrs = {**base, ATTR.PRICING_SOURCE: record.pricing_source or "none"}
+        if record.cost is not None and record.payment_settled:
+            self._cost.add(float(record.cost), money_attrs)
+        if record.resolved_price is not None and record.payment_settled:
+            self._price.add(float(record.settlement_amount), money_attrs)
+        self._calls.add(
+            1,
+            {
+                **base,
+                ATTR.PRICING_SOURCE: record.pricing_source or "none",
+                ATTR.SETTLEMENT_STATUS: record.settlement_status,
+                ATTR.POLICY_DECISION: record.policy_decision,
+            },
+        )

@@ -1,0 +1,232 @@
+"""Tests for the ``metered`` command: quote, models, check."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from metered.cli import main
+from metered.config import load_yaml
+from metered.exceptions import ConfigError
+
+CONFIGS = Path(__file__).parent / "configs"
+BAD_FILES = sorted((CONFIGS / "bad").glob("*.yaml"))
+REPO = Path(__file__).parent.parent
+CHAT = "POST /v1/chat/completions"
+MTOK = 10**6
+
+
+def quoted(path: Path) -> str:
+    """A path as one shell word."""
+    return shlex.quote(str(path))
+
+
+def run(capsys: pytest.CaptureFixture[str], command: str) -> tuple[int, str, str]:
+    """Run a shell-quoted command line through the CLI in-process: (code, stdout, stderr)."""
+    code = main(shlex.split(command))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- quote -------------------------------------------------------------------------------
+
+
+def test_quote_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """quote shows cost, price, margin and source for each model."""
+    code, out, err = run(capsys, "quote gpt-4o claude-sonnet-4-5 --input 1000 --output 500")
+    assert (code, err) == (0, "")
+    header, rule, gpt, claude, *rest = out.splitlines()
+    assert " ".join(header.split()) == "model resolved provider source mode cost price margin"
+    assert set(rule) <= {"-", " "}
+    assert " ".join(gpt.split()) == (
+        "gpt-4o gpt-4o openai default-table token-based $0.0075 $0.0075 $0"
+    )
+    assert claude.split()[:3] == ["claude-sonnet-4-5", "claude-sonnet-4-5", "anthropic"]
+    assert "1000 input (0 cache read, 0 cache write), 500 output" in rest[-1]
+
+
+def test_quote_json_is_one_document(capsys: pytest.CaptureFixture[str]) -> None:
+    """--json prints exact Decimal strings for scripts."""
+    code, out, _ = run(capsys, "quote gpt-4o --input 2000 --output 300 --cache-read 1024 --json")
+    assert code == 0
+    data = json.loads(out)
+    expected = (Decimal("2.50") * 976 + Decimal("1.25") * 1024 + Decimal(10) * 300) / MTOK
+    assert Decimal(data["cost_usd"]) == expected
+    assert Decimal(data["price_usd"]) == expected
+    assert data["pricing_source"] == "default-table"
+    assert data["usage"]["cache_read_tokens"] == 1024
+
+
+def test_quote_json_lists_several_models(capsys: pytest.CaptureFixture[str]) -> None:
+    """Several models give a JSON list, in the order asked."""
+    code, out, _ = run(capsys, "quote gpt-4o o3 --input 1 --output 1 --json")
+    assert code == 0
+    assert [q["requested_model"] for q in json.loads(out)] == ["gpt-4o", "o3"]
+
+
+def test_quote_with_a_config_route(capsys: pytest.CaptureFixture[str]) -> None:
+    """--config and --route price with the route's rules."""
+    config = quoted(CONFIGS / "seed_models.yaml")
+    command = f"quote gpt-4o --input 10 --output 5 --json --config {config} --route '{CHAT}'"
+    code, out, _ = run(capsys, command)
+    assert code == 0
+    data = json.loads(out)
+    assert (data["price_usd"], data["pricing_source"]) == ("0.05", "route.models")
+
+
+def test_quote_unknown_model_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """A model without a price is an error on stderr, not a $0 quote."""
+    code, out, err = run(capsys, "quote my-private-llm --input 1 --output 1")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: model 'my-private-llm' has no price")
+
+
+def test_quote_impossible_usage_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """--cache-read above --input is reported, not a traceback."""
+    code, _, err = run(capsys, "quote gpt-4o --input 1 --output 1 --cache-read 5")
+    assert code == 1
+    assert err.startswith("error: Usage: cache_read_tokens")
+
+
+def test_quote_without_tokens_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Missing required options exit 2 like any argparse CLI."""
+    with pytest.raises(SystemExit) as info:
+        main(["quote", "gpt-4o"])
+    assert info.value.code == 2
+    assert "--input" in capsys.readouterr().err
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+def test_models_filters_by_pattern(capsys: pytest.CaptureFixture[str]) -> None:
+    """models PATTERN lists matching catalog models with per-1M prices."""
+    code, out, _ = run(capsys, "models ^gpt-4o-mini$")
+    assert code == 0
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert ["gpt-4o-mini", "openai", "$0.15", "$0.6", "$0.075", "-", "128000"] in rows
+    assert all(row[0].startswith("gpt-4o-mini") for row in rows)
+
+
+def test_models_marks_tiered_prices(capsys: pytest.CaptureFixture[str]) -> None:
+    """Long-context tiered models are flagged and show their base rates."""
+    code, out, _ = run(capsys, "models ^claude-sonnet-4-5$")
+    assert code == 0
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert ["claude-sonnet-4-5", "(tiered)", "anthropic", "$3", "$15", "$0.3", "$3.75"] in [
+        row[:7] for row in rows
+    ]
+
+
+def test_models_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """--json gives one record per model with Decimal strings."""
+    code, out, _ = run(capsys, "models ^gpt-4.1$ --json")
+    assert code == 0
+    (row,) = [r for r in json.loads(out) if r["provider"] == "openai"]
+    assert (row["input_per_mtok"], row["output_per_mtok"], row["cache_read_per_mtok"]) == (
+        "2",
+        "8",
+        "0.5",
+    )
+
+
+def test_models_includes_config_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    """--config adds the operator's overrides to the listing."""
+    code, out, _ = run(capsys, f"models acme --config {quoted(CONFIGS / 'full.yaml')}")
+    assert code == 0
+    assert out.splitlines()[2].split()[:4] == ["acme-negotiated", "custom", "$2", "$8"]
+
+
+def test_models_without_match_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty search says so on stderr."""
+    code, out, err = run(capsys, "models no-such-model-xyz")
+    assert (code, out) == (1, "")
+    assert "no model matches" in err
+
+
+# --- check -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["seed_models.yaml", "seed_match.yaml", "full.yaml"])
+def test_check_passes_good_configs(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    """Valid configs where every model has a price exit 0 with a summary line."""
+    code, out, err = run(capsys, f"check {quoted(CONFIGS / name)}")
+    assert (code, err) == (0, "")
+    assert "0 error(s)" in out.splitlines()[-1]
+
+
+def test_check_warns_about_models_without_catalog_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    """seed_finetunes: fine-tunes priced by the route but unknown to the catalog are warnings."""
+    code, out, _ = run(capsys, f"check {quoted(CONFIGS / 'seed_finetunes.yaml')}")
+    assert code == 0
+    warnings = [line for line in out.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 2
+    assert all("no catalog cost" in line for line in warnings)
+
+
+def test_check_fails_when_an_allowed_model_has_no_price(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An allowed model that the route cannot price is an error: every call would fail."""
+    path = tmp_path / "metered.yaml"
+    path.write_text(
+        'models:\n  allow: ["claude-sonnet-4-5"]\n'
+        'routes:\n  chat:\n    models:\n      gpt-4o: "$0.05"\n',
+        encoding="utf-8",
+    )
+    code, out, _ = run(capsys, f"check {quoted(path)} --json")
+    assert code == 1
+    report = json.loads(out)
+    assert report["ok"] is False
+    assert report["findings"] == [
+        {
+            "level": "error",
+            "route": "chat",
+            "model": "claude-sonnet-4-5",
+            "from": "allow",
+            "problem": "has no price: every call would be rejected",
+        }
+    ]
+
+
+@pytest.mark.parametrize("path", BAD_FILES, ids=[p.stem for p in BAD_FILES])
+def test_check_prints_the_config_error(capsys: pytest.CaptureFixture[str], path: Path) -> None:
+    """A bad config exits 1 with the one ConfigError line on stderr."""
+    with pytest.raises(ConfigError) as info:
+        load_yaml(path)
+    code, out, err = run(capsys, f"check {quoted(path)}")
+    assert (code, out) == (1, "")
+    assert err == f"error: {info.value}\n"
+
+
+def test_check_catches_alias_cycles(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A cycle of aliases is reported by check, naming models.aliases."""
+    path = tmp_path / "metered.yaml"
+    path.write_text("models:\n  aliases:\n    a: b\n    b: a\n", encoding="utf-8")
+    code, _, err = run(capsys, f"check {quoted(path)}")
+    assert code == 1
+    assert err.startswith("error: models.aliases.a: aliases form a cycle")
+
+
+def test_check_entry_point_runs_as_a_module() -> None:
+    """`python -m metered check` is wired to the same CLI, exit code and stderr included."""
+    bad = CONFIGS / "bad" / "typo_key.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "metered", "check", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f'error: routes."{CHAT}".modles: is not a known setting (check the spelling)\n'
+    )
