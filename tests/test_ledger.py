@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -21,7 +21,7 @@ from metered.money import to_nanos
 
 def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
     """Epoch seconds of a UTC date-time."""
-    return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
 NOW = ts(2026, 11, 25, 12)  # a Wednesday

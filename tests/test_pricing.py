@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests import pricefns
 
 from metered.config import Config, load_config, load_yaml
 from metered.exceptions import ConfigError, InvalidRequest, PolicyDenied, UnknownModel
 from metered.pricing import Pricer, Quote, RoutePricer
 from metered.usage import Usage
+from tests import pricefns
 
 CONFIGS = Path(__file__).parent / "configs"
 CHAT = "POST /v1/chat/completions"
