@@ -230,3 +230,62 @@ def test_check_entry_point_runs_as_a_module() -> None:
     assert result.stderr == (
         f'error: routes."{CHAT}".modles: is not a known setting (check the spelling)\n'
     )
+
+
+# --- tokens ----------------------------------------------------------------------------
+
+
+def test_tokens_counts_a_text_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`metered tokens FILE` prints the exact o200k count and the input cost for gpt-4o."""
+    text = tmp_path / "prompt.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.", encoding="utf-8")
+    code, out, _ = run(capsys, f"tokens {quoted(text)} --model gpt-4o --json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["tokens"] == 10
+    assert result["encoding"] == "o200k_base"
+    assert result["exact"] is True
+    assert Decimal(result["input_cost_usd"]) == Decimal("2.50") * 10 / 10**6
+
+
+def test_tokens_counts_a_chat_request_from_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--chat reads a JSON request from stdin and counts it the way the API bills it."""
+    import io
+
+    body = {"messages": [{"role": "user", "content": "Hello"}]}
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(body)))
+    code, out, _ = run(capsys, "tokens - --model gpt-4o --chat --json")
+    assert code == 0
+    # 3 per message + 1 for the role "user" + 1 for "Hello" + 3 reply priming
+    assert json.loads(out)["tokens"] == 8
+
+
+def test_tokens_marks_models_without_a_public_tokenizer_estimated(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A Claude count is an o200k estimate and says so."""
+    text = tmp_path / "prompt.txt"
+    text.write_text("hello world", encoding="utf-8")
+    code, out, _ = run(capsys, f"tokens {quoted(text)} --model claude-haiku-4-5 --json")
+    assert code == 0
+    assert json.loads(out)["exact"] is False
+
+
+def test_tokens_rejects_malformed_chat_json(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--chat with a file that is not JSON exits 1 with one error line."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", encoding="utf-8")
+    code, _, err = run(capsys, f"tokens {quoted(bad)} --model gpt-4o --chat")
+    assert code == 1
+    assert err.startswith("error: --chat input is not JSON")
+
+
+def test_tokens_missing_file_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A missing file is one error line, not a traceback."""
+    code, _, err = run(capsys, f"tokens {quoted(tmp_path / 'nope.txt')} --model gpt-4o")
+    assert code == 1
+    assert "No such file" in err

@@ -153,6 +153,41 @@ def test_meter_from_yaml(tmp_path: Path) -> None:
     assert meter.remaining("anyone") == usd("2")
 
 
+def test_begin_responses_api_reserves_max_output_tokens(make_meter: MeterFactory) -> None:
+    """A Responses request is counted from its input and reserves max_output_tokens."""
+    meter = make_meter(TOKEN_ROUTE)
+    call = meter.begin(
+        {"model": "gpt-4o", "input": "hello there", "max_output_tokens": 50}, api="responses"
+    )
+    assert call.prompt_tokens > 0
+    assert call.estimate is not None
+    assert call.estimate.usage.output_tokens == 50
+    call.finish()
+
+
+def test_begin_anthropic_api_counts_the_system_prompt(make_meter: MeterFactory) -> None:
+    """An Anthropic Messages request counts its top-level system prompt too."""
+    meter = make_meter()
+    messages = [{"role": "user", "content": "hello"}]
+    plain = meter.begin(
+        {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": messages}, api="anthropic"
+    )
+    with_system = meter.begin(
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 100,
+            "messages": messages,
+            "system": "be nice",
+        },
+        api="anthropic",
+    )
+    assert with_system.prompt_tokens > plain.prompt_tokens
+    assert with_system.estimate is not None
+    assert with_system.estimate.provider == "anthropic"
+    plain.finish()
+    with_system.finish()
+
+
 # -- finish: steps 7-9 -----------------------------------------------------------------------
 
 
@@ -445,6 +480,30 @@ def test_urgent_call_gets_the_tier_multiplier(make_meter: MeterFactory) -> None:
     call = meter.begin(chat(max_tokens=500), tier="free", urgent=True)
     assert call.body["max_tokens"] == 400
     call.finish()
+
+
+def test_unknown_tier_gets_the_smallest_cap(make_meter: MeterFactory) -> None:
+    """A tier name that is not configured fails closed: the smallest cap, never no cap."""
+    meter = make_meter({"tiers": {"free": {"max_tokens": 200}, "pro": {"max_tokens": 1000}}})
+    call = meter.begin(chat(max_tokens=5000), tier="enterprize")
+    assert call.body["max_tokens"] == 200
+    call.finish()
+
+
+def test_tier_budgets_apply_to_accounts_on_the_tier(make_meter: MeterFactory) -> None:
+    """An account without budgets of its own gets its tier's budgets."""
+    meter = make_meter(
+        {
+            "routes": {"r": {"models": {"gpt-4o": "$0.60"}}},
+            "default_route": "r",
+            "tiers": {"free": {"budgets": ["$1/day"]}},
+        }
+    )
+    meter.begin(chat(), account="u1", tier="free").finish()
+    with pytest.raises(BudgetExceeded):
+        meter.begin(chat(), account="u1", tier="free")
+    meter.begin(chat(), account="u1").finish()  # no tier: no budget
+    assert meter.spent("u1") == usd("1.20")
 
 
 def test_tier_cap_reject_policy_refuses_the_call(

@@ -20,6 +20,7 @@ from metered.usage import Usage
 MeterFactory = Callable[..., Meter]
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
 USAGE = Usage(input_tokens=10, output_tokens=20)
+ZERO = Decimal(0)
 USAGE_PRICE = Decimal("0.00021")  # 10 x $1/1M + 20 x $10/1M
 
 
@@ -67,10 +68,10 @@ def test_upstream_error_releases_the_hold(make_meter: MeterFactory) -> None:
     meter = make_meter(config())
     record = meter.begin(BODY).finish(error=TimeoutError("read timeout"))
     assert record is not None
-    assert (record.settlement_status, record.settlement_amount) == ("released", 0)
+    assert (record.settlement_status, record.settlement_amount) == ("released", ZERO)
     assert record.error_type == "TimeoutError"
     assert record.payment_settled is False
-    assert spent_and_held(meter) == (0, 0)
+    assert spent_and_held(meter) == (ZERO, 0)
 
 
 async def test_upstream_error_releases_the_hold_async(make_meter: MeterFactory) -> None:
@@ -80,7 +81,7 @@ async def test_upstream_error_releases_the_hold_async(make_meter: MeterFactory) 
     record = await call.afinish(error=ConnectionError("reset"))
     assert record is not None
     assert record.settlement_status == "released"
-    assert spent_and_held(meter) == (0, 0)
+    assert spent_and_held(meter) == (ZERO, 0)
 
 
 def test_before_response_keeps_the_charge_on_failure(make_meter: MeterFactory) -> None:
@@ -99,8 +100,8 @@ def test_before_response_refunds_on_failure_when_configured(make_meter: MeterFac
     meter = make_meter(config(settlement="before-response", refund_on_failure=True))
     record = meter.begin(BODY).finish(error=TimeoutError())
     assert record is not None
-    assert (record.settlement_status, record.settlement_amount) == ("refunded", 0)
-    assert spent_and_held(meter) == (0, 0)
+    assert (record.settlement_status, record.settlement_amount) == ("refunded", ZERO)
+    assert spent_and_held(meter) == (ZERO, 0)
 
 
 async def test_before_response_refund_async(make_meter: MeterFactory) -> None:
@@ -111,7 +112,7 @@ async def test_before_response_refund_async(make_meter: MeterFactory) -> None:
     record = await call.afinish(error=TimeoutError())
     assert record is not None
     assert record.settlement_status == "refunded"
-    assert spent_and_held(meter) == (0, 0)
+    assert spent_and_held(meter) == (ZERO, 0)
 
 
 def test_ledger_fault_during_settlement_does_not_break_the_call(
@@ -148,8 +149,8 @@ def test_on_response_veto_skips_settlement(make_meter: MeterFactory) -> None:
     meter = make_meter(config(), on_response=lambda call, response: False)
     record = meter.begin(BODY).finish(USAGE, response={"choices": []})
     assert record is not None
-    assert (record.settlement_status, record.settlement_amount) == ("skipped", 0)
-    assert spent_and_held(meter) == (0, 0)
+    assert (record.settlement_status, record.settlement_amount) == ("skipped", ZERO)
+    assert spent_and_held(meter) == (ZERO, 0)
 
 
 def test_on_response_veto_refunds_a_prepaid_charge(make_meter: MeterFactory) -> None:
@@ -158,7 +159,7 @@ def test_on_response_veto_refunds_a_prepaid_charge(make_meter: MeterFactory) -> 
     record = meter.begin(BODY).finish(USAGE, response={"choices": []})
     assert record is not None
     assert record.settlement_status == "refunded"
-    assert spent_and_held(meter) == (0, 0)
+    assert spent_and_held(meter) == (ZERO, 0)
 
 
 def test_route_on_response_hook_vetoes(make_meter: MeterFactory) -> None:
@@ -218,8 +219,21 @@ def test_abandoned_stream_is_free_when_partial_streams_are_not_settled(
     call = meter.begin({**BODY, "stream": True})
     record = call.finish(delivered(call, "The quick brown fox"), partial=True)
     assert record is not None
-    assert (record.settlement_status, record.settlement_amount) == ("released", 0)
-    assert spent_and_held(meter) == (0, 0)
+    assert (record.settlement_status, record.settlement_amount) == ("released", ZERO)
+    assert spent_and_held(meter) == (ZERO, 0)
+
+
+def test_abandoned_prepaid_stream_is_refunded_when_partial_streams_are_not_settled(
+    make_meter: MeterFactory,
+) -> None:
+    """before-response with settle_partial_streams: false refunds a cut stream, never keeps it."""
+    meter = make_meter(config(settlement="before-response", settle_partial_streams=False))
+    call = meter.begin({**BODY, "stream": True})
+    assert spent_and_held(meter) == (call.payment_required, 0)
+    record = call.finish(delivered(call, "The quick brown fox"), partial=True)
+    assert record is not None
+    assert (record.settlement_status, record.settlement_amount) == ("refunded", ZERO)
+    assert spent_and_held(meter) == (ZERO, 0)
 
 
 # -- exactly once ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ __all__ = [
     "CatalogEntry",
     "CostRates",
     "TieredRates",
+    "TimedRates",
 ]
 
 _PER_MTOK = Decimal(1_000_000)
@@ -149,6 +151,45 @@ class TieredRates:
         return self.rates_for(usage.input_tokens).cost(usage)
 
 
+class TimedRates:
+    """Rates of a model whose price depends on the request time (a price drop from a date,
+    off-peak hours). The rates in force are picked once per minute: the catalog's date and
+    time-of-day constraints are no finer than that.
+    """
+
+    __slots__ = ("_compiled", "_current", "_minute", "_model")
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._compiled: dict[int, CostRates | TieredRates] = {}
+        self._minute = -1
+        self._current: CostRates | TieredRates | None = None
+
+    def at(self, when: datetime | None = None) -> CostRates | TieredRates:
+        """The rates in force now (or at ``when``)."""
+        if when is not None:
+            return self._select(when)
+        minute = int(time.time() // 60)
+        current = self._current
+        if minute != self._minute or current is None:
+            current = self._select(datetime.now(tz=UTC))
+            # benign race: concurrent callers compute the same rates
+            self._current, self._minute = current, minute
+        return current
+
+    def _select(self, when: datetime) -> CostRates | TieredRates:
+        prices = self._model.get_prices(when)
+        compiled = self._compiled.get(id(prices))
+        if compiled is None:
+            # the ModelPrice objects live as long as the snapshot, so id() is stable
+            compiled = self._compiled[id(prices)] = _compile_model_price(prices)
+        return compiled
+
+    def cost(self, usage: Usage) -> Decimal:
+        """Exact cost of ``usage`` at the rates in force now."""
+        return self.at().cost(usage)
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogEntry:
     """A resolved catalog model: who serves it, its limits and its compiled prices."""
@@ -158,31 +199,16 @@ class CatalogEntry:
     source: Literal["genai-prices", "override"]
     context_window: int | None
     max_output_tokens: int | None
-    rates: CostRates | TieredRates | None
-    # models whose prices change with the request time (price drops, off-peak hours)
-    _timed: Any = None
+    rates: CostRates | TieredRates | TimedRates
 
-    def cost(self, usage: Usage, *, when: datetime | None = None) -> Decimal:
+    def cost(self, usage: Usage) -> Decimal:
         """Exact upstream cost of ``usage`` for this model."""
-        if self.rates is not None:
-            return self.rates.cost(usage)
-        return _timed_rates(self._timed, when).cost(usage)
+        return self.rates.cost(usage)
 
     def current_rates(self, *, when: datetime | None = None) -> CostRates | TieredRates:
         """The rates in force now (or at ``when``)."""
-        return self.rates if self.rates is not None else _timed_rates(self._timed, when)
-
-
-_timed_cache: dict[int, CostRates | TieredRates] = {}
-
-
-def _timed_rates(model: Any, when: datetime | None) -> CostRates | TieredRates:
-    prices = model.get_prices(when or datetime.now(tz=UTC))
-    compiled = _timed_cache.get(id(prices))
-    if compiled is None:
-        # ModelPrice objects live as long as the snapshot, so id() is stable
-        compiled = _timed_cache[id(prices)] = _compile_model_price(prices)
-    return compiled
+        rates = self.rates
+        return rates.at(when) if isinstance(rates, TimedRates) else rates
 
 
 def _per_unit(value: Any, per: Decimal) -> Any:
@@ -263,8 +289,7 @@ def _snapshot_entry(prov: Any, info: Any) -> CatalogEntry | None:
         source="genai-prices",
         context_window=info.context_window,
         max_output_tokens=None,
-        rates=None if timed else _compile_model_price(info.prices),
-        _timed=info if timed else None,
+        rates=TimedRates(info) if timed else _compile_model_price(info.prices),
     )
 
 

@@ -225,6 +225,55 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokens(args: argparse.Namespace) -> int:
+    from metered import tokens
+
+    source = sys.stdin if args.file in (None, "-") else open(args.file, encoding="utf-8")  # noqa: SIM115
+    with source:
+        text = source.read()
+    payload: Any = text
+    if args.chat:
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as exc:
+            print(
+                f"error: --chat input is not JSON ({exc.msg} at line {exc.lineno})", file=sys.stderr
+            )
+            return 1
+    count = tokens.count_request(payload, model=args.model, chat=args.chat)
+    usage = Usage(input_tokens=count.tokens, output_tokens=0, source="estimated")
+    quote = Pricer(_load(args.config)).quote(args.model, usage, route=args.route)
+    result = {
+        "model": args.model,
+        "tokens": count.tokens,
+        "encoding": count.encoding,
+        "exact": count.exact,
+        "input_cost_usd": quote.cost,
+        "input_price_usd": quote.price,
+        "pricing_source": quote.pricing_source,
+    }
+    if args.json:
+        _dump(result)
+        return 0
+    kind = "exact" if count.exact else "estimated"
+    print(
+        _table(
+            ["model", "tokens", "encoding", "count", "input cost", "input price"],
+            [
+                [
+                    args.model,
+                    count.tokens,
+                    count.encoding,
+                    kind,
+                    format_usd(quote.cost),
+                    format_usd(quote.price),
+                ]
+            ],
+        )
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metered", description="Price, check and meter LLM calls."
@@ -253,6 +302,19 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--config", help="metered YAML config (adds its overrides)")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_models)
+
+    t = sub.add_parser("tokens", help="count a text or a chat request the way it is billed")
+    t.add_argument("file", nargs="?", help="file to count; '-' or nothing reads stdin")
+    t.add_argument("--model", required=True, help="model id (picks the tokenizer and the price)")
+    t.add_argument(
+        "--chat",
+        action="store_true",
+        help="the input is a JSON chat request (messages, optional tools) or a messages list",
+    )
+    t.add_argument("--config", help="metered YAML config (for the price)")
+    t.add_argument("--route", help="route name in the config")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_cmd_tokens)
     return parser
 
 
@@ -270,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:  # `metered models | head`
         return 0
+    except OSError as exc:
+        print(f"error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

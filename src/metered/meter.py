@@ -36,7 +36,7 @@ from typing import Any, Literal
 from opentelemetry.trace import Span
 
 from metered import context as _context
-from metered.config import Config, load_config, load_yaml, resolve_callable
+from metered.config import Config, TierConfig, load_config, load_yaml, resolve_callable
 from metered.exceptions import (
     BudgetExceeded,
     InvalidRequest,
@@ -433,7 +433,7 @@ class Meter:
         body = call.body
         model = call._base_model
         entry = pricer.entry(call.model or model)
-        tier_cfg = self.config.tiers.get(call.tier) if call.tier else None
+        tier_cfg = self._tier_config(call.tier)
         cap = cap_output(
             requested_output_limit(body),
             cap=tier_cfg.max_tokens if tier_cfg else None,
@@ -481,6 +481,17 @@ class Meter:
         if result.trimmed:
             fitted["messages"] = result.messages
         return _Fit(fitted, result.prompt_tokens, reserved, cap.clamped_from, len(result.dropped))
+
+    def _tier_config(self, tier: str | None) -> TierConfig | None:
+        """The tier's settings; a tier name that is not configured fails closed and gets
+        the tier with the smallest output cap (a typo must not unlock the largest)."""
+        if tier is None or not self.config.tiers:
+            return None
+        found = self.config.tiers.get(tier)
+        if found is not None:
+            return found
+        capped = [t for t in self.config.tiers.values() if t.max_tokens is not None]
+        return min(capped, key=lambda t: t.max_tokens or 0) if capped else None
 
     def _reserve(self, call: Call) -> None:
         assert call._charges is not None

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from metered.catalog import Catalog, CatalogEntry, CostRates
 from metered.config import Config, ModelPrice, RouteConfig, resolve_callable
@@ -45,9 +45,9 @@ _ONE = Decimal(1)
 _EMPTY: Mapping[str, Any] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class Quote:
-    """The priced call.
+class Quote(NamedTuple):
+    """The priced call (immutable; a named tuple because a quote is built on every call
+    and a frozen dataclass costs twice as much to construct).
 
     Attributes:
         cost: upstream cost in USD, ``None`` when no catalog price is known.
@@ -95,18 +95,12 @@ class _Plan:
 
     resolved: ResolvedModel
     entry: CatalogEntry | None
-    model_price: ModelPrice | None  # from route.models
+    cost: Callable[[Usage], Decimal] | None  # the entry's cost function, bound once
+    per_second: bool
+    model_price: _Resale | None  # from route.models
     model_key: str | None
     floor: Decimal | None
     ceiling: Decimal | None
-
-
-def _mode(price: ModelPrice, entry: CatalogEntry | None) -> PricingMode:
-    if price.request is not None and price.input is None:
-        return "flat"
-    if price.markup is not None and entry is not None and _is_per_second(entry):
-        return "per-second"
-    return "token-based"
 
 
 def _is_per_second(entry: CatalogEntry) -> bool:
@@ -114,18 +108,35 @@ def _is_per_second(entry: CatalogEntry) -> bool:
     return isinstance(rates, CostRates) and rates.second is not None and rates.input is None
 
 
-def _resale_rates(price: ModelPrice) -> CostRates:
-    def usd(rate: Any) -> Decimal | None:
-        return None if rate is None else rate.usd
+class _Resale:
+    """A resale price compiled once: per-token/per-request rates, or a markup over cost."""
 
-    return CostRates(
-        input=usd(price.input),
-        output=usd(price.output),
-        cache_read=usd(price.cache_read),
-        cache_write=usd(price.cache_write),
-        reasoning=usd(price.reasoning),
-        request=usd(price.request),
-    )
+    __slots__ = ("flat", "markup", "rates")
+
+    def __init__(self, price: ModelPrice) -> None:
+        def usd(rate: Any) -> Decimal | None:
+            return None if rate is None else rate.usd
+
+        self.markup = price.markup
+        self.flat = price.request is not None and price.input is None
+        self.rates = CostRates(
+            input=usd(price.input),
+            output=usd(price.output),
+            cache_read=usd(price.cache_read),
+            cache_write=usd(price.cache_write),
+            reasoning=usd(price.reasoning),
+            request=usd(price.request),
+        )
+
+    def apply(
+        self, usage: Usage, cost: Decimal | None, per_second: bool
+    ) -> tuple[Decimal | None, PricingMode]:
+        """The price of ``usage``; ``None`` for a markup without a cost (the next rule decides)."""
+        if self.markup is not None:
+            return (None if cost is None else cost * self.markup), (
+                "per-second" if per_second else "token-based"
+            )
+        return self.rates.cost(usage), "flat" if self.flat else "token-based"
 
 
 class _Condition:
@@ -169,11 +180,18 @@ class RoutePricer:
         self._catalog = catalog
         self._resolver = resolver
         self._provider = route.upstream if route.upstream and "://" not in route.upstream else None
-        self._models = self._normalised(route.models, "models")
+        self._models = {
+            name: _Resale(price) for name, price in self._normalised(route.models, "models").items()
+        }
+        self._fallback = (
+            _Resale(route.fallback)
+            if route.fallback is not None and route.unknown_policy == "fallback"
+            else None
+        )
         self._floors = self._normalised(route.floors, "floors")
         self._ceilings = self._normalised(route.ceilings, "ceilings")
         self._match = [
-            (tuple(_Condition(k, v) for k, v in rule.where.items()), rule.price)
+            (tuple(_Condition(k, v) for k, v in rule.where.items()), _Resale(rule.price))
             for rule in route.match
         ]
         fn = route.price
@@ -222,6 +240,8 @@ class RoutePricer:
         plan = _Plan(
             resolved=resolved,
             entry=entry,
+            cost=None if entry is None else entry.rates.cost,
+            per_second=entry is not None and _is_per_second(entry),
             model_price=model_price,
             model_key=model_key,
             floor=self._floors.get("*") if floor is None else floor,
@@ -269,29 +289,29 @@ class RoutePricer:
             UnknownModel: no rule prices the model and the route rejects unknown models.
             InvalidRequest / PolicyDenied: the model id is not a valid id.
         """
-        plan = self._plan(model)
+        plan = self._plans.get(model) or self._plan(model)
         entry = plan.entry
-        cost = entry.cost(usage) if entry is not None else None
+        cost = plan.cost(usage) if plan.cost is not None else None
         source: PricingSource
         price: Decimal | None = None
         mode: PricingMode = "token-based"
         rule = self._matching_rule(headers, body, metadata) if self._match else None
         if rule is not None:
-            price, mode = self._apply(rule, usage, cost, entry)
+            price, mode = rule.apply(usage, cost, plan.per_second)
             source = "match"
         if price is None and self._price_fn is not None:
             price = self._call_price_fn(plan, usage, cost, headers, body, metadata)
             source = "price.fn"
         if price is None and plan.model_price is not None:
-            price, mode = self._apply(plan.model_price, usage, cost, entry)
+            price, mode = plan.model_price.apply(usage, cost, plan.per_second)
             source = "route.models"
         if price is None and self._use_default_table and cost is not None:
             markup = self.config.markup
             price = cost if markup is None else cost * markup
-            mode = "per-second" if entry is not None and _is_per_second(entry) else "token-based"
+            mode = "per-second" if plan.per_second else "token-based"
             source = "default-table"
-        if price is None and self.config.unknown_policy == "fallback" and self.config.fallback:
-            price, mode = self._apply(self.config.fallback, usage, cost, entry)
+        if price is None and self._fallback is not None:
+            price, mode = self._fallback.apply(usage, cost, plan.per_second)
             source = "fallback"
         if price is None:
             raise UnknownModel(plan.resolved.requested, route=self.name)
@@ -315,20 +335,11 @@ class RoutePricer:
 
     def _matching_rule(
         self, headers: Mapping[str, str], body: Mapping[str, Any], meta: Mapping[str, Any]
-    ) -> ModelPrice | None:
+    ) -> _Resale | None:
         for conditions, price in self._match:
             if all(c.holds(headers, body, meta) for c in conditions):
                 return price
         return None
-
-    @staticmethod
-    def _apply(
-        price: ModelPrice, usage: Usage, cost: Decimal | None, entry: CatalogEntry | None
-    ) -> tuple[Decimal | None, PricingMode]:
-        if price.markup is not None:
-            # a markup needs a cost; without one the next rule (or the fallback) decides
-            return (None if cost is None else cost * price.markup), _mode(price, entry)
-        return _resale_rates(price).cost(usage), _mode(price, entry)
 
     def _call_price_fn(
         self,
