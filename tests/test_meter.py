@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from metered.exceptions import (
     BudgetExceeded,
@@ -26,6 +27,7 @@ from metered.ledger import Balance, MemoryLedger
 from metered.meter import Call, Meter
 from metered.money import to_nanos
 from metered.records import UsageRecord
+from metered.telemetry import ATTR
 from metered.usage import Usage
 
 MeterFactory = Callable[..., Meter]
@@ -432,7 +434,9 @@ def test_feature_tag_is_tracked_as_its_own_account(make_meter: MeterFactory) -> 
 # -- token fit -------------------------------------------------------------------------------
 
 
-def test_tier_cap_clamps_max_tokens(make_meter: MeterFactory) -> None:
+def test_tier_cap_clamps_max_tokens(
+    make_meter: MeterFactory, span_exporter: InMemorySpanExporter
+) -> None:
     """A free-tier call asking for 500 output tokens is sent with 200, and that is recorded."""
     meter = make_meter({"tiers": {"free": {"max_tokens": 200}}})
     call = meter.begin(chat(max_tokens=500), tier="free")
@@ -443,6 +447,8 @@ def test_tier_cap_clamps_max_tokens(make_meter: MeterFactory) -> None:
     record = call.finish()
     assert record is not None
     assert record.max_tokens_clamped_from == 500
+    [span] = span_exporter.get_finished_spans()
+    assert (span.attributes or {})[ATTR.MAX_TOKENS_CLAMPED_FROM] == 500
 
 
 def test_tier_cap_fills_in_a_missing_limit(make_meter: MeterFactory) -> None:
@@ -517,7 +523,9 @@ def test_tier_cap_reject_policy_refuses_the_call(
     assert records[0].policy_reason == "max_tokens_over_cap"
 
 
-def test_history_is_trimmed_to_the_context_window(make_meter: MeterFactory) -> None:
+def test_history_is_trimmed_to_the_context_window(
+    make_meter: MeterFactory, span_exporter: InMemorySpanExporter
+) -> None:
     """Old turns are dropped so prompt + output limit fit a 200-token window."""
     meter = make_meter(TINY)
     turns = [
@@ -534,6 +542,8 @@ def test_history_is_trimmed_to_the_context_window(make_meter: MeterFactory) -> N
     record = call.finish()
     assert record is not None
     assert record.trimmed_messages == call.trimmed
+    [span] = span_exporter.get_finished_spans()
+    assert (span.attributes or {})[ATTR.TRIM_DROPPED] == call.trimmed
 
 
 def test_prompt_that_cannot_fit_is_refused(make_meter: MeterFactory) -> None:

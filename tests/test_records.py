@@ -52,7 +52,7 @@ def test_record_carries_the_per_request_log_fields(
     assert call.record is returned
     rec = records[0]
     quote = meter.quote("gpt-4o", USAGE, route="POST /v1/chat/completions")
-    stamp = datetime.fromisoformat(rec.timestamp)
+    stamp = datetime.fromisoformat(rec.to_dict()["timestamp"])
     assert stamp.utcoffset() == UTC.utcoffset(None)
     assert abs((datetime.now(tz=UTC) - stamp).total_seconds()) < 60
     assert rec.call_id == call.id

@@ -201,9 +201,11 @@ class CatalogEntry:
     max_output_tokens: int | None
     rates: CostRates | TieredRates | TimedRates
 
-    def cost(self, usage: Usage) -> Decimal:
-        """Exact upstream cost of ``usage`` for this model."""
-        return self.rates.cost(usage)
+    def cost(self, usage: Usage, *, when: datetime | None = None) -> Decimal:
+        """Exact upstream cost of ``usage`` for this model (at the rates of ``when``)."""
+        if when is None:
+            return self.rates.cost(usage)
+        return self.current_rates(when=when).cost(usage)
 
     def current_rates(self, *, when: datetime | None = None) -> CostRates | TieredRates:
         """The rates in force now (or at ``when``)."""

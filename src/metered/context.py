@@ -9,6 +9,7 @@ attributed to that request's caller.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -40,19 +41,21 @@ class CallerContext:
 class RequestTotals:
     """Running cost/price of the metered calls made while serving one request."""
 
-    __slots__ = ("calls", "cost", "price")
+    __slots__ = ("_lock", "calls", "cost", "price")
 
     def __init__(self) -> None:
         self.calls = 0
         self.cost = Decimal(0)
         self.price = Decimal(0)
+        self._lock = threading.Lock()  # handlers may fan calls out to threads
 
     def add(self, cost: Decimal | None, price: Decimal) -> None:
         """Add one settled call."""
-        self.calls += 1
-        if cost is not None:
-            self.cost += cost
-        self.price += price
+        with self._lock:
+            self.calls += 1
+            if cost is not None:
+                self.cost += cost
+            self.price += price
 
 
 _account: ContextVar[str | None] = ContextVar("metered.account", default=None)
@@ -64,6 +67,20 @@ _metadata: ContextVar[Mapping[str, Any] | None] = ContextVar("metered.metadata",
 _totals: ContextVar[RequestTotals | None] = ContextVar("metered.totals", default=None)
 
 _UNSET: Any = object()
+
+
+class _Vars:
+    """The ContextVars themselves, for the engine's hot path (one ``get`` per item)."""
+
+    account = _account
+    tier = _tier
+    feature = _feature
+    route = _route
+    urgent = _urgent
+    metadata = _metadata
+
+
+bound = _Vars
 
 
 def current() -> CallerContext:

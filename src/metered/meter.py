@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -133,7 +132,9 @@ class Meter:
     ) -> None:
         self.config = load_config(config)
         self.pricer = Pricer(self.config)
-        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        # the Call object already makes finish() exactly-once, so the ledger only needs to
+        # remember finished keys briefly (memory: ~0.5 KB per call while remembered)
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger(retain_seconds=120.0)
         self.policy = ModelPolicy(allow=self.config.models.allow, deny=self.config.models.deny)
         self.telemetry = Telemetry(
             tracer_provider=tracer_provider,
@@ -354,13 +355,14 @@ class Meter:
         metadata: Mapping[str, Any] | None,
     ) -> Call:
         # 1 identify
-        bound = _context.current()
-        account = bound.account if account is _UNSET else account
-        tier = bound.tier if tier is _UNSET else tier
-        feature = bound.feature if feature is _UNSET else feature
-        route = bound.route if route is _UNSET else route
-        urgent = bound.urgent if urgent is _UNSET else urgent
-        meta = {**bound.metadata, **(metadata or {})} if bound.metadata or metadata else {}
+        bound = _context.bound
+        account = bound.account.get() if account is _UNSET else account
+        tier = bound.tier.get() if tier is _UNSET else tier
+        feature = bound.feature.get() if feature is _UNSET else feature
+        route = bound.route.get() if route is _UNSET else route
+        urgent = bound.urgent.get() if urgent is _UNSET else urgent
+        bound_meta = bound.metadata.get()
+        meta = {**bound_meta, **(metadata or {})} if bound_meta else (metadata or {})
         account = account or self.default_account
         tier = tier or self._tier_of(account)
         model = body.get("model") if isinstance(body, Mapping) else None
@@ -445,10 +447,9 @@ class Meter:
             api=call.api,
             param=None if call.api != "chat" else output_limit_param(model, "chat", body=body),
         )
+        # call.body is already the engine's own copy of the caller's request
         fitted = (
-            apply_output_cap(body, cap)
-            if cap.clamped_from is not None or cap.defaulted
-            else dict(body)
+            apply_output_cap(body, cap) if cap.clamped_from is not None or cap.defaulted else body
         )
         # the maximum the call may output: its limit, else the model's cap, else a default
         reserved = (
@@ -464,10 +465,10 @@ class Meter:
         shape: Shape = "anthropic" if call.api == "anthropic" else "openai"
         tools = fitted.get("tools") or fitted.get("functions")
         window = entry.context_window if entry is not None else None
-        if window is None:
-            prompt = ChatCounter(model, shape=shape).total(
-                messages, tools=tools, system=fitted.get("system")
-            )
+        prompt = ChatCounter(model, shape=shape).total(
+            messages, tools=tools, system=fitted.get("system")
+        )
+        if window is None or prompt + min(reserved, window) <= window:
             return _Fit(fitted, prompt, reserved, cap.clamped_from)
         result = trim_messages(
             messages,
@@ -520,6 +521,14 @@ class Meter:
             self._sink.close()
 
 
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _choices(body: Mapping[str, Any]) -> int:
     n = body.get("n")
     if n is None:
@@ -552,6 +561,39 @@ class Call:
         payment_required: the amount held or charged before the call.
         account: who pays first (then its parents and feature tag).
     """
+
+    __slots__ = (
+        "_base_model",
+        "_charges",
+        "_done",
+        "_events",
+        "_first_chunk",
+        "_lock",
+        "_meter",
+        "_pricer",
+        "_span",
+        "_started",
+        "_waiter",
+        "account",
+        "api",
+        "body",
+        "clamped_from",
+        "estimate",
+        "feature",
+        "headers",
+        "id",
+        "metadata",
+        "model",
+        "output_limit",
+        "payment_required",
+        "prompt_tokens",
+        "provider",
+        "record",
+        "route_name",
+        "server_address",
+        "tier",
+        "trimmed",
+    )
 
     def __init__(
         self,
@@ -587,7 +629,7 @@ class Call:
         self.clamped_from: int | None = None
         self.trimmed = 0
         self.estimate: Quote | None = None
-        self.payment_required = Decimal(0)
+        self.payment_required = _ZERO
         self.record: UsageRecord | None = None
         self._pricer: RoutePricer | None = None
         self._charges: tuple[Charge, ...] | None = None
@@ -597,7 +639,7 @@ class Call:
         self._events: list[tuple[str, Mapping[str, Any]]] = []
         self._lock = threading.Lock()
         self._done = False
-        self._settled = threading.Event()
+        self._waiter: threading.Event | None = None  # made only when a 2nd finish waits
 
     @property
     def mode(self) -> SettlementMode:
@@ -649,6 +691,7 @@ class Call:
         record = self._build_record(
             usage=None,
             quote=self.estimate,
+            priced=False,
             status="skipped",
             amount_nanos=0,
             settlement_ms=0.0,
@@ -696,7 +739,13 @@ class Call:
             usage, error, response, status, response_model, response_id, finish_reasons, partial
         )
         if fin is None:
-            self._settled.wait(_WAIT_FOR_FIRST_FINISH)
+            if not _on_event_loop():  # never block a loop that may be settling the first one
+                with self._lock:
+                    if self.record is None and self._waiter is None:
+                        self._waiter = threading.Event()
+                    waiter = self._waiter if self.record is None else None
+                if waiter is not None:
+                    waiter.wait(_WAIT_FOR_FIRST_FINISH)
             return self.record
         quote, action = self._price(fin)
         started = time.perf_counter()
@@ -722,7 +771,7 @@ class Call:
         if fin is None:
             # the first finish may be awaiting the ledger on this very loop: yield to it
             deadline = time.monotonic() + _WAIT_FOR_FIRST_FINISH
-            while not self._settled.is_set() and time.monotonic() < deadline:
+            while self.record is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.001)
             return self.record
         quote, action = self._price(fin)
@@ -776,15 +825,20 @@ class Call:
 
     def _price(self, fin: _Finish) -> tuple[Quote | None, Action]:
         pricer = self._pricer
-        succeeded = fin.error is None
-        if fin.partial and not (pricer is not None and pricer.config.settle_partial_streams):
+        settle_partial = pricer is not None and pricer.config.settle_partial_streams
+        refund = pricer is not None and pricer.config.refund_on_failure
+        if fin.error is not None:
+            # an upstream failure, even after some chunks, is the provider's fault: refund
+            # protection wins over the tokens already delivered
             succeeded = False
-        action = decide(
-            self.mode,
-            succeeded=succeeded,
-            vetoed=fin.vetoed,
-            refund_on_failure=pricer.config.refund_on_failure if pricer is not None else False,
-        )
+        elif fin.partial:
+            # a stream the caller cut short (break, close, GC) pays for what was delivered,
+            # or, with settle_partial_streams off, for nothing at all
+            succeeded = settle_partial
+            refund = refund or not settle_partial
+        else:
+            succeeded = True
+        action = decide(self.mode, succeeded=succeeded, vetoed=fin.vetoed, refund_on_failure=refund)
         if pricer is None or self.model is None:
             return None, action
         usage = fin.usage
@@ -871,9 +925,11 @@ class Call:
                 remaining = self._meter.remaining(self.account, tier=self.tier)
             except Exception:
                 logger.exception("metered: could not read the remaining budget")
+        settled = status == "settled"
         record = self._build_record(
-            usage=quote.usage if quote is not None and status == "settled" else fin.usage,
+            usage=quote.usage if quote is not None and settled else fin.usage,
             quote=quote,
+            priced=settled,
             status=status,
             amount_nanos=amount,
             settlement_ms=settlement_ms,
@@ -885,18 +941,19 @@ class Call:
             remaining=remaining,
         )
         totals = _context.current_totals()
-        if totals is not None and status == "settled" and quote is not None:
-            totals.add(quote.cost, from_nanos(amount))
-        self._events.append(
-            (
-                EVENT_SETTLEMENT,
-                {
-                    "metered.settlement.status": status,
-                    "metered.settlement.amount.usd": float(from_nanos(amount)),
-                    "metered.settlement.latency_ms": settlement_ms,
-                },
+        if totals is not None and settled and quote is not None:
+            totals.add(quote.cost, record.settlement_amount)
+        span = self._span
+        if span is not None and span.is_recording():
+            self._events.append(
+                (
+                    EVENT_SETTLEMENT,
+                    {
+                        "metered.settlement.status": status,
+                        "metered.settlement.amount.usd": float(record.settlement_amount),
+                    },
+                )
             )
-        )
         self._emit(record, fin.error)
         return record
 
@@ -905,6 +962,7 @@ class Call:
         *,
         usage: Usage | None,
         quote: Quote | None,
+        priced: bool,
         status: str,
         amount_nanos: int,
         settlement_ms: float,
@@ -915,11 +973,14 @@ class Call:
         fin: _Finish | None,
         remaining: Decimal | None,
     ) -> UsageRecord:
-        u = usage or Usage(source="unknown")
+        u = usage or _NO_USAGE
         now = time.perf_counter()
         ttfc = None if self._first_chunk is None else (self._first_chunk - self._started) * 1000
+        # cost, price and margin describe money that moved: a released, refunded or refused
+        # call shows none (what it would have cost stays in payment_required)
+        money = quote if priced else None
         return UsageRecord(
-            timestamp=datetime.now(tz=UTC).isoformat(timespec="milliseconds"),
+            timestamp=time.time(),
             call_id=self.id,
             route=self.route_name if self._pricer is None else self._pricer.name,
             provider=(quote.provider if quote is not None and quote.provider else self.provider),
@@ -929,9 +990,9 @@ class Call:
             resolved_model=quote.resolved_model if quote is not None else None,
             resolved_pricing_mode=quote.pricing_mode if quote is not None else None,
             pricing_source=quote.pricing_source if quote is not None else None,
-            resolved_price=quote.price if quote is not None else None,
-            cost=quote.cost if quote is not None else None,
-            margin=quote.margin if quote is not None else None,
+            resolved_price=money.price if money is not None else None,
+            cost=money.cost if money is not None else None,
+            margin=money.margin if money is not None else None,
             tokens_in=u.input_tokens,
             tokens_out=u.output_tokens,
             cache_read_tokens=u.cache_read_tokens,
@@ -954,6 +1015,7 @@ class Call:
             policy_reason=policy_reason,
             error_type=error_type,
             stream=bool(self.body.get("stream")),
+            request_max_tokens=self.output_limit or None,
             time_to_first_chunk_ms=ttfc,
             trimmed_messages=self.trimmed,
             max_tokens_clamped_from=self.clamped_from,
@@ -965,8 +1027,11 @@ class Call:
         )
 
     def _emit(self, record: UsageRecord, error: BaseException | None) -> None:
-        self.record = record
-        self._settled.set()
+        with self._lock:
+            self.record = record
+            waiter = self._waiter
+        if waiter is not None:
+            waiter.set()
         meter = self._meter
         if self._span is not None:
             meter.telemetry.finish(
@@ -983,6 +1048,10 @@ class Call:
                 sink(record)
             except Exception:
                 logger.exception("metered: usage record sink failed")
+
+
+_NO_USAGE = Usage(source="unknown")
+_ZERO = Decimal(0)
 
 
 def _str_or_none(value: object) -> str | None:

@@ -36,15 +36,17 @@ __all__ = [
 ]
 
 
-def _pattern(entries: Iterable[str], key: str) -> re.Pattern[str] | None:
+def _pattern(entries: Iterable[str], key: str, *, strip_provider: bool) -> re.Pattern[str] | None:
     parts: list[str] = []
     for i, entry in enumerate(entries):
         try:
             # normalise around the wildcards so "GPT-4o*" and "gpt-4o*" mean the same
             name = "*".join(normalize_model_id(p) if p else "" for p in entry.split("*"))
             prefix, slash, rest = name.partition("/")
-            if slash and prefix in PROVIDER_PREFIXES and rest:
-                name = rest  # "openai/gpt-4o" names the same model as "gpt-4o"
+            if strip_provider and slash and prefix in PROVIDER_PREFIXES and rest:
+                # denying "openai/gpt-4o" denies gpt-4o through every provider; an allow
+                # entry keeps its provider (allowing openai/ must not admit azure/)
+                name = rest
         except (InvalidRequest, PolicyDenied) as exc:
             raise ConfigError(f"{key}[{i}]", exc.message, entry) from None
         parts.append(fnmatch.translate(name))
@@ -59,9 +61,11 @@ class ModelPolicy:
     """
 
     def __init__(self, *, allow: Iterable[str] | None = None, deny: Iterable[str] = ()) -> None:
-        self._allow = None if allow is None else _pattern(allow, "models.allow")
+        self._allow = (
+            None if allow is None else _pattern(allow, "models.allow", strip_provider=False)
+        )
         self._allow_all = allow is None
-        self._deny = _pattern(deny, "models.deny")
+        self._deny = _pattern(deny, "models.deny", strip_provider=True)
 
     @property
     def enforcing(self) -> bool:

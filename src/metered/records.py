@@ -22,6 +22,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import IO, Any, Literal, Protocol
 
@@ -30,11 +31,16 @@ __all__ = ["CallbackSink", "JsonlSink", "RecordSink", "UsageRecord"]
 logger = logging.getLogger("metered")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UsageRecord:
-    """Everything known about one metered call once it is settled (or rejected)."""
+    """Everything known about one metered call once it is settled (or rejected).
 
-    timestamp: str
+    Treat it as read-only: it is not frozen only because one is built on every call and a
+    frozen 45-field dataclass costs three times as much to construct. ``timestamp`` is
+    epoch seconds (UTC); :meth:`to_dict` renders it as ISO 8601.
+    """
+
+    timestamp: float
     call_id: str
     route: str | None
     provider: str | None
@@ -69,6 +75,7 @@ class UsageRecord:
     policy_reason: str | None
     error_type: str | None
     stream: bool
+    request_max_tokens: int | None
     time_to_first_chunk_ms: float | None
     trimmed_messages: int
     max_tokens_clamped_from: int | None
@@ -81,6 +88,9 @@ class UsageRecord:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: Decimals as strings (exact), tuples as lists."""
         out = asdict(self)
+        out["timestamp"] = datetime.fromtimestamp(self.timestamp, tz=UTC).isoformat(
+            timespec="milliseconds"
+        )
         for key, value in out.items():
             if isinstance(value, Decimal):
                 out[key] = str(value)

@@ -15,8 +15,11 @@ Two modes (per route, ``settlement:`` in the config):
     (``settled``) unless the route sets ``refund_on_failure``, which **refunds** it
     (``refunded``). A veto refunds (``refunded``).
 
-A stream cut mid-way settles the tokens actually delivered (estimated) unless the route
-sets ``settle_partial_streams: false``, in which case it is treated as a failure. A
+A stream the caller cuts short (``break``, ``close()``, garbage collection) settles the
+tokens actually delivered (estimated) unless the route sets
+``settle_partial_streams: false``, in which case nothing is charged (a prepaid charge is
+refunded). A stream cut by an *upstream* error is a failure like any other: refund
+protection wins over the tokens already delivered. A
 ledger fault during settlement gives ``failed``; an unsettled hold then expires on its
 own, so a crashed or failing settlement never locks budget.
 

@@ -15,6 +15,7 @@ never are (no attribute here takes a header or credential).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -155,6 +156,7 @@ def record_attributes(record: UsageRecord) -> dict[str, Any]:
         ATTR.RESPONSE_MODEL: record.response_model,
         ATTR.RESPONSE_ID: record.response_id,
         ATTR.FINISH_REASONS: list(record.finish_reasons) if record.finish_reasons else None,
+        ATTR.REQUEST_MAX_TOKENS: record.request_max_tokens,
         ATTR.INPUT_TOKENS: record.tokens_in,
         ATTR.OUTPUT_TOKENS: record.tokens_out,
         ATTR.CACHE_READ_TOKENS: record.cache_read_tokens,
@@ -190,11 +192,31 @@ def record_attributes(record: UsageRecord) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if v is not None}
 
 
-def _metrics_installed() -> bool:
-    provider = metrics.get_meter_provider()
-    return not isinstance(provider, metrics.NoOpMeterProvider) and (
-        type(provider).__name__ != "_ProxyMeterProvider"
-    )
+class _MetricsProbe:
+    """Whether a real (SDK) meter provider is installed globally.
+
+    Asking the OTel API costs ~1 µs (it reads an environment variable), so a "no" is
+    remembered for a second; a "yes" is final (a global provider cannot be replaced).
+    """
+
+    __slots__ = ("_checked_at", "_installed")
+
+    def __init__(self) -> None:
+        self._installed = False
+        self._checked_at = -1.0
+
+    def __call__(self) -> bool:
+        if self._installed:
+            return True
+        now = time.monotonic()
+        if now - self._checked_at < 1.0:
+            return False
+        self._checked_at = now
+        provider = metrics.get_meter_provider()
+        self._installed = not isinstance(provider, metrics.NoOpMeterProvider) and (
+            type(provider).__name__ != "_ProxyMeterProvider"
+        )
+        return self._installed
 
 
 class Telemetry:
@@ -219,6 +241,7 @@ class Telemetry:
         self.enabled = enabled
         self._tracer = trace.get_tracer("metered", __version__, tracer_provider=tracer_provider)
         self._explicit_meter = meter_provider is not None
+        self._metrics_installed = _MetricsProbe()
         meter = metrics.get_meter("metered", __version__, meter_provider=meter_provider)
         self._token_usage = meter.create_histogram(
             METRIC.TOKEN_USAGE,
@@ -257,32 +280,23 @@ class Telemetry:
         if not self.enabled:
             return trace.INVALID_SPAN
         try:
-            span = self._tracer.start_span(
-                f"{operation} {model}" if model else operation, kind=SpanKind.CLIENT
+            attrs: dict[str, Any] = {ATTR.OPERATION: operation, ATTR.REQUEST_STREAM: stream}
+            if model is not None:
+                attrs[ATTR.REQUEST_MODEL] = model
+            name = provider_name(provider)
+            if name is not None:
+                attrs[ATTR.PROVIDER] = name
+            if server_address:
+                attrs[ATTR.SERVER_ADDRESS] = server_address
+            # attributes given at start are visible to samplers, and cost one call
+            return self._tracer.start_span(
+                f"{operation} {model}" if model else operation,
+                kind=SpanKind.CLIENT,
+                attributes=attrs,
             )
-            if span.is_recording():
-                attrs: dict[str, Any] = {ATTR.OPERATION: operation, ATTR.REQUEST_STREAM: stream}
-                if model is not None:
-                    attrs[ATTR.REQUEST_MODEL] = model
-                name = provider_name(provider)
-                if name is not None:
-                    attrs[ATTR.PROVIDER] = name
-                if server_address:
-                    attrs[ATTR.SERVER_ADDRESS] = server_address
-                span.set_attributes(attrs)
-            return span
         except Exception:  # telemetry must never break a call
             logger.exception("metered: could not start span")
             return trace.INVALID_SPAN
-
-    @staticmethod
-    def annotate(span: Span, attributes: Mapping[str, Any]) -> None:
-        """Add attributes known after the start (output limit, provider) to a live span."""
-        try:
-            if span.is_recording():
-                span.set_attributes({k: v for k, v in attributes.items() if v is not None})
-        except Exception:
-            logger.exception("metered: could not annotate span")
 
     def finish(
         self,
@@ -311,7 +325,7 @@ class Telemetry:
             span.end()
         except Exception:
             logger.exception("metered: could not end span")
-        if self._explicit_meter or _metrics_installed():
+        if self._explicit_meter or self._metrics_installed():
             try:
                 self._record_metrics(record, operation, duration_s)
             except Exception:

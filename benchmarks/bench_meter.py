@@ -1,0 +1,258 @@
+"""Engine overhead per call (Meter.begin + Call.finish), next to baselines from the same run.
+
+Every scenario meters one chat call with a budget on (``after-response``: hold, then
+capture) and prints microseconds per call, best of ``ROUNDS``.
+
+Baselines:
+
+* **bare quote** — ``meter.pricer.route().quote(model, usage)``: pricing alone, the least
+  a metered call can cost.
+* **bare SDK span** — ``tracer.start_span`` + ``set_attributes`` (as many attributes as
+  the engine's call span ends with) + ``end``, on the same SDK pipeline (simple processor,
+  in-memory exporter): the least a traced call can cost.
+
+Prompt estimation (tiktoken counting) is reported on its own: counting a 1K-token prompt
+never seen before (``cold``) and the same prompt again (``warm``: per-text counts are
+cached), and a metered call with a tiny prompt, whose estimation costs next to nothing.
+
+Targets: with the no-op OTel API and estimation excluded (tiny prompt) <= 15 us per call;
+with SDK tracing <= 1.5x the bare-span baseline. The table also shows what tracing adds
+on its own (traced call minus no-op call) against the bare span. When a target is missed
+the no-op call is profiled and the engine's hottest functions are printed.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from metered.meter import Meter
+from metered.tokens import count_chat
+from metered.usage import Usage
+
+ROUNDS = 5
+CALLS = 2_000
+MODEL = "gpt-4o"
+CONFIG: dict[str, Any] = {"default_budgets": ["$1000000/total"]}
+USAGE = Usage(input_tokens=1_000, output_tokens=200)
+TARGET_NOOP_US = 15.0
+TARGET_SDK_RATIO = 1.5
+_WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "seven",
+    "wizards",
+    "quietly",
+    "hex",
+]
+
+Run = Callable[[], None]
+
+
+def _prompt(tag: str, tokens: int = 1_000) -> list[dict[str, str]]:
+    """A system message and a user message of about ``tokens`` tokens, unique per ``tag``."""
+    words = [_WORDS[(i * 7) % len(_WORDS)] for i in range(tokens - 12)]
+    return [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": f"[{tag}] " + " ".join(words)},
+    ]
+
+
+def _best_us(make_run: Callable[[int], Run], calls: int = CALLS) -> float:
+    """Best of ROUNDS in microseconds per call; ``make_run(round)`` builds a round untimed."""
+    best = float("inf")
+    for r in range(ROUNDS):
+        run = make_run(r)
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best / calls * 1e6
+
+
+def _metered(meter: Meter, bodies: Callable[[int], list[dict[str, Any]]]) -> Callable[[int], Run]:
+    """Rounds of begin + finish over the request bodies ``bodies(round)``."""
+
+    def make_run(r: int) -> Run:
+        batch = bodies(r)
+
+        def run() -> None:
+            for body in batch:
+                meter.begin(body).finish(USAGE)
+
+        return run
+
+    return make_run
+
+
+def _cold_bodies(r: int) -> list[dict[str, Any]]:
+    # a 1K-token prompt never counted before: every call pays for tiktoken
+    return [
+        {"model": MODEL, "messages": _prompt(f"r{r}-{i}"), "max_tokens": 200} for i in range(CALLS)
+    ]
+
+
+def _same_bodies(messages: list[dict[str, str]]) -> Callable[[int], list[dict[str, Any]]]:
+    body = {"model": MODEL, "messages": messages, "max_tokens": 200}
+    return lambda r: [body] * CALLS
+
+
+def _counting(bodies: Callable[[int], list[dict[str, Any]]]) -> Callable[[int], Run]:
+    def make_run(r: int) -> Run:
+        batch = bodies(r)
+
+        def run() -> None:
+            for body in batch:
+                count_chat(body["messages"], model=MODEL)
+
+        return run
+
+    return make_run
+
+
+def _bare_quote(meter: Meter) -> Callable[[int], Run]:
+    route = meter.pricer.route()
+
+    def make_run(_: int) -> Run:
+        def run() -> None:
+            for _i in range(CALLS):
+                route.quote(MODEL, USAGE)
+
+        return run
+
+    return make_run
+
+
+def _bare_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter, n_attrs: int
+) -> Callable[[int], Run]:
+    tracer = provider.get_tracer("bench")
+    attrs = {f"bench.attr.{i}": i for i in range(n_attrs)}
+
+    def make_run(_: int) -> Run:
+        exporter.clear()
+
+        def run() -> None:
+            for _i in range(CALLS):
+                span = tracer.start_span("chat gpt-4o", kind=trace.SpanKind.CLIENT)
+                span.set_attributes(attrs)
+                span.end()
+
+        return run
+
+    return make_run
+
+
+def _clearing(
+    exporter: InMemorySpanExporter, make_run: Callable[[int], Run]
+) -> Callable[[int], Run]:
+    """Empty the in-memory exporter before each round so memory does not grow."""
+
+    def wrapped(r: int) -> Run:
+        exporter.clear()
+        return make_run(r)
+
+    return wrapped
+
+
+def _profile(meter: Meter, bodies: Callable[[int], list[dict[str, Any]]], top: int = 15) -> str:
+    profiler = cProfile.Profile()
+    run = _metered(meter, bodies)(ROUNDS)
+    profiler.enable()
+    run()
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats("metered", top)
+    return out.getvalue()
+
+
+def main() -> None:
+    tiny = _same_bodies([{"role": "user", "content": "hi"}])
+    warm = _same_bodies(_prompt("warm"))
+    print(
+        f"prompt: {count_chat(_prompt('x'), model=MODEL)} tokens; {CALLS} calls x best of {ROUNDS}"
+    )
+
+    noop = Meter(CONFIG)  # no SDK installed: the global OTel API is a no-op
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    traced = Meter(CONFIG, tracer_provider=tracer_provider)
+    metered_sdk = Meter(
+        CONFIG,
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+    )
+    traced.begin(tiny(0)[0]).finish(USAGE)
+    n_attrs = len(exporter.get_finished_spans()[-1].attributes or {})
+
+    quote = _best_us(_bare_quote(noop))
+    span = _best_us(_bare_span(tracer_provider, exporter, n_attrs))
+    rows: list[tuple[str, float, str]] = [
+        ("baseline: bare quote", quote, ""),
+        (f"baseline: bare SDK span ({n_attrs} attrs)", span, ""),
+        ("estimation: count 1K prompt, cold", _best_us(_counting(_cold_bodies)), ""),
+        ("estimation: count 1K prompt, warm", _best_us(_counting(warm)), ""),
+    ]
+    noop_tiny = _best_us(_metered(noop, tiny))
+    noop_warm = _best_us(_metered(noop, warm))
+    noop_cold = _best_us(_metered(noop, _cold_bodies))
+    sdk_tiny = _best_us(_clearing(exporter, _metered(traced, tiny)))
+    sdk_warm = _best_us(_clearing(exporter, _metered(traced, warm)))
+    sdk_metrics = _best_us(_clearing(exporter, _metered(metered_sdk, tiny)))
+    rows += [
+        ("no-op OTel: begin+finish, tiny prompt", noop_tiny, f"{noop_tiny / quote:.1f}x quote"),
+        ("no-op OTel: begin+finish, 1K prompt warm", noop_warm, f"{noop_warm / quote:.1f}x quote"),
+        ("no-op OTel: begin+finish, 1K prompt cold", noop_cold, f"{noop_cold / quote:.1f}x quote"),
+        ("SDK tracing: begin+finish, tiny prompt", sdk_tiny, f"{sdk_tiny / span:.2f}x span"),
+        ("SDK tracing: begin+finish, 1K prompt warm", sdk_warm, f"{sdk_warm / span:.2f}x span"),
+        ("SDK tracing+metrics: tiny prompt", sdk_metrics, f"{sdk_metrics / span:.2f}x span"),
+        (
+            "tracing alone: SDK tiny - no-op tiny",
+            sdk_tiny - noop_tiny,
+            f"{(sdk_tiny - noop_tiny) / span:.2f}x span",
+        ),
+    ]
+    width = max(len(name) for name, _, _ in rows)
+    print(f"{'scenario':{width}s}  {'us/call':>8s}  vs baseline")
+    for name, us, ratio in rows:
+        print(f"{name:{width}s}  {us:8.2f}  {ratio}")
+
+    noop_ok = noop_tiny <= TARGET_NOOP_US
+    sdk_ok = sdk_tiny / span <= TARGET_SDK_RATIO
+    print(
+        f"target no-op <= {TARGET_NOOP_US:.0f} us (estimation excluded): "
+        f"{noop_tiny:.1f} us {'met' if noop_ok else 'MISSED'}; "
+        f"target SDK <= {TARGET_SDK_RATIO}x bare span: {sdk_tiny / span:.2f}x "
+        f"{'met' if sdk_ok else 'MISSED'}"
+    )
+    if not (noop_ok and sdk_ok):
+        print("\nhot spots in metered, no-op OTel, tiny prompt (cProfile, by own time):")
+        print(_profile(noop, tiny))
+    noop.close()
+    traced.close()
+    metered_sdk.close()
+    tracer_provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()
