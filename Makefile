@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test lint bench clean venv sdk-matrix
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/metered check examples/metered.yaml
-	$(BIN)/metered quote gpt-4o gpt-4o-mini my-chatbot gpt-4.1-mini --input 1200 --output 300 \
-		--cache-read 200 --config examples/metered.yaml --route "POST /v1/chat/completions"
+	$(BIN)/python -m metered.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -26,6 +24,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+	scripts/sdk_matrix.sh
+
+# the client tests again, against the previous major lines of the openai/anthropic SDKs
+sdk-matrix: $(STAMP)
+	scripts/sdk_matrix.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH)

@@ -499,6 +499,33 @@ def test_balance_without_budget_reports_lifetime_spend(ledger: MemoryLedger) -> 
     assert ledger.balance("nobody", budget("$1/day")).remaining == Decimal(1)
 
 
+def test_receipts_report_each_accounts_least_remaining_budget(ledger: MemoryLedger) -> None:
+    """A receipt carries what balance() would report as remaining, per account charged."""
+    user_ = user("$1/day", "$5/month")
+    team = Charge("team", (budget("$2/month"),))
+    charges = (user_, team, Charge("feature:chat"))
+    ledger.hold("other", [user_], usd("0.10"), ttl_seconds=TTL)  # holds count too
+    ledger.hold("k1", charges, usd("0.50"), ttl_seconds=TTL)
+    receipt = ledger.capture("k1", usd("0.30"))
+    expected = (
+        min(ledger.balance("user", b).remaining_nanos or 0 for b in user_.budgets),
+        ledger.balance("team", team.budgets[0]).remaining_nanos,
+        None,
+    )
+    assert receipt.remaining_nanos == expected == (usd("0.60"), usd("1.70"), None)
+    assert ledger.capture("k1", usd("0.30")).remaining_nanos == expected  # unchanged repeat
+    assert ledger.capture("nope", 1).remaining_nanos == ()
+
+
+def test_a_charges_list_changed_between_calls_is_validated_again(ledger: MemoryLedger) -> None:
+    """Prepared charges are reused only for the same tuple: a mutated list is re-checked."""
+    charges = [user()]
+    ledger.charge("k1", charges, 1)
+    charges.append(user())
+    with pytest.raises(ValueError, match="once"):
+        ledger.charge("k2", charges, 1)
+
+
 # --- threshold alerts --------------------------------------------------------------------
 
 

@@ -1,4 +1,22 @@
-"""metered: know and control what every LLM chat call costs."""
+"""metered: know and control what every LLM chat call costs.
+
+::
+
+    from openai import OpenAI
+    from metered import Meter, MeteredOpenAI
+
+    meter = Meter.from_yaml("metered.yaml")      # or Meter() / Meter(config={...})
+    client = MeteredOpenAI(OpenAI(), meter=meter, account="team-a")
+    meter.spent("team-a"), meter.remaining("team-a")
+
+Importing ``metered`` is cheap: the engine, the SDK proxies and the middleware load on
+first use, and the SDKs themselves only when a proxy wraps a client.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from metered.exceptions import (
     BudgetExceeded,
@@ -14,19 +32,79 @@ from metered.exceptions import (
 )
 from metered.usage import Usage
 
+if TYPE_CHECKING:
+    from metered.asgi import ApiKeys, MeteredMiddleware
+    from metered.clients import (
+        MeteredAnthropic,
+        MeteredAsyncAnthropic,
+        MeteredAsyncOpenAI,
+        MeteredOpenAI,
+    )
+    from metered.context import bind
+    from metered.ledger import Budget, MemoryLedger
+    from metered.meter import Call, Meter
+    from metered.pricing import Quote
+    from metered.records import UsageRecord
+    from metered.wsgi import MeteredWSGIMiddleware
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApiKeys",
+    "Budget",
     "BudgetExceeded",
+    "Call",
     "ConfigError",
     "ContextOverflow",
     "InvalidRequest",
     "LedgerError",
+    "MemoryLedger",
+    "Meter",
+    "MeteredAnthropic",
+    "MeteredAsyncAnthropic",
+    "MeteredAsyncOpenAI",
     "MeteredError",
+    "MeteredMiddleware",
+    "MeteredOpenAI",
+    "MeteredWSGIMiddleware",
     "PolicyDenied",
+    "Quote",
     "RequestTooLarge",
     "UnknownModel",
     "UpstreamError",
     "Usage",
+    "UsageRecord",
     "__version__",
+    "bind",
 ]
+
+# public name -> module that defines it (imported on first access)
+_LAZY = {
+    "ApiKeys": "metered.asgi",
+    "Budget": "metered.ledger",
+    "Call": "metered.meter",
+    "MemoryLedger": "metered.ledger",
+    "Meter": "metered.meter",
+    "MeteredAnthropic": "metered.clients",
+    "MeteredAsyncAnthropic": "metered.clients",
+    "MeteredAsyncOpenAI": "metered.clients",
+    "MeteredMiddleware": "metered.asgi",
+    "MeteredOpenAI": "metered.clients",
+    "MeteredWSGIMiddleware": "metered.wsgi",
+    "Quote": "metered.pricing",
+    "UsageRecord": "metered.records",
+    "bind": "metered.context",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'metered' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,4 +1,4 @@
-"""The ``metered`` command: quote, check, models, tokens.
+"""The ``metered`` command: quote, check, models, tokens, gateway.
 
 Human output is a plain table; ``--json`` prints one JSON document for scripts.
 Errors print one line on stderr and exit 1; usage errors exit 2.
@@ -315,6 +315,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--route", help="route name in the config")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_cmd_tokens)
+
+    from metered.gateway import add_gateway_parser
+
+    add_gateway_parser(sub)
     return parser
 
 

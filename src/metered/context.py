@@ -65,6 +65,8 @@ _route: ContextVar[str | None] = ContextVar("metered.route", default=None)
 _urgent: ContextVar[bool] = ContextVar("metered.urgent", default=False)
 _metadata: ContextVar[Mapping[str, Any] | None] = ContextVar("metered.metadata", default=None)
 _totals: ContextVar[RequestTotals | None] = ContextVar("metered.totals", default=None)
+# records of every call finished in this context, for metered.testing.capture_spend()
+_captured: ContextVar[list[Any] | None] = ContextVar("metered.captured", default=None)
 
 _UNSET: Any = object()
 
@@ -93,6 +95,11 @@ def current() -> CallerContext:
         urgent=_urgent.get(),
         metadata=_metadata.get() or {},
     )
+
+
+def captured_records() -> list[Any] | None:
+    """The list bound by :func:`metered.testing.capture_spend`, if any."""
+    return _captured.get()
 
 
 def current_totals() -> RequestTotals | None:

@@ -55,9 +55,12 @@ from collections.abc import (
     MutableMapping,
 )
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from metered import context as _context_vars
 from metered.exceptions import InvalidRequest
+from metered.records import UsageRecord
 from metered.tokens import count_anthropic, count_chat, count_request, encoding_for_model
 
 if TYPE_CHECKING:
@@ -67,7 +70,14 @@ if TYPE_CHECKING:
     import openai
     import tiktoken
 
-__all__ = ["DEFAULT_MODELS", "DEFAULT_REPLY", "FakeUpstream", "RecordedRequest"]
+__all__ = [
+    "DEFAULT_MODELS",
+    "DEFAULT_REPLY",
+    "FakeUpstream",
+    "RecordedRequest",
+    "SpendCapture",
+    "capture_spend",
+]
 
 DEFAULT_REPLY = "This is a reply from the metered fake upstream."
 """What :class:`FakeUpstream` answers unless told otherwise."""
@@ -1294,3 +1304,54 @@ def _transport_class(module_name: str) -> Any:
             return self._response(reply, request)
 
     return Transport
+
+
+class SpendCapture:
+    """The usage records of the metered calls finished inside :func:`capture_spend`."""
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    @property
+    def calls(self) -> int:
+        """Calls finished (settled, released, refused ...)."""
+        return len(self.records)
+
+    @property
+    def cost(self) -> Decimal:
+        """Upstream cost of the settled calls (calls with an unknown cost add nothing)."""
+        return sum((r.cost for r in self.records if r.cost is not None), Decimal(0))
+
+    @property
+    def price(self) -> Decimal:
+        """What the settled calls were charged."""
+        return sum((r.settlement_amount for r in self.records if r.payment_settled), Decimal(0))
+
+    def by_model(self) -> dict[str, Decimal]:
+        """Charged amount per requested model."""
+        out: dict[str, Decimal] = {}
+        for r in self.records:
+            if r.payment_settled and r.requested_model is not None:
+                out[r.requested_model] = (
+                    out.get(r.requested_model, Decimal(0)) + r.settlement_amount
+                )
+        return out
+
+
+@contextlib.contextmanager
+def capture_spend() -> Iterator[SpendCapture]:
+    """Collect the usage record of every metered call finished in this context.
+
+    Works with any meter and any door (client proxies, middleware), including calls made
+    in asyncio tasks started inside the block::
+
+        with capture_spend() as spend:
+            client.chat.completions.create(model="gpt-4o", messages=[...])
+        assert spend.calls == 1 and spend.price > 0
+    """
+    capture = SpendCapture()
+    token = _context_vars._captured.set(capture.records)
+    try:
+        yield capture
+    finally:
+        _context_vars._captured.reset(token)

@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, runtime_checkable
 
 from metered.exceptions import ConfigError
 from metered.money import format_usd, from_nanos, parse_amount, to_nanos
@@ -259,9 +259,10 @@ class Charge:
             object.__setattr__(self, "budgets", tuple(self.budgets))
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(NamedTuple):
     """What :meth:`Ledger.hold` holds (or held, for a repeated key).
+
+    A named tuple, like :class:`Receipt`: one is built on every metered call.
 
     Attributes:
         key: the idempotency key of the call.
@@ -299,9 +300,11 @@ class Threshold:
     period: str
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
+class Receipt(NamedTuple):
     """What a capture, charge, adjust or refund did.
+
+    A named tuple (immutable; ~2.5x cheaper to build than a frozen dataclass): one is
+    built on every metered call.
 
     Attributes:
         key: the idempotency key.
@@ -311,6 +314,11 @@ class Receipt:
         amount_nanos: the entry's spend afterwards (the captured or charged amount).
         delta_nanos: spend this call added (negative for a refund); 0 when unchanged.
         crossed: thresholds this call's spend crossed, in ascending order.
+        remaining_nanos: for each account of the entry, in charge order, the least
+            remaining of the budgets it was charged with right after this call (what
+            :meth:`Ledger.balance` reports as ``remaining_nanos``), ``None`` for an account
+            without budgets. Empty when the call changed nothing, or when the ledger does
+            not report it (then ask :meth:`Ledger.balance`).
     """
 
     key: str
@@ -319,6 +327,7 @@ class Receipt:
     amount_nanos: int = 0
     delta_nanos: int = 0
     crossed: tuple[Threshold, ...] = ()
+    remaining_nanos: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

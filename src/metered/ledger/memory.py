@@ -9,6 +9,11 @@ itself. Expired holds and forgotten keys come off a heap of deadlines lazily, at
 of every operation; rolling spend sits in at most ~60 buckets per window with a running
 total. State lives in this process only: replicas that share budgets need a shared
 ledger (Redis).
+
+This sits on every metered call, so the per-call path avoids repeated work: a charges
+tuple is validated and prepared once (its budgets' threshold amounts, alert keys and
+rolling windows) and reused while the same tuple comes back, which is what the engine
+does for every call of an account.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import heapq
 import math
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 
@@ -29,6 +35,7 @@ from metered.ledger import (
     EntryState,
     Hold,
     Ledger,
+    Period,
     Receipt,
     ReceiptStatus,
     Threshold,
@@ -39,9 +46,15 @@ from metered.money import from_nanos
 
 __all__ = ["MemoryLedger"]
 
+Periods = tuple[Period, Period, Period]
+# stands in for calendar_periods(now) where no calendar budget needs it
+_NO_PERIODS: Periods = (Period("", None), Period("", None), Period("", None))
+
 # Position of each calendar window in calendar_periods() and in _Account.periods.
 _CALENDAR_INDEX = {"day": 0, "week": 1, "month": 2}
 _SPENT_STATES = ("captured", "charged")
+# Prepared charges tuples remembered per ledger (the engine reuses one tuple per account).
+_PLAN_CACHE_SIZE = 1024
 
 
 class _Rolling:
@@ -97,8 +110,8 @@ class _Account:
         self.periods: list[str | None] = [None, None, None]
         self.nanos = [0, 0, 0]
         self.rolling: dict[int, _Rolling] = {}
-        # budget -> (period id, number of thresholds already fired in it)
-        self.alerts: dict[Budget, tuple[str, int]] = {}
+        # budget (_Watch.key) -> (period id, number of thresholds already fired in it)
+        self.alerts: dict[tuple[int, str, int | None], tuple[str, int]] = {}
 
     def spent(self, window: Window, now: float) -> int:
         kind = window.kind
@@ -113,16 +126,92 @@ class _Account:
         i = _CALENDAR_INDEX[kind]
         return self.nanos[i] if self.periods[i] == calendar_periods(now)[i].id else 0
 
+    def spent_in(self, watch: _Watch, now: float, now_periods: Periods) -> int:
+        """:meth:`spent` for a prepared budget, given ``calendar_periods(now)``."""
+        i = watch.calendar
+        if i is not None:
+            return self.nanos[i] if self.periods[i] == now_periods[i].id else 0
+        if watch.rolling is None:
+            return self.total
+        series = self.rolling.get(watch.rolling)
+        if series is None:
+            return 0
+        series.prune(now)
+        return series.total
+
+    def land(self, delta: int, at_periods: Periods, now_periods: Periods) -> None:
+        """Add ``delta`` to the calendar periods spend dated ``at_periods`` landed in."""
+        periods, nanos = self.periods, self.nanos
+        for i in range(3):
+            period = at_periods[i].id
+            if periods[i] == period:
+                nanos[i] += delta
+            elif delta > 0 and period == now_periods[i].id:
+                periods[i] = period
+                nanos[i] = delta
+            # Otherwise the spend's period has closed: a correction to it is dropped.
+
+
+class _Watch:
+    """One budget of a charge, prepared: where its spend is read, its alert amounts."""
+
+    __slots__ = ("budget", "calendar", "key", "limit", "marks", "period", "rolling")
+
+    def __init__(self, budget: Budget, thresholds: Sequence[tuple[Decimal, int, int]]) -> None:
+        window = budget.window
+        limit = budget.limit_nanos
+        self.budget = budget
+        self.limit = limit
+        self.calendar = _CALENDAR_INDEX.get(window.kind)
+        self.rolling = window.seconds if window.kind == "rolling" else None
+        # The period id of a total or rolling window never changes (calendar: per call).
+        self.period = "" if self.calendar is not None else window.period(0).id
+        # Alert state is per budget value (what Budget equality compares), not per object.
+        self.key = (limit, window.kind, window.seconds)
+        # Spend reaches fraction n/d of the limit when spent * d >= limit * n, that is
+        # spent >= ceil(limit * n / d): the comparison stays exact and becomes a bisect.
+        self.marks = tuple(-(-limit * n // d) for _, n, d in thresholds)
+
+    def level(self, spent: int) -> int:
+        """How many thresholds ``spent`` has reached."""
+        return bisect_right(self.marks, spent) if spent > 0 else 0
+
+
+class _Payer:
+    """One :class:`Charge`, prepared."""
+
+    __slots__ = ("budgets", "name", "rolling", "watches")
+
+    def __init__(self, charge: Charge, thresholds: Sequence[tuple[Decimal, int, int]]) -> None:
+        self.name = charge.account
+        self.budgets = charge.budgets
+        self.watches = tuple(_Watch(b, thresholds) for b in charge.budgets)
+        self.rolling = tuple({b.window for b in charge.budgets if b.window.kind == "rolling"})
+
+
+class _Plan:
+    """A validated charges tuple, prepared for the hot path."""
+
+    __slots__ = ("accounts", "calendar", "charges", "payers")
+
+    def __init__(
+        self, charges: tuple[Charge, ...], thresholds: Sequence[tuple[Decimal, int, int]]
+    ) -> None:
+        self.charges = charges
+        self.accounts = tuple(c.account for c in charges)
+        self.payers = tuple(_Payer(c, thresholds) for c in charges)
+        # whether checking a budget needs the calendar periods of "now"
+        self.calendar = any(w.calendar is not None for p in self.payers for w in p.watches)
+
 
 class _Entry:
     """One hold or charge, remembered by key."""
 
-    __slots__ = ("amount", "at", "charges", "expires_at", "forget_at", "held", "is_hold", "state")
+    __slots__ = ("amount", "at", "expires_at", "forget_at", "held", "is_hold", "plan", "state")
 
     def __init__(
         self,
-        *,
-        charges: tuple[Charge, ...],
+        plan: _Plan,
         is_hold: bool,
         state: EntryState,
         held: int,
@@ -130,7 +219,7 @@ class _Entry:
         at: float,
         expires_at: float,
     ) -> None:
-        self.charges = charges
+        self.plan = plan
         self.is_hold = is_hold
         self.state: EntryState = state
         self.held = held  # nanos held (holds only)
@@ -172,6 +261,9 @@ class MemoryLedger(Ledger):
         self._entries: dict[str, _Entry] = {}
         self._accounts: dict[str, _Account] = {}
         self._deadlines: list[tuple[float, str]] = []
+        # id(charges tuple) -> its plan; the plan keeps the tuple alive, so ids stay unique
+        self._plans: dict[int, _Plan] = {}
+        self._last_plan: _Plan | None = None
 
     # --- holds ------------------------------------------------------------------------
 
@@ -184,32 +276,31 @@ class MemoryLedger(Ledger):
         ttl_seconds: float,
         now: float | None = None,
     ) -> Hold:
-        charges_ = _validate_charges(charges)
-        _validate_nanos(amount_nanos)
+        plan = self._plan(charges)
+        if type(amount_nanos) is not int or amount_nanos < 0:
+            raise _bad_amount(amount_nanos)
         if not 0 < ttl_seconds < math.inf:
             raise ValueError(f"ttl_seconds must be a positive number, got {ttl_seconds!r}")
         now = self._clock() if now is None else now
         with self._lock:
-            self._expire(now)
+            if self._deadlines and self._deadlines[0][0] <= now:
+                self._expire(now)
             entry = self._entries.get(key)
             if entry is not None:
                 _require(entry, hold=True, key=key)
                 return _hold(key, entry, replayed=True)
-            self._check(charges_, amount_nanos, now)
-            entry = _Entry(
-                charges=charges_,
-                is_hold=True,
-                state="held",
-                held=amount_nanos,
-                amount=0,
-                at=now,
-                expires_at=now + ttl_seconds,
-            )
-            for charge in charges_:
-                self._account(charge.account).held += amount_nanos
+            self._check(plan, amount_nanos, now)
+            expires_at = now + ttl_seconds
+            entry = _Entry(plan, True, "held", amount_nanos, 0, now, expires_at)
+            accounts = self._accounts
+            for name in plan.accounts:
+                account = accounts.get(name)
+                if account is None:
+                    account = accounts[name] = _Account()
+                account.held += amount_nanos
             self._entries[key] = entry
-            heapq.heappush(self._deadlines, (entry.expires_at, key))
-            return _hold(key, entry, replayed=False)
+            heapq.heappush(self._deadlines, (expires_at, key))
+            return Hold(key, "held", amount_nanos, plan.accounts, expires_at)
 
     async def ahold(
         self,
@@ -230,42 +321,38 @@ class MemoryLedger(Ledger):
         charges: Sequence[Charge] | None = None,
         now: float | None = None,
     ) -> Receipt:
-        _validate_nanos(amount_nanos)
-        fallback = None if charges is None else _validate_charges(charges)
+        if type(amount_nanos) is not int or amount_nanos < 0:
+            raise _bad_amount(amount_nanos)
+        fallback = None if charges is None else self._plan(charges)
         now = self._clock() if now is None else now
         with self._lock:
-            self._expire(now)
+            if self._deadlines and self._deadlines[0][0] <= now:
+                self._expire(now)
             entry = self._entries.get(key)
             status: ReceiptStatus
             if entry is None:
                 if fallback is None:
                     return Receipt(key, "unknown", None)
-                entry = _Entry(
-                    charges=fallback,
-                    is_hold=True,
-                    state="captured",
-                    held=0,
-                    amount=0,
-                    at=now,
-                    expires_at=now,
-                )
+                entry = _Entry(fallback, True, "captured", 0, 0, now, now)
                 self._entries[key] = entry
                 status = "late"
             else:
-                _require(entry, hold=True, key=key)
+                if not entry.is_hold:
+                    _require(entry, hold=True, key=key)
                 if entry.state == "held":
                     self._unhold(entry)
                     status = "applied"
                 elif entry.state == "expired":
                     status = "late"
                 else:
-                    return _unchanged(key, entry)
+                    return self._unchanged(key, entry, now)
             entry.state = "captured"
             entry.at = now
             entry.amount = amount_nanos
             crossed = self._record(entry, amount_nanos, now)
             self._finish(key, entry, now)
-            return Receipt(key, status, "captured", amount_nanos, amount_nanos, crossed)
+            remaining = self._remaining(entry.plan, now)
+            return Receipt(key, status, "captured", amount_nanos, amount_nanos, crossed, remaining)
 
     async def acapture(
         self,
@@ -304,30 +391,26 @@ class MemoryLedger(Ledger):
         enforce: bool = True,
         now: float | None = None,
     ) -> Receipt:
-        charges_ = _validate_charges(charges)
+        plan = self._plan(charges)
         _validate_nanos(amount_nanos)
         now = self._clock() if now is None else now
         with self._lock:
-            self._expire(now)
+            if self._deadlines and self._deadlines[0][0] <= now:
+                self._expire(now)
             entry = self._entries.get(key)
             if entry is not None:
                 _require(entry, hold=False, key=key)
-                return _unchanged(key, entry)
+                return self._unchanged(key, entry, now)
             if enforce:
-                self._check(charges_, amount_nanos, now)
-            entry = _Entry(
-                charges=charges_,
-                is_hold=False,
-                state="charged",
-                held=0,
-                amount=amount_nanos,
-                at=now,
-                expires_at=now,
-            )
+                self._check(plan, amount_nanos, now)
+            entry = _Entry(plan, False, "charged", 0, amount_nanos, now, now)
             self._entries[key] = entry
             crossed = self._record(entry, amount_nanos, now)
             self._finish(key, entry, now)
-            return Receipt(key, "applied", "charged", amount_nanos, amount_nanos, crossed)
+            remaining = self._remaining(plan, now)
+            return Receipt(
+                key, "applied", "charged", amount_nanos, amount_nanos, crossed, remaining
+            )
 
     async def acharge(
         self,
@@ -382,7 +465,31 @@ class MemoryLedger(Ledger):
     async def aclose(self) -> None:
         """Nothing to release: the state is plain memory."""
 
-    # --- internals (call with the lock held) --------------------------------------------
+    # --- internals --------------------------------------------------------------------
+
+    def _plan(self, charges: Sequence[Charge]) -> _Plan:
+        """Validate and prepare ``charges``; a tuple seen before costs a dict lookup.
+
+        Only tuples are remembered: a tuple of frozen charges cannot change, a list can.
+        Called without the lock: concurrent misses just prepare the same plan twice.
+        """
+        plan = self._last_plan  # hold and capture of one call pass the same tuple
+        if plan is not None and plan.charges is charges:
+            return plan
+        plans = self._plans
+        if type(charges) is tuple:
+            plan = plans.get(id(charges))
+            if plan is not None and plan.charges is charges:
+                self._last_plan = plan
+                return plan
+        plan = _Plan(_validate_charges(charges), self._thresholds)
+        if type(charges) is tuple:
+            if len(plans) >= _PLAN_CACHE_SIZE:
+                plans.clear()
+            plans[id(charges)] = self._last_plan = plan
+        return plan
+
+    # the methods below run with the lock held
 
     def _account(self, name: str) -> _Account:
         account = self._accounts.get(name)
@@ -410,25 +517,27 @@ class MemoryLedger(Ledger):
             resets_at=window.period(now).ends_at,
         )
 
-    def _check(self, charges: tuple[Charge, ...], amount: int, now: float) -> None:
+    def _check(self, plan: _Plan, amount: int, now: float) -> None:
         """Raise BudgetExceeded for the first account and budget that cannot pay."""
-        for charge in charges:
-            if not charge.budgets:
+        now_periods = calendar_periods(now) if plan.calendar else _NO_PERIODS
+        for payer in plan.payers:
+            if not payer.watches:
                 continue
-            account = self._accounts.get(charge.account)
+            account = self._accounts.get(payer.name)
             if account is None:
-                for budget in charge.budgets:
-                    if amount > budget.limit_nanos:
-                        raise _exceeded(charge.account, None, budget, 0, amount, now)
+                for watch in payer.watches:
+                    if amount > watch.limit:
+                        raise _exceeded(payer.name, None, watch.budget, 0, amount, now)
                 continue
-            for budget in charge.budgets:
-                used = account.spent(budget.window, now) + account.held
-                if used + amount > budget.limit_nanos:
-                    raise _exceeded(charge.account, account, budget, used, amount, now)
+            for watch in payer.watches:
+                used = account.spent_in(watch, now, now_periods) + account.held
+                if used + amount > watch.limit:
+                    raise _exceeded(payer.name, account, watch.budget, used, amount, now)
 
     def _unhold(self, entry: _Entry) -> None:
-        for charge in entry.charges:
-            self._accounts[charge.account].held -= entry.held
+        accounts = self._accounts
+        for name in entry.plan.accounts:
+            accounts[name].held -= entry.held
 
     def _finish(self, key: str, entry: _Entry, when: float) -> None:
         entry.forget_at = when + self._retain
@@ -464,77 +573,107 @@ class MemoryLedger(Ledger):
             if entry.state == "held":
                 raise ValueError(f"hold {key!r} is still active: capture or release it first")
             if entry.state not in _SPENT_STATES:
-                return _unchanged(key, entry)
+                return self._unchanged(key, entry, now)
             delta = amount - entry.amount
             if delta == 0 and not refund:
-                return _unchanged(key, entry)
+                return self._unchanged(key, entry, now)
             entry.amount = amount
             if refund:
                 entry.state = "refunded"
             crossed = self._record(entry, delta, now)
             self._finish(key, entry, now)
-            return Receipt(key, "applied", entry.state, amount, delta, crossed)
+            remaining = self._remaining(entry.plan, now)
+            return Receipt(key, "applied", entry.state, amount, delta, crossed, remaining)
 
     def _record(self, entry: _Entry, delta: int, now: float) -> tuple[Threshold, ...]:
         """Add ``delta`` spend, dated ``entry.at``, to every account of the entry."""
         if delta == 0:
             return ()
-        crossed: list[Threshold] = []
         at = entry.at
         at_periods = calendar_periods(at)
-        now_periods = calendar_periods(now)
-        for charge in entry.charges:
-            account = self._account(charge.account)
-            watched = charge.budgets if delta > 0 and self._thresholds else ()
-            before = [account.spent(b.window, now) for b in watched]
+        now_periods = at_periods if at == now else calendar_periods(now)
+        alerting = delta > 0 and bool(self._thresholds)
+        crossed: list[Threshold] = []
+        for payer in entry.plan.payers:
+            account = self._account(payer.name)
+            # Only rolling windows need the spend before (their thresholds re-arm).
+            before = (
+                [account.spent_in(w, now, now_periods) for w in payer.watches]
+                if alerting and payer.rolling
+                else None
+            )
             account.total += delta
-            for i in range(3):
-                period = at_periods[i].id
-                if account.periods[i] == period:
-                    account.nanos[i] += delta
-                elif delta > 0 and period == now_periods[i].id:
-                    account.periods[i] = period
-                    account.nanos[i] = delta
-                # Otherwise the spend's period has closed: a correction to it is dropped.
-            rolling = {b.window for b in charge.budgets if b.window.kind == "rolling"}
-            for window in rolling:
+            periods = account.periods
+            day, week, month = at_periods
+            if periods[0] == day.id and periods[1] == week.id and periods[2] == month.id:
+                nanos = account.nanos  # the common case: spend lands in the current periods
+                nanos[0] += delta
+                nanos[1] += delta
+                nanos[2] += delta
+            else:
+                account.land(delta, at_periods, now_periods)
+            for window in payer.rolling:
                 series = account.rolling.get(window.seconds or 0)
                 if series is None:
                     series = account.rolling[window.seconds or 0] = _Rolling(window)
                 series.add(at, delta, now)
-            for budget, spent_before in zip(watched, before, strict=True):
-                crossed.extend(self._crossings(charge.account, account, budget, spent_before, now))
+            if not alerting:
+                continue
+            for i, watch in enumerate(payer.watches):
+                after = account.spent_in(watch, now, now_periods)
+                if watch.marks and after >= watch.marks[0]:  # else no threshold is reached
+                    spent_before = before[i] if before is not None else 0
+                    self._crossings(
+                        payer.name, account, watch, spent_before, after, now_periods, crossed
+                    )
         return tuple(crossed)
 
-    def _crossings(
-        self, name: str, account: _Account, budget: Budget, before: int, now: float
-    ) -> list[Threshold]:
-        period = budget.window.period(now).id
-        after = account.spent(budget.window, now)
-        stored = account.alerts.get(budget)
-        fired = stored[1] if stored is not None and stored[0] == period else 0
-        if budget.window.kind == "rolling":
-            # No period ends a rolling window: a threshold re-arms once spend drops below it.
-            fired = min(fired, self._level(before, budget.limit_nanos))
-        reached = self._level(after, budget.limit_nanos)
-        if reached <= fired:
-            return []
-        account.alerts[budget] = (period, reached)
-        return [
-            Threshold(name, budget, fraction, after, period)
-            for fraction, _, _ in self._thresholds[fired:reached]
-        ]
+    def _remaining(self, plan: _Plan, now: float) -> tuple[int | None, ...]:
+        """Each account's least remaining budget (as :meth:`balance` reports it)."""
+        now_periods = calendar_periods(now) if plan.calendar else _NO_PERIODS
+        remaining: list[int | None] = []
+        for payer in plan.payers:
+            account = self._accounts.get(payer.name)
+            if not payer.watches:
+                remaining.append(None)
+            elif account is None:
+                remaining.append(min(w.limit for w in payer.watches))
+            else:
+                left = min([w.limit - account.spent_in(w, now, now_periods) for w in payer.watches])
+                left -= account.held
+                remaining.append(left if left > 0 else 0)
+        return tuple(remaining)
 
-    def _level(self, spent: int, limit: int) -> int:
-        """How many thresholds ``spent`` has reached."""
-        if spent <= 0:
-            return 0
-        level = 0
-        for _, numerator, denominator in self._thresholds:
-            if spent * denominator < limit * numerator:
-                break
-            level += 1
-        return level
+    def _unchanged(self, key: str, entry: _Entry, now: float) -> Receipt:
+        remaining = self._remaining(entry.plan, now)
+        return Receipt(key, "unchanged", entry.state, entry.amount, 0, (), remaining)
+
+    def _crossings(
+        self,
+        name: str,
+        account: _Account,
+        watch: _Watch,
+        before: int,
+        after: int,
+        now_periods: Periods,
+        out: list[Threshold],
+    ) -> None:
+        """Append to ``out`` the thresholds of ``watch`` that spend ``after`` newly reached."""
+        i = watch.calendar
+        period = now_periods[i].id if i is not None else watch.period
+        stored = account.alerts.get(watch.key)
+        fired = stored[1] if stored is not None and stored[0] == period else 0
+        if watch.rolling is not None:
+            # No period ends a rolling window: a threshold re-arms once spend drops below it.
+            fired = min(fired, watch.level(before))
+        reached = watch.level(after)
+        if reached <= fired:
+            return
+        account.alerts[watch.key] = (period, reached)
+        out.extend(
+            Threshold(name, watch.budget, fraction, after, period)
+            for fraction, _, _ in self._thresholds[fired:reached]
+        )
 
 
 def _exceeded(
@@ -573,7 +712,11 @@ def _validate_charges(charges: Sequence[Charge]) -> tuple[Charge, ...]:
 
 def _validate_nanos(amount: int) -> None:
     if type(amount) is not int or amount < 0:
-        raise ValueError(f"amounts are int nano-USD >= 0, got {amount!r}")
+        raise _bad_amount(amount)
+
+
+def _bad_amount(amount: object) -> ValueError:
+    return ValueError(f"amounts are int nano-USD >= 0, got {amount!r}")
 
 
 def _require(entry: _Entry, *, hold: bool, key: str) -> None:
@@ -587,11 +730,7 @@ def _hold(key: str, entry: _Entry, *, replayed: bool) -> Hold:
         key=key,
         state=entry.state,
         amount_nanos=entry.held,
-        accounts=tuple(c.account for c in entry.charges),
+        accounts=entry.plan.accounts,
         expires_at=entry.expires_at,
         replayed=replayed,
     )
-
-
-def _unchanged(key: str, entry: _Entry) -> Receipt:
-    return Receipt(key, "unchanged", entry.state, entry.amount)

@@ -1,0 +1,895 @@
+"""What the ASGI and WSGI doors share: who is calling, gateway-route request checks, and
+usage read from JSON and server-sent-event responses as they pass through.
+
+Both :mod:`metered.asgi` and :mod:`metered.wsgi` are thin shells over this module, so the
+two servers identify callers, refuse bad requests and settle streams the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from metered.context import CallerContext, RequestTotals
+from metered.exceptions import ConfigError, InvalidRequest, MeteredError, UpstreamError, http_error
+from metered.policy import OUTPUT_LIMIT_PARAMS
+from metered.usage import (
+    AnthropicStreamUsage,
+    Usage,
+    from_anthropic,
+    from_openai_chat,
+    from_openai_chunk,
+    from_openai_responses,
+    from_openai_responses_event,
+)
+
+if TYPE_CHECKING:
+    from metered.meter import Api, Call, Meter
+
+__all__ = [
+    "COST_HEADER",
+    "CREDENTIAL_HEADERS",
+    "MAX_JSON_RESPONSE",
+    "MAX_OUTPUT_TOKENS",
+    "MAX_SSE_LINE",
+    "PRICE_HEADER",
+    "REQUEST_CALLS",
+    "REQUEST_COST",
+    "REQUEST_PRICE",
+    "ApiKeys",
+    "AsyncIdentify",
+    "GatewayResponse",
+    "GatewayRoute",
+    "Identify",
+    "Identity",
+    "NotFound",
+    "Outcome",
+    "StreamMeter",
+    "TotalHeader",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "UpstreamTimeout",
+    "annotate_request_span",
+    "bindings",
+    "caller_of",
+    "check_content_type",
+    "check_door_options",
+    "check_total_headers",
+    "error_parts",
+    "finish_args",
+    "gateway_routes",
+    "json_outcome",
+    "parse_request",
+    "prepare_stream",
+    "public_headers",
+    "total_headers",
+]
+
+#: Response header with the upstream cost (USD) of the metered calls a request made.
+COST_HEADER: Final = "x-metered-cost"
+#: Response header with the price (USD) charged for the metered calls a request made.
+PRICE_HEADER: Final = "x-metered-price"
+#: Server-span attributes with the request's totals (streams get no headers: see asgi.py).
+REQUEST_COST: Final = "metered.request.cost.usd"
+REQUEST_PRICE: Final = "metered.request.price.usd"
+REQUEST_CALLS: Final = "metered.request.calls"
+
+#: Headers that carry credentials: never passed to pricing rules, hooks, spans or logs.
+CREDENTIAL_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
+)
+#: No model emits a million tokens in one call: a larger output limit is a client bug or
+#: an attempt to make the reservation absurd.
+MAX_OUTPUT_TOKENS: Final = 1_000_000
+#: A gateway JSON response larger than this is passed through unparsed (usage unknown).
+MAX_JSON_RESPONSE: Final = 8 * 1024 * 1024
+#: Longest SSE line kept while looking for usage (a Responses ``response.completed``
+#: event repeats the whole output); longer lines are skipped.
+MAX_SSE_LINE: Final = 8 * 1024 * 1024
+# Delivered stream text is counted in batches of this many characters: constant memory,
+# one tokenizer call per batch instead of one per chunk.
+_COUNT_BATCH = 4096
+
+TotalHeader = Literal["cost", "price"]
+Identity = CallerContext | str | None
+#: Resolves the caller of a request: receives the ASGI scope (or the WSGI environ) and
+#: returns a :class:`~metered.context.CallerContext`, an account name, or ``None``
+#: (unidentified).
+Identify = Callable[[Any], Identity]
+#: An ``async`` resolver (ASGI only).
+AsyncIdentify = Callable[[Any], Awaitable[Identity]]
+
+
+class Unauthorized(InvalidRequest):
+    """The request names no known caller and the door requires one (HTTP 401)."""
+
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class NotFound(InvalidRequest):
+    """No route serves the request's method and path (HTTP 404)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time (HTTP 504)."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """A gateway route received a body that is not JSON (HTTP 415)."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+# -- who is calling -------------------------------------------------------------------
+
+
+class ApiKeys:
+    """Maps API keys sent by callers to accounts, without keeping or revealing the keys.
+
+    Keys are read from ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (see
+    ``headers``). Only SHA-256 digests of the configured keys are stored. A key that is not
+    configured is unidentified, unless a ``secret`` is given: it then becomes the account
+    ``key:<16 hex>`` (HMAC-SHA256 of the key under the secret), a stable name that cannot
+    be turned back into the key. Raw keys never reach spans, records or logs.
+
+    Instances are resolvers for both doors: pass one as ``identify=`` to
+    :class:`~metered.asgi.MeteredMiddleware` or :class:`~metered.wsgi.MeteredWSGIMiddleware`.
+
+    Args:
+        keys: ``{api key: account}``. Keep keys out of YAML: build this from a secret
+            store, or use :meth:`from_env`.
+        secret: HMAC secret that names accounts for keys not in ``keys``.
+        headers: request headers to read the key from, in order.
+
+    Example::
+
+        identify = ApiKeys({"sk-live-acme": "acme"}, secret=os.environ["METERED_KEY_SECRET"])
+        app.add_middleware(MeteredMiddleware, meter=meter, identify=identify)
+    """
+
+    __slots__ = ("_asgi", "_digests", "_secret", "_wsgi")
+
+    def __init__(
+        self,
+        keys: Mapping[str, str] | None = None,
+        *,
+        secret: str | bytes | None = None,
+        headers: Sequence[str] = ("authorization", "x-api-key"),
+    ) -> None:
+        digests: dict[bytes, str] = {}
+        for key, account in (keys or {}).items():
+            if not isinstance(key, str) or not key or not isinstance(account, str) or not account:
+                # never echo the key itself
+                raise ConfigError("api_keys", "keys and accounts must be non-empty strings")
+            digests[_digest(key)] = account
+        self._digests = digests
+        self._secret = secret.encode() if isinstance(secret, str) else secret
+        names = [h.lower() for h in headers]
+        self._asgi = frozenset(n.encode("latin-1") for n in names)
+        self._wsgi = tuple("HTTP_" + n.upper().replace("-", "_") for n in names)
+
+    @classmethod
+    def from_env(
+        cls,
+        var: str = "METERED_API_KEYS",
+        *,
+        secret_var: str = "METERED_KEY_SECRET",
+        environ: Mapping[str, str] | None = None,
+    ) -> ApiKeys:
+        """Keys from the environment: ``METERED_API_KEYS="sk-a=acme,sk-b=globex"``.
+
+        Pairs are separated by commas or whitespace; ``secret_var`` (optional) holds the
+        HMAC secret for unlisted keys.
+
+        Raises:
+            ConfigError: a pair is not ``key=account`` (the key is not echoed).
+        """
+        env = os.environ if environ is None else environ
+        keys: dict[str, str] = {}
+        for index, pair in enumerate(re.split(r"[,\s]+", env.get(var, "").strip())):
+            if not pair:
+                continue
+            key, sep, account = pair.rpartition("=")
+            if not sep or not key or not account:
+                raise ConfigError(f"{var}[{index}]", "must be written key=account")
+            keys[key] = account
+        return cls(keys, secret=env.get(secret_var) or None)
+
+    def __repr__(self) -> str:
+        return f"ApiKeys(keys={len(self._digests)}, secret={self._secret is not None})"
+
+    def account(self, key: str) -> str | None:
+        """The account a raw API key belongs to, or ``None``."""
+        if not key:
+            return None
+        found = self._digests.get(_digest(key))
+        if found is not None or self._secret is None:
+            return found
+        mac = hmac.new(self._secret, key.encode("utf-8", "surrogateescape"), hashlib.sha256)
+        return "key:" + mac.hexdigest()[:16]
+
+    def __call__(self, request: Mapping[str, Any]) -> str | None:
+        """The account of an ASGI scope or a WSGI environ, or ``None``."""
+        if "headers" in request and "type" in request:
+            for name, raw in request["headers"]:
+                if name in self._asgi:
+                    key = _bearer(name, raw.decode("latin-1"))
+                    if key:
+                        return self.account(key)
+            return None
+        for wsgi_name in self._wsgi:
+            value = request.get(wsgi_name)
+            if value:
+                key = _bearer(b"authorization" if wsgi_name == "HTTP_AUTHORIZATION" else b"", value)
+                if key:
+                    return self.account(key)
+        return None
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+def _bearer(name: bytes, value: str) -> str:
+    value = value.strip()
+    if name == b"authorization":
+        scheme, _, token = value.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
+    return value
+
+
+def caller_of(result: object) -> CallerContext | str | None:
+    """Normalise what a resolver returned: an account name, a caller, or ``None``.
+
+    Raises:
+        TypeError: the resolver returned something else.
+    """
+    if type(result) is str or isinstance(result, str):
+        return result or None
+    if isinstance(result, CallerContext):
+        return result if result.account else None
+    if result is None:
+        return None
+    raise TypeError(
+        f"identify must return a CallerContext, an account name or None, not {type(result)!r}"
+    )
+
+
+def check_door_options(unidentified: str, max_choices: int) -> None:
+    """Validate the middlewares' ``unidentified`` and ``max_choices`` options.
+
+    Raises:
+        ConfigError: naming the bad option.
+    """
+    if unidentified not in ("allow", "reject"):
+        raise ConfigError("unidentified", "must be 'allow' or 'reject'", unidentified)
+    if type(max_choices) is not int or max_choices < 1:
+        raise ConfigError("max_choices", "must be a positive integer", max_choices)
+
+
+def check_total_headers(names: Collection[str]) -> tuple[TotalHeader, ...]:
+    """Validate the ``total_headers`` option.
+
+    Raises:
+        ConfigError: an entry is not ``"cost"`` or ``"price"``.
+    """
+    out: list[TotalHeader] = []
+    for name in names:
+        if name not in ("cost", "price"):
+            raise ConfigError("total_headers", "entries must be 'cost' or 'price'", name)
+        out.append("cost" if name == "cost" else "price")
+    return tuple(out)
+
+
+def total_headers(totals: RequestTotals, which: Collection[TotalHeader]) -> list[tuple[str, str]]:
+    """The ``x-metered-cost`` / ``x-metered-price`` headers for a request's totals."""
+    out: list[tuple[str, str]] = []
+    if "cost" in which:
+        out.append((COST_HEADER, _plain(totals.cost)))
+    if "price" in which:
+        out.append((PRICE_HEADER, _plain(totals.price)))
+    return out
+
+
+def _plain(amount: Decimal) -> str:
+    # fixed-point: "0.00012", never "1.2E-4"
+    return format(amount.normalize(), "f") if amount else "0"
+
+
+# -- gateway routes -------------------------------------------------------------------
+
+_ROUTE_NAME = re.compile(r"([A-Z]+) (/\S*)")
+_DEFAULT_MAX_BODY = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRoute:
+    """One HTTP route metered as an LLM call (a ``routes:`` entry named ``METHOD /path``).
+
+    Attributes:
+        name: the route name, e.g. ``"POST /v1/chat/completions"``.
+        api: the wire format, from the path: ``chat``, ``responses`` or ``anthropic``.
+        provider: the upstream provider, for telemetry.
+        max_body_bytes: larger request bodies are refused with 413.
+    """
+
+    name: str
+    method: str
+    path: str
+    api: Api
+    provider: str
+    max_body_bytes: int
+
+
+def _api_of(path: str) -> Api:
+    if path.endswith("/responses"):
+        return "responses"
+    if path.endswith("/messages"):
+        return "anthropic"
+    return "chat"
+
+
+def gateway_routes(
+    meter: Meter, names: Iterable[str] | None = None
+) -> dict[tuple[str, str], GatewayRoute]:
+    """The gateway routes of a meter, keyed by ``(method, path)``.
+
+    Args:
+        meter: its config's routes named ``METHOD /path`` are gateway routes; routes named
+            otherwise price client calls and are skipped.
+        names: route names to meter instead; a name absent from the config is priced by
+            the default rules.
+
+    Raises:
+        ConfigError: an explicit name is not ``METHOD /path``.
+    """
+    configured = meter.config.routes
+    chosen = list(names) if names is not None else list(configured)
+    routes: dict[tuple[str, str], GatewayRoute] = {}
+    for name in chosen:
+        match = _ROUTE_NAME.fullmatch(name)
+        if match is None:
+            if names is None:
+                continue
+            raise ConfigError(f"routes[{name!r}]", "a gateway route is named 'METHOD /path'")
+        method, path = match.groups()
+        api = _api_of(path)
+        config = configured.get(name)
+        upstream = config.upstream if config is not None else None
+        if upstream and "://" not in upstream and upstream != "fake":
+            provider = upstream
+        else:
+            provider = "anthropic" if api == "anthropic" else "openai"
+        limit = config.max_body_bytes if config is not None else _DEFAULT_MAX_BODY
+        routes[(method, path)] = GatewayRoute(name, method, path, api, provider, limit)
+    return routes
+
+
+def public_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Request headers for pricing rules and hooks: lower-cased, credentials removed."""
+    out: dict[str, str] = {}
+    for name, value in items:
+        name = name.lower()
+        if name not in CREDENTIAL_HEADERS:
+            out[name] = value
+    return out
+
+
+def check_content_type(value: str | None) -> None:
+    """Gateway routes take JSON only.
+
+    Raises:
+        UnsupportedMediaType: the body is declared as something else (or not declared).
+    """
+    media = (value or "").partition(";")[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise UnsupportedMediaType(
+            f"the request body must be JSON (content-type: application/json), got "
+            f"{media or 'no content-type'}"
+        )
+
+
+def parse_request(raw: bytes, *, max_choices: int = 1) -> dict[str, Any]:
+    """Parse and check a gateway request body before it reaches the engine.
+
+    Raises:
+        InvalidRequest: not a JSON object, no string model, a non-boolean ``stream``,
+            ``n`` above ``max_choices``, or an output limit that is not an integer in
+            ``1..MAX_OUTPUT_TOKENS`` (``param`` names the field).
+    """
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("'model' is required", param="model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' must be a non-empty string", param="model")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object", param="stream_options")
+    n = body.get("n")
+    if n is not None and (type(n) is not int or not 1 <= n <= max_choices):
+        raise InvalidRequest(
+            f"'n' must be an integer from 1 to {max_choices} on this endpoint", param="n"
+        )
+    for name in OUTPUT_LIMIT_PARAMS:
+        value = body.get(name)
+        if value is not None and (type(value) is not int or not 1 <= value <= MAX_OUTPUT_TOKENS):
+            raise InvalidRequest(
+                f"'{name}' must be an integer from 1 to {MAX_OUTPUT_TOKENS}", param=name
+            )
+    return body
+
+
+def prepare_stream(body: dict[str, Any], api: Api) -> bool:
+    """Ask a chat stream for its usage chunk; ``True`` when the client did not ask for it.
+
+    The client then must not see that extra chunk (strip it, as the client proxies do):
+    its stream stays exactly what the upstream would have sent it.
+    """
+    if api != "chat" or body.get("stream") is not True:
+        return False
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    body["stream_options"] = {**(options or {}), "include_usage": True}
+    return True
+
+
+def error_parts(exc: MeteredError) -> tuple[int, list[tuple[str, str]], bytes]:
+    """``(status, headers, body)`` of the JSON error answering a refused request."""
+    status, data = http_error(exc)
+    body = json.dumps(data, separators=(",", ":")).encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers.append(("retry-after", str(retry_after)))
+    return status, headers, body
+
+
+# -- reading the response -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a response said about the call (``usage`` is ``None`` when it said nothing)."""
+
+    usage: Usage | None = None
+    response_model: str | None = None
+    response_id: str | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+    complete: bool = False
+
+
+def json_outcome(data: bytes, api: Api) -> Outcome:
+    """Read usage, model, id and finish reasons from a JSON (non-streamed) response."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return Outcome()
+    if not isinstance(body, dict):
+        return Outcome()
+    out = Outcome(response_model=_str(body.get("model")), response_id=_str(body.get("id")))
+    out.complete = True
+    if api == "chat":
+        out.usage = from_openai_chat(body)
+        for choice in body.get("choices") or ():
+            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                out.finish_reasons.append(choice["finish_reason"])
+    elif api == "responses":
+        out.usage = from_openai_responses(body)
+        if isinstance(body.get("status"), str):
+            out.finish_reasons.append(body["status"])
+    else:
+        out.usage = from_anthropic(body)
+        if isinstance(body.get("stop_reason"), str):
+            out.finish_reasons.append(body["stop_reason"])
+    return out
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class StreamMeter:
+    """Reads usage from a server-sent-event response as it passes through.
+
+    Chunks are forwarded as they come (never held for a whole event, let alone the
+    stream); only the last incomplete line is kept, and delivered text is counted in
+    small batches, so memory stays constant however long the stream. With
+    ``strip_usage`` the usage-only chunk the gateway asked for is removed from what the
+    client sees; the chunks around it pass unchanged.
+
+    Args:
+        api: the wire format (``chat``, ``responses`` or ``anthropic``).
+        model: the requested model, to count delivered text with its tokenizer.
+        strip_usage: drop the chat usage chunk (see :func:`prepare_stream`).
+    """
+
+    __slots__ = (
+        "_anthropic",
+        "_api",
+        "_batch",
+        "_batch_chars",
+        "_drop_blank",
+        "_model",
+        "_partial",
+        "_skipping",
+        "_strip",
+        "delivered_tokens",
+        "outcome",
+        "started",
+    )
+
+    def __init__(self, api: Api, *, model: str, strip_usage: bool = False) -> None:
+        self._api = api
+        self._model = model
+        self._strip = strip_usage
+        self._partial = b""
+        self._skipping = False
+        self._drop_blank = False
+        self._batch: list[str] = []
+        self._batch_chars = 0
+        self._anthropic = AnthropicStreamUsage() if api == "anthropic" else None
+        self.outcome = Outcome()
+        self.started = False
+        self.delivered_tokens = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take one body chunk; return the bytes to forward to the client."""
+        if not chunk:
+            return chunk
+        self.started = True
+        lines = chunk.split(b"\n")
+        lines[0] = self._partial + lines[0]
+        tail = lines.pop()
+        overflow = len(tail) > MAX_SSE_LINE
+        self._partial = b"" if overflow else tail
+        if not self._strip:
+            for line in lines:
+                self._line(line)
+            if overflow:
+                self._skipping = True
+            return chunk
+        # Stripping: forward whole lines only, so a dropped event never leaves a fragment.
+        kept = [line + b"\n" for line in lines if self._line(line)]
+        if overflow:
+            # too long to hold: it cannot be the usage chunk, forward it as it comes
+            kept.append(tail)
+            self._skipping = True
+        return b"".join(kept)
+
+    def close(self) -> bytes:
+        """End of the body: handle and return the last line if it had no newline."""
+        tail, self._partial = self._partial, b""
+        if tail and self._line(tail) and self._strip:
+            return tail
+        return b""
+
+    def _line(self, line: bytes) -> bool:
+        """Handle one complete line; ``False`` when it must not be forwarded."""
+        if self._skipping:
+            self._skipping = False
+            return True
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            if self._drop_blank:
+                self._drop_blank = False
+                return False
+            return True
+        if not line.startswith(b"data:"):
+            return True
+        payload = line[5:].lstrip(b" ")
+        if payload == b"[DONE]":
+            self.outcome.complete = True
+            return True
+        try:
+            data = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return True
+        if not isinstance(data, dict):
+            return True
+        if self._api == "chat":
+            return self._chat(data)
+        if self._api == "responses":
+            self._responses(data)
+        else:
+            self._anthropic_event(data)
+        return True
+
+    def _chat(self, data: dict[str, Any]) -> bool:
+        out = self.outcome
+        if out.response_id is None:
+            out.response_id = _str(data.get("id"))
+            out.response_model = _str(data.get("model"))
+        error = data.get("error")
+        if error is not None:
+            out.error = _error_message(error)
+        choices = data.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                reason = choice.get("finish_reason")
+                if isinstance(reason, str):
+                    out.finish_reasons.append(reason)
+                delta = choice.get("delta")
+                if isinstance(delta, dict):
+                    self._add(delta.get("content"))
+                    self._add(delta.get("refusal"))
+                    for call in delta.get("tool_calls") or ():
+                        function = call.get("function") if isinstance(call, dict) else None
+                        if isinstance(function, dict):
+                            self._add(function.get("name"))
+                            self._add(function.get("arguments"))
+        if isinstance(data.get("usage"), dict):
+            # the usage chunk comes after the last content chunk: the reply is complete
+            out.usage = from_openai_chunk(data)
+            out.complete = True
+            if self._strip and not choices:
+                self._drop_blank = True
+                return False
+        return True
+
+    def _responses(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        out = self.outcome
+        if kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+            self._add(data.get("delta"))
+        elif kind == "response.created":
+            response = data.get("response")
+            if isinstance(response, dict):
+                out.response_id = _str(response.get("id"))
+                out.response_model = _str(response.get("model"))
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            out.usage = from_openai_responses_event(data)
+            out.complete = True
+            response = data.get("response")
+            if isinstance(response, dict) and isinstance(response.get("status"), str):
+                out.finish_reasons.append(response["status"])
+        elif kind == "error":
+            out.error = _error_message(data)
+
+    def _anthropic_event(self, data: dict[str, Any]) -> None:
+        assert self._anthropic is not None
+        kind = data.get("type")
+        out = self.outcome
+        self._anthropic.feed(data)
+        if kind == "content_block_delta":
+            delta = data.get("delta")
+            if isinstance(delta, dict):
+                self._add(delta.get("text") or delta.get("partial_json"))
+        elif kind == "message_start":
+            message = data.get("message")
+            if isinstance(message, dict):
+                out.response_id = _str(message.get("id"))
+                out.response_model = _str(message.get("model"))
+        elif kind == "message_delta":
+            delta = data.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                out.finish_reasons.append(delta["stop_reason"])
+        elif kind == "message_stop":
+            out.complete = True
+        elif kind == "error":
+            out.error = _error_message(data.get("error"))
+        out.usage = self._anthropic.usage()
+
+    def _add(self, text: object) -> None:
+        if isinstance(text, str) and text:
+            self._batch.append(text)
+            self._batch_chars += len(text)
+            if self._batch_chars >= _COUNT_BATCH:
+                self._count()
+
+    def _count(self) -> None:
+        if self._batch:
+            from metered.tokens import count_text
+
+            self.delivered_tokens += count_text("".join(self._batch), model=self._model)
+            self._batch.clear()
+            self._batch_chars = 0
+
+    def delivered(self, prompt_tokens: int) -> Usage:
+        """An estimate of what the stream delivered so far (for streams cut short)."""
+        self._count()
+        return Usage(
+            input_tokens=prompt_tokens, output_tokens=self.delivered_tokens, source="estimated"
+        )
+
+
+def _error_message(error: object) -> str:
+    if isinstance(error, dict):
+        message = error.get("message")
+        if isinstance(message, str):
+            return message
+        inner = error.get("error")
+        if isinstance(inner, dict):
+            return _error_message(inner)
+    return "the upstream reported an error in the stream"
+
+
+def finish_args(
+    call: Call, stream: StreamMeter | None, outcome: Outcome, *, status: int | None
+) -> dict[str, Any]:
+    """Keyword arguments for ``call.finish`` once a gateway response has ended."""
+    args: dict[str, Any] = {
+        "status": status,
+        "response_model": outcome.response_model,
+        "response_id": outcome.response_id,
+        "finish_reasons": outcome.finish_reasons,
+    }
+    if status is not None and status >= 400:
+        args["error"] = UpstreamError(f"the upstream answered HTTP {status}", status=status)
+        return args
+    if outcome.error is not None:
+        args["error"] = UpstreamError(outcome.error, status=status)
+    usage = outcome.usage
+    if stream is not None:
+        if not outcome.complete:
+            args["partial"] = True
+        if usage is None or not outcome.complete:
+            # a cut stream, or an upstream that ignores include_usage: what was
+            # delivered, counted locally
+            usage = stream.delivered(call.prompt_tokens)
+    args["usage"] = usage
+    return args
+
+
+class GatewayResponse:
+    """The I/O-free core of a gateway response on its way back to the client.
+
+    The ASGI and WSGI shells report the response start and each body chunk; this decides
+    what to forward and when, and computes the ``call.finish`` arguments:
+
+    * error statuses pass through as they come (the call failed: nothing is charged);
+    * event streams pass through chunk by chunk while :class:`StreamMeter` reads them;
+    * JSON bodies are held (up to :data:`MAX_JSON_RESPONSE`) with the response start,
+      so the call settles first and the start can carry the totals headers.
+
+    Args:
+        call: the call begun for the request.
+        api: the route's wire format.
+        strip_usage: remove the usage chunk the gateway asked for (:func:`prepare_stream`).
+    """
+
+    __slots__ = ("_buffer", "_size", "_strip", "api", "call", "held", "status", "stream")
+
+    def __init__(self, call: Call, api: Api, *, strip_usage: bool) -> None:
+        self.call = call
+        self.api = api
+        self._strip = strip_usage
+        self.status: int | None = None
+        self.stream: StreamMeter | None = None
+        self.held = False
+        self._buffer: list[bytes] | None = None
+        self._size = 0
+
+    def start(self, status: int, content_type: str) -> bool:
+        """The response starts; ``True`` when its start goes to the client now.
+
+        Otherwise the shell holds it until :attr:`held` turns false (the body was too
+        large to hold) or :meth:`end`.
+        """
+        self.status = status
+        if status >= 400:
+            return True
+        if content_type.partition(";")[0].strip().lower() == "text/event-stream":
+            self.stream = StreamMeter(
+                self.api, model=self.call.model or "", strip_usage=self._strip
+            )
+            return True
+        self._buffer = []
+        self.held = True
+        return False
+
+    def body(self, chunk: bytes) -> bytes:
+        """A body chunk; returns the bytes to forward now."""
+        stream = self.stream
+        if stream is not None:
+            if chunk and not stream.started:
+                self.call.first_chunk()
+            return stream.feed(chunk)
+        buffer = self._buffer
+        if buffer is None:
+            return chunk
+        buffer.append(chunk)
+        self._size += len(chunk)
+        if self._size <= MAX_JSON_RESPONSE:
+            return b""
+        # too big to hold: forward it all from now on, settle without a usage
+        self._buffer = None
+        self.held = False
+        return b"".join(buffer)
+
+    def end(self, chunk: bytes = b"") -> tuple[bytes, dict[str, Any]]:
+        """The last chunk; returns the bytes to forward and the ``call.finish`` arguments."""
+        out = self.body(chunk)
+        stream = self.stream
+        if stream is not None:
+            out += stream.close()
+            outcome = stream.outcome
+        elif self._buffer is not None:
+            out = b"".join(self._buffer)
+            self._buffer = None
+            self.held = False
+            outcome = json_outcome(out, self.api)
+        else:
+            outcome = Outcome()
+        return out, finish_args(self.call, stream, outcome, status=self.status)
+
+    def cut(self, error: BaseException | None, *, client_left: bool = False) -> dict[str, Any]:
+        """``call.finish`` arguments for a response that did not end.
+
+        Args:
+            error: what the app raised, if it raised.
+            client_left: the client went away (the request was cancelled or closed).
+        """
+        stream = self.stream
+        if stream is not None and stream.started:
+            # settle what was delivered (estimated), unless the upstream failed
+            args = finish_args(self.call, stream, stream.outcome, status=self.status)
+            if error is not None and not client_left:
+                args["error"] = error
+            return args
+        if error is None:
+            error = UpstreamError("the response ended before its body was complete")
+        return {"status": self.status, "error": error}
+
+
+def bindings(caller: CallerContext | str | None) -> dict[str, Any]:
+    """``metered.context.bind`` keywords for a caller (unset items stay unbound)."""
+    if caller is None:
+        return {}
+    if isinstance(caller, str):
+        return {"account": caller}
+    out: dict[str, Any] = {"account": caller.account}
+    if caller.tier is not None:
+        out["tier"] = caller.tier
+    if caller.feature is not None:
+        out["feature"] = caller.feature
+    if caller.metadata:
+        out["metadata"] = caller.metadata
+    if caller.urgent:
+        out["urgent"] = True
+    return out
+
+
+def annotate_request_span(totals: RequestTotals) -> None:
+    """Put a request's totals on the current (server) span, if one is recording."""
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(
+            {
+                REQUEST_COST: float(totals.cost),
+                REQUEST_PRICE: float(totals.price),
+                REQUEST_CALLS: totals.calls,
+            }
+        )

@@ -1,0 +1,497 @@
+"""What the OpenAI and Anthropic proxies share: the per-client context, turning SDK
+keyword arguments into an engine request, and running one metered call (sync / async).
+
+A proxy tree mirrors the SDK's: the client proxy hands out proxies of the namespaces that
+lead to a metered method (``client.chat`` → ``.completions`` → ``.create``), cached per
+proxy; every other attribute is the SDK's own object, untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import Token
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from pydantic import BaseModel
+
+from metered.clients._streams import (
+    AsyncMeteredStream,
+    AsyncRawResponse,
+    BaseObjectProxy,
+    CollectingStreamManager,
+    MeteredStream,
+    RawResponse,
+    StreamObserver,
+    Tally,
+    body_read,
+    error_status,
+)
+from metered.meter import Api, Call, Meter
+
+__all__ = [
+    "HEADER_PREFIX",
+    "SDK_OPTIONS",
+    "ClientContext",
+    "Endpoint",
+    "MeteredClient",
+    "Node",
+    "Prepared",
+    "abegin",
+    "acall",
+    "ainvoke",
+    "async_method",
+    "begin",
+    "call",
+    "child",
+    "default_meter",
+    "helper",
+    "invoke",
+    "method",
+    "prepare",
+]
+
+#: Keyword arguments every SDK method takes that are request options, not body fields.
+SDK_OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
+#: Per-call identity headers: ``x-metered-account`` ... (stripped before sending).
+HEADER_PREFIX = "x-metered-"
+_IDENTITY = ("account", "tier", "feature", "route", "urgent")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_AZURE_CLIENTS = frozenset({"AzureOpenAI", "AsyncAzureOpenAI"})
+
+logger = logging.getLogger("metered")
+
+_default: Meter | None = None
+_default_lock = threading.Lock()
+
+
+def default_meter() -> Meter:
+    """The meter of every proxy built without ``meter=``, created on first use.
+
+    It prices every call from the catalog, emits spans through the global tracer
+    provider and enforces nothing; ``default_meter().spent(account)`` sums the calls of
+    all those proxies.
+    """
+    global _default
+    meter = _default
+    if meter is None:
+        with _default_lock:
+            if _default is None:
+                _default = Meter()
+            meter = _default
+    return meter
+
+
+class _Never:
+    """Stands in for the SDK's sentinel types when none are found: nothing is one."""
+
+
+def _sentinels(client: Any) -> tuple[type, ...]:
+    """The SDK's "argument not given" types (``NotGiven``, ``Omit``), from its package."""
+    for cls in type(client).__mro__:  # a user's subclass lives in the user's package
+        package = sys.modules.get(cls.__module__.partition(".")[0])
+        found = tuple(
+            kind
+            for name in ("NotGiven", "Omit")
+            if isinstance(kind := getattr(package, name, None), type)
+        )
+        if found:
+            return found
+    return (_Never,)
+
+
+def _host(client: Any) -> str | None:
+    try:
+        host = client.base_url.host
+    except Exception:
+        return None
+    return host if isinstance(host, str) and host else None
+
+
+class ClientContext:
+    """What every metered call of one proxied client shares.
+
+    Args:
+        client: the SDK client.
+        meter: the engine, or ``None`` for :func:`default_meter`.
+        provider: ``"openai"`` / ``"anthropic"`` (the engine's provider id).
+        identity: account/tier/feature/route/urgent set on the proxy (``None`` = unset).
+        options: keyword arguments that are SDK options, not body fields.
+    """
+
+    __slots__ = ("_meter", "identity", "omitted", "options", "provider", "server_address")
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        meter: Meter | None,
+        provider: str,
+        identity: Mapping[str, Any],
+        options: frozenset[str] = SDK_OPTIONS,
+    ) -> None:
+        self._meter = meter
+        self.provider = provider
+        self.identity = {k: v for k, v in identity.items() if v is not None}
+        self.options = options
+        self.omitted = _sentinels(client)
+        self.server_address = _host(client)
+
+    @property
+    def meter(self) -> Meter:
+        """The engine metering this client's calls."""
+        meter = self._meter
+        return meter if meter is not None else default_meter()
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The proxy's keyword arguments, to build a proxy of a copied client."""
+        return {"meter": self._meter, **{k: self.identity.get(k) for k in _IDENTITY}}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One kind of metered SDK method.
+
+    Attributes:
+        api: the engine's request shape (``chat`` / ``responses`` / ``anthropic``).
+        observer: reads this API's responses and stream items.
+        stream_usage: ask for ``stream_options.include_usage`` on streamed calls.
+    """
+
+    api: Api
+    observer: type[StreamObserver]
+    stream_usage: bool = False
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One call's SDK keyword arguments, split for the engine and the SDK."""
+
+    body: dict[str, Any]
+    options: dict[str, Any]
+    begin: dict[str, Any]
+    hide_usage: bool
+    stream: bool
+
+
+def _split_headers(headers: Mapping[str, Any], found: dict[str, Any]) -> dict[str, Any]:
+    """Move ``x-metered-*`` headers into ``found``; return the headers to send."""
+    sent: dict[str, Any] = {}
+    for name, value in headers.items():
+        key = name.lower() if isinstance(name, str) else ""
+        if key.startswith(HEADER_PREFIX):
+            item = key[len(HEADER_PREFIX) :]
+            if item in _IDENTITY and isinstance(value, str):
+                found[item] = value.strip().lower() in _TRUE if item == "urgent" else value
+        else:
+            sent[name] = value
+    return sent
+
+
+def prepare(ctx: ClientContext, endpoint: Endpoint, kwargs: Mapping[str, Any]) -> Prepared:
+    """Split SDK kwargs into the body the engine meters and the SDK-only options.
+
+    Per-call identity (``x-metered-*`` headers) overrides the proxy's, which overrides the
+    bound context (the engine reads it for every item left unset here).
+    """
+    body: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    sdk_options = ctx.options
+    omitted = ctx.omitted
+    for key, value in kwargs.items():
+        if key in sdk_options:
+            options[key] = value
+        elif not isinstance(value, omitted):
+            body[key] = value
+    messages = body.get("messages")
+    if messages is not None and not isinstance(messages, list):
+        body["messages"] = list(messages)  # the SDKs take any iterable; count it once
+    begin: dict[str, Any] = {
+        "api": endpoint.api,
+        "provider": ctx.provider,
+        "server_address": ctx.server_address,
+        **ctx.identity,
+    }
+    headers = options.get("extra_headers")
+    if headers:
+        options["extra_headers"] = _split_headers(headers, begin)
+        begin["headers"] = options["extra_headers"]
+    stream = body.get("stream") is True
+    hide_usage = False
+    if stream and endpoint.stream_usage:
+        stream_options = body.get("stream_options")
+        if stream_options is None or (
+            isinstance(stream_options, Mapping) and "include_usage" not in stream_options
+        ):
+            body["stream_options"] = {**(stream_options or {}), "include_usage": True}
+            hide_usage = True
+    return Prepared(body, options, begin, hide_usage, stream)
+
+
+def _attach(call_: Call) -> Token[Context] | None:
+    """Make the call's span current for the upstream request (HTTP spans nest under it)."""
+    span = call_.span
+    if span is None or not span.is_recording():
+        return None
+    return otel_context.attach(trace.set_span_in_context(span))
+
+
+def begin(
+    ctx: ClientContext, endpoint: Endpoint, kwargs: Mapping[str, Any]
+) -> tuple[Call, Prepared]:
+    """Steps 1-5 for SDK kwargs.
+
+    Raises:
+        PolicyDenied, BudgetExceeded, InvalidRequest: before anything is sent upstream.
+    """
+    prepared = prepare(ctx, endpoint, kwargs)
+    return ctx.meter.begin(prepared.body, **prepared.begin), prepared
+
+
+async def abegin(
+    ctx: ClientContext, endpoint: Endpoint, kwargs: Mapping[str, Any]
+) -> tuple[Call, Prepared]:
+    """Async :func:`begin`."""
+    prepared = prepare(ctx, endpoint, kwargs)
+    return await ctx.meter.abegin(prepared.body, **prepared.begin), prepared
+
+
+def invoke(call_: Call, upstream: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run the upstream request under the call's span; a failure settles the call, re-raised."""
+    token = _attach(call_)
+    try:
+        return upstream(*args, **kwargs)
+    except BaseException as exc:
+        call_.finish(error=exc, status=error_status(exc))
+        raise
+    finally:
+        if token is not None:
+            otel_context.detach(token)
+
+
+async def ainvoke(
+    call_: Call, upstream: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+) -> Any:
+    """Async :func:`invoke`."""
+    token = _attach(call_)
+    try:
+        return await upstream(*args, **kwargs)
+    except BaseException as exc:
+        await call_.afinish(error=exc, status=error_status(exc))
+        raise
+    finally:
+        if token is not None:
+            otel_context.detach(token)
+
+
+def _deliver(
+    call_: Call, endpoint: Endpoint, prepared: Prepared, result: Any
+) -> tuple[Any, dict[str, Any] | None]:
+    """What the caller gets, and the ``finish`` arguments if the response is whole."""
+    outcome = endpoint.observer.outcome
+    if isinstance(result, BaseModel):  # the common case: a parsed, non-streamed response
+        return result, outcome(result)
+    kind = type(result)
+    if hasattr(kind, "__next__"):
+        observer = endpoint.observer(hide_usage=prepared.hide_usage)
+        return MeteredStream(result, Tally(call_, observer, close=result.close)), None
+    if hasattr(kind, "__anext__"):
+        # an async stream cannot be closed from a finaliser: see metered.clients._streams
+        observer = endpoint.observer(hide_usage=prepared.hide_usage)
+        return AsyncMeteredStream(result, Tally(call_, observer)), None
+    if hasattr(result, "http_response"):  # with_raw_response / with_streaming_response
+        if prepared.stream or not body_read(result):
+            # settled as the body is read
+            tally = Tally(call_, endpoint.observer(hide_usage=prepared.hide_usage))
+            is_async = inspect.iscoroutinefunction(result.parse)
+            raw_cls = AsyncRawResponse if is_async else RawResponse
+            return raw_cls(result, tally, stream=prepared.stream), None
+        try:
+            # parse() is cached by the SDK: the caller's own parse() costs nothing more
+            parsed = result.parse()
+        except Exception:  # the caller may never parse it: their call must not fail here
+            logger.warning("metered: could not parse a raw response; settling the estimate")
+            return result, {"response": result, "status": result.status_code}
+        return result, outcome(parsed, status=result.status_code)
+    return result, outcome(result)
+
+
+def call(
+    ctx: ClientContext, endpoint: Endpoint, method: Callable[..., Any], kwargs: dict[str, Any]
+) -> Any:
+    """Meter one sync SDK call: begin, call upstream with the fitted body, settle.
+
+    Raises:
+        PolicyDenied, BudgetExceeded, InvalidRequest: before anything is sent upstream.
+    """
+    call_, prepared = begin(ctx, endpoint, kwargs)
+    result = invoke(call_, method, **call_.body, **prepared.options)
+    delivered, outcome = _deliver(call_, endpoint, prepared, result)
+    if outcome is not None:
+        call_.finish(**outcome)
+    return delivered
+
+
+async def acall(
+    ctx: ClientContext, endpoint: Endpoint, method: Callable[..., Any], kwargs: dict[str, Any]
+) -> Any:
+    """Async :func:`call`."""
+    call_, prepared = await abegin(ctx, endpoint, kwargs)
+    result = await ainvoke(call_, method, **call_.body, **prepared.options)
+    delivered, outcome = _deliver(call_, endpoint, prepared, result)
+    if outcome is not None:
+        await call_.afinish(**outcome)
+    return delivered
+
+
+# -- proxy tree ----------------------------------------------------------------------------
+
+
+class Node(BaseObjectProxy):
+    """A proxied SDK object: metered children and methods; everything else passes through."""
+
+    def __init__(self, wrapped: Any, ctx: ClientContext) -> None:
+        super().__init__(wrapped)
+        self._self_ctx = ctx
+        self._self_children: dict[str, Any] = {}
+
+    def _self_child(self, name: str, factory: Callable[[Any, ClientContext], Any]) -> Any:
+        children = self._self_children
+        node = children.get(name)
+        if node is None:
+            node = children[name] = factory(getattr(self.__wrapped__, name), self._self_ctx)
+        return node
+
+    def _self_view(self, name: str) -> Any:
+        # The SDK's raw/streaming views are built from the resource they wrap; built from
+        # this proxy, their methods call the metered ones.
+        children = self._self_children
+        view = children.get(name)
+        if view is None:
+            view = children[name] = type(getattr(self.__wrapped__, name))(self)
+        return view
+
+    @property
+    def with_raw_response(self) -> Any:
+        """The SDK's ``with_raw_response`` view, metered."""
+        return self._self_view("with_raw_response")
+
+    @property
+    def with_streaming_response(self) -> Any:
+        """The SDK's ``with_streaming_response`` view, metered."""
+        return self._self_view("with_streaming_response")
+
+
+def child(name: str, factory: Callable[[Any, ClientContext], Any]) -> Any:
+    """A property returning the proxied SDK attribute ``name`` (built once per proxy)."""
+
+    def get(self: Node) -> Any:
+        return self._self_child(name, factory)
+
+    get.__name__ = name
+    return property(get, doc=f"The SDK's ``{name}``, metered.")
+
+
+def method(name: str, endpoint: Endpoint) -> Callable[..., Any]:
+    """A metered sync SDK method (keyword arguments only, like the SDK's)."""
+
+    def metered(self: Node, *args: Any, **kwargs: Any) -> Any:
+        target = getattr(self.__wrapped__, name)
+        if args:  # not an SDK call shape: let the SDK raise its own TypeError
+            return target(*args, **kwargs)
+        return call(self._self_ctx, endpoint, target, kwargs)
+
+    metered.__name__ = name
+    metered.__doc__ = f"The SDK's ``{name}()``, metered."
+    return metered
+
+
+def async_method(name: str, endpoint: Endpoint) -> Callable[..., Any]:
+    """A metered async SDK method."""
+
+    async def metered(self: Node, *args: Any, **kwargs: Any) -> Any:
+        target = getattr(self.__wrapped__, name)
+        if args:
+            return await target(*args, **kwargs)
+        return await acall(self._self_ctx, endpoint, target, kwargs)
+
+    metered.__name__ = name
+    metered.__doc__ = f"The SDK's ``{name}()``, metered."
+    return metered
+
+
+def helper(name: str) -> Callable[..., Any]:
+    """An SDK stream helper that calls ``self.create``: run it on the proxy.
+
+    ``chat.completions.stream()`` and ``responses.stream()`` build a stream manager around
+    ``resource.create``; running the SDK's own function with the proxy as ``resource``
+    meters the request, and the manager is wrapped so that leaving it settles the call.
+    """
+
+    def metered(self: Node, *args: Any, **kwargs: Any) -> Any:
+        manager = getattr(type(self.__wrapped__), name)(self, *args, **kwargs)
+        return CollectingStreamManager(manager)
+
+    metered.__name__ = name
+    metered.__doc__ = f"The SDK's ``{name}()``, metered."
+    return metered
+
+
+class MeteredClient(Node):
+    """Base of the client proxies; see :class:`metered.clients.MeteredOpenAI`."""
+
+    _provider = ""
+    _options = SDK_OPTIONS
+    _async = False
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        meter: Meter | None = None,
+        account: str | None = None,
+        tier: str | None = None,
+        feature: str | None = None,
+        route: str | None = None,
+        urgent: bool | None = None,
+    ) -> None:
+        name = type(self).__name__
+        if isinstance(client, MeteredClient):
+            # metering twice would charge twice
+            raise TypeError(f"{name}: the client is metered already; wrap the SDK client itself")
+        if inspect.iscoroutinefunction(getattr(client, "close", None)) is not self._async:
+            kind = "an async" if self._async else "a sync"
+            raise TypeError(f"{name} wraps {kind} SDK client, not {type(client).__name__}")
+        identity = {
+            "account": account,
+            "tier": tier,
+            "feature": feature,
+            "route": route,
+            "urgent": urgent,
+        }
+        provider = self._provider
+        if any(cls.__name__ in _AZURE_CLIENTS for cls in type(client).__mro__):
+            provider = "azure"  # gen_ai.provider.name azure.ai.openai
+        ctx = ClientContext(
+            client, meter=meter, provider=provider, identity=identity, options=self._options
+        )
+        super().__init__(client, ctx)
+
+    def with_options(self, **kwargs: Any) -> Any:
+        """The SDK's ``with_options()``: a metered proxy of the new client."""
+        return type(self)(self.__wrapped__.with_options(**kwargs), **self._self_ctx.settings)
+
+    def copy(self, **kwargs: Any) -> Any:
+        """The SDK's ``copy()``: a metered proxy of the new client."""
+        return type(self)(self.__wrapped__.copy(**kwargs), **self._self_ctx.settings)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.__wrapped__!r}>"

@@ -1,0 +1,394 @@
+"""The metered gateway: an OpenAI-compatible reverse proxy with metering in front.
+
+``metered gateway --config metered.yaml`` serves the config's ``"METHOD /path"`` routes
+(``POST /v1/chat/completions`` and ``POST /v1/responses`` when the config names none),
+each metered by :class:`~metered.asgi.MeteredMiddleware` (allowlist, caps, trimming,
+budgets → 400/402, price, settlement) and forwarded to its upstream; responses stream
+back chunk by chunk. ``GET /v1/models`` is passed through unmetered; any other path is a
+404 in OpenAI's error shape.
+
+Upstreams (``--upstream``, else each route's ``upstream:``, else the built-in fake):
+
+=============  ==============================  ==========================================
+name           forwards to                     credentials
+=============  ==============================  ==========================================
+``openai``     ``https://api.openai.com``      ``OPENAI_API_KEY`` (required)
+``anthropic``  ``https://api.anthropic.com``   ``ANTHROPIC_API_KEY`` (required)
+a URL          that server (``/v1`` may end    ``METERED_UPSTREAM_API_KEY``, else
+               the URL)                        ``OPENAI_API_KEY``, else none
+``fake``       :class:`metered.testing.        none: answers offline, for trials
+               FakeUpstream`, in process
+=============  ==============================  ==========================================
+
+Callers' own credentials are never forwarded: callers authenticate to the gateway
+(``METERED_API_KEYS="sk-a=acme,..."``, see :class:`~metered.asgi.ApiKeys`), the gateway
+to the upstream. An upstream timeout before the response answers 504, a connection
+failure 502 (both release the call's hold: nothing charged); a failure mid-stream cuts
+the stream (the call is settled as failed). Responses carry ``x-metered-price`` (the
+cost header is off: it would tell your customers your upstream cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Collection, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from metered._http import (
+    CREDENTIAL_HEADERS,
+    ApiKeys,
+    NotFound,
+    TotalHeader,
+    UpstreamTimeout,
+    error_parts,
+    gateway_routes,
+)
+from metered.asgi import ASGIApp, Message, MeteredMiddleware, Receive, Scope, Send
+from metered.exceptions import ConfigError, MeteredError, UpstreamError
+from metered.meter import Meter
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "DEFAULT_ROUTES",
+    "GatewayProxy",
+    "Upstream",
+    "add_gateway_parser",
+    "create_app",
+    "gateway_command",
+    "resolve_upstream",
+]
+
+logger = logging.getLogger("metered.gateway")
+
+#: Routes served when the config names no ``"METHOD /path"`` route.
+DEFAULT_ROUTES = ("POST /v1/chat/completions", "POST /v1/responses")
+
+_KNOWN = {
+    "openai": ("https://api.openai.com", "OPENAI_API_KEY", "authorization"),
+    "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY", "x-api-key"),
+}
+# Hop-by-hop headers (RFC 9110 §7.6.1) and what the proxy sets itself.
+_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",
+    }
+)
+# Request headers never forwarded: hop-by-hop ones and the caller's credentials.
+_NOT_FORWARDED = _HOP | CREDENTIAL_HEADERS
+_PASSTHROUGH = frozenset({("GET", "/v1/models")})
+# the cost header would tell the gateway's customers its upstream cost
+_PRICE_ONLY: tuple[TotalHeader, ...] = ("price",)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where a route's requests go.
+
+    Attributes:
+        name: ``openai``, ``anthropic``, ``fake`` or the URL, for messages.
+        base_url: scheme, host and optional path prefix.
+        headers: credentials added to every upstream request.
+        transport: an in-process transport (the fake upstream), else ``None``.
+    """
+
+    name: str
+    base_url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    transport: httpx.AsyncBaseTransport | None = None
+
+    def url(self, path: str, query: str) -> str:
+        """The upstream URL of a request path; a ``/v1`` ending the base is not doubled."""
+        prefix = urlsplit(self.base_url).path.rstrip("/")
+        if prefix and (path == prefix or path.startswith(prefix + "/")):
+            path = path[len(prefix) :]
+        return self.base_url.rstrip("/") + path + (f"?{query}" if query else "")
+
+
+def resolve_upstream(name: str | None, *, environ: Mapping[str, str] | None = None) -> Upstream:
+    """An :class:`Upstream` from a name or URL (see the module docstring).
+
+    Raises:
+        ConfigError: a known provider without its API key in the environment, or a
+            name that is neither known nor an ``http(s)`` URL.
+    """
+    env = os.environ if environ is None else environ
+    if name is None or name == "fake":
+        from metered.testing import FakeUpstream
+
+        return Upstream(
+            "fake", "http://fake-upstream.test", (), FakeUpstream().async_httpx_transport()
+        )
+    known = _KNOWN.get(name)
+    if known is not None:
+        base_url, key_var, header = known
+        key = env.get(key_var)
+        if not key:
+            raise ConfigError(
+                "upstream",
+                f"needs {key_var} in the environment (or use --upstream fake to try the "
+                "gateway offline)",
+                name,
+            )
+        value = f"Bearer {key}" if header == "authorization" else key
+        return Upstream(name, base_url, ((header, value),))
+    if urlsplit(name).scheme not in ("http", "https"):
+        raise ConfigError("upstream", "must be openai, anthropic, fake or an http(s) URL", name)
+    key = env.get("METERED_UPSTREAM_API_KEY") or env.get("OPENAI_API_KEY")
+    return Upstream(name, name, (("authorization", f"Bearer {key}"),) if key else ())
+
+
+class GatewayProxy:
+    """ASGI app forwarding requests to their upstream, streaming responses back.
+
+    Serve it behind :class:`~metered.asgi.MeteredMiddleware` (as :func:`create_app`
+    does): the proxy itself meters nothing.
+
+    Args:
+        upstreams: the upstream of each ``(method, path)`` served; other requests get 404
+            (``GET /v1/models`` goes to ``default``).
+        default: the upstream of passed-through paths.
+        timeout: seconds to wait for the upstream to connect (at most 10) and between
+            two bytes of its response.
+    """
+
+    def __init__(
+        self,
+        upstreams: Mapping[tuple[str, str], Upstream],
+        *,
+        default: Upstream,
+        timeout: float = 600.0,
+    ) -> None:
+        import httpx
+
+        self._upstreams = dict(upstreams)
+        self._default = default
+        limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self._clients: dict[int, httpx.AsyncClient] = {}
+        for upstream in {*self._upstreams.values(), default}:
+            key = id(upstream.transport)
+            if key not in self._clients:
+                self._clients[key] = httpx.AsyncClient(transport=upstream.transport, timeout=limits)
+
+    async def aclose(self) -> None:
+        """Close the upstream connections."""
+        for client in self._clients.values():
+            await client.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        where = (scope["method"], scope["path"])
+        upstream = self._upstreams.get(where)
+        if upstream is None and where in _PASSTHROUGH:
+            upstream = self._default
+        if upstream is None:
+            await _respond(send, NotFound(f"no route for {scope['method']} {scope['path']}"))
+            return
+        await self._forward(upstream, scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _forward(
+        self, upstream: Upstream, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        import anyio
+        import httpx
+
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        headers = [
+            (name, v.decode("latin-1"))
+            for k, v in scope["headers"]
+            if (name := k.decode("latin-1").lower()) not in _NOT_FORWARDED
+        ]
+        headers += [*upstream.headers, ("accept-encoding", "identity")]
+        client = self._clients[id(upstream.transport)]
+        request = client.build_request(
+            scope["method"],
+            upstream.url(scope["path"], scope.get("query_string", b"").decode("latin-1")),
+            headers=headers,
+            content=bytes(body),
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TimeoutException:
+            await _respond(send, UpstreamTimeout(f"{upstream.name} did not answer in time"))
+            return
+        except httpx.HTTPError as exc:
+            logger.warning("metered gateway: %s unreachable: %s", upstream.name, exc)
+            await _respond(send, UpstreamError(f"{upstream.name} could not be reached"))
+            return
+        failure: httpx.HTTPError | None = None
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": _response_headers(response.headers.multi_items()),
+                }
+            )
+            # Stream until done or until the client leaves, whichever comes first.
+            async with anyio.create_task_group() as group:
+
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch)
+                try:
+                    async for chunk in response.aiter_bytes():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except httpx.HTTPError as exc:
+                    failure = exc
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                group.cancel_scope.cancel()
+        finally:
+            await response.aclose()
+        if failure is not None:
+            # headers are gone: raising is the only way to tell the client the body is cut
+            raise UpstreamError(f"{upstream.name} failed mid-response: {failure}") from failure
+
+
+def _response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    items = list(items)
+    # aiter_bytes() decodes any content-encoding: the length would not match either
+    encoded = any(k.lower() == "content-encoding" for k, _ in items)
+    drop = _HOP | {"content-encoding", "content-length"} if encoded else _HOP - {"content-length"}
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in items if k.lower() not in drop]
+
+
+async def _respond(send: Send, error: MeteredError) -> None:
+    status, headers, body = error_parts(error)
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def create_app(
+    meter: Meter,
+    *,
+    upstream: str | None = None,
+    identify: ApiKeys | None = None,
+    unidentified: Literal["allow", "reject"] = "allow",
+    timeout: float = 600.0,
+    total_headers: Collection[TotalHeader] = _PRICE_ONLY,
+    environ: Mapping[str, str] | None = None,
+) -> ASGIApp:
+    """The gateway as an ASGI app: :class:`GatewayProxy` behind ``MeteredMiddleware``.
+
+    Args:
+        meter: the engine; its ``"METHOD /path"`` routes are served (else
+            :data:`DEFAULT_ROUTES`).
+        upstream: the upstream of every route (see :func:`resolve_upstream`); default:
+            each route's ``upstream:`` setting, else the fake upstream.
+        identify: caller keys (default: :meth:`ApiKeys.from_env`).
+        unidentified: ``"reject"`` answers requests without a known key 401.
+        timeout: upstream timeout in seconds (see :class:`GatewayProxy`).
+        total_headers: totals headers on JSON responses.
+        environ: where upstream API keys are read (default ``os.environ``).
+
+    Raises:
+        ConfigError: an upstream cannot be used (unknown, or its API key is missing).
+    """
+    routes = gateway_routes(meter) or gateway_routes(meter, DEFAULT_ROUTES)
+    resolved: dict[str, Upstream] = {}
+
+    def pick(name: str | None) -> Upstream:
+        # one Upstream (one connection pool, one fake) per distinct upstream name
+        key = name or "fake"
+        if key not in resolved:
+            resolved[key] = resolve_upstream(key, environ=environ)
+        return resolved[key]
+
+    upstreams: MutableMapping[tuple[str, str], Upstream] = {}
+    for key, route in routes.items():
+        config = meter.config.routes.get(route.name)
+        upstreams[key] = pick(upstream or (config.upstream if config else None))
+    default = next(iter(upstreams.values())) if upstreams else pick(upstream)
+    proxy = GatewayProxy(upstreams, default=default, timeout=timeout)
+    return MeteredMiddleware(
+        proxy,
+        meter=meter,
+        identify=identify if identify is not None else ApiKeys.from_env(environ=environ),
+        unidentified=unidentified,
+        routes=[route.name for route in routes.values()],
+        total_headers=total_headers,
+    )
+
+
+def add_gateway_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``gateway`` subcommand to the ``metered`` CLI's subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "gateway",
+        help="serve a metered OpenAI-compatible endpoint",
+        description=(
+            "Serve the config's 'METHOD /path' routes as a metered OpenAI-compatible proxy. "
+            "Callers' keys come from METERED_API_KEYS='key=account,...'."
+        ),
+    )
+    parser.add_argument("--config", help="metered YAML config (default: catalog prices only)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8787, help="port to listen on")
+    parser.add_argument(
+        "--upstream",
+        help="openai | anthropic | fake | URL (default: each route's upstream, else fake)",
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="upstream timeout in seconds")
+    parser.add_argument(
+        "--require-key", action="store_true", help="answer 401 to callers without a known key"
+    )
+    parser.set_defaults(func=gateway_command)
+    return parser
+
+
+def gateway_command(args: argparse.Namespace) -> int:
+    """Run the gateway until interrupted (the ``metered gateway`` subcommand)."""
+    import uvicorn
+
+    meter = Meter.from_yaml(args.config) if args.config else Meter()
+    app = create_app(
+        meter,
+        upstream=args.upstream,
+        unidentified="reject" if args.require_key else "allow",
+        timeout=args.timeout,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

@@ -1,0 +1,368 @@
+"""``MeteredWSGIMiddleware``: the ASGI middleware's twin for Flask and other WSGI apps::
+
+    app.wsgi_app = MeteredWSGIMiddleware(app.wsgi_app, meter=meter, identify=ApiKeys(keys))
+
+Same options, same behaviour (see :mod:`metered.asgi`): each request's caller is bound
+into :mod:`metered.context` while the app runs *and* while its response body is
+iterated, so calls made by streamed responses (generators) are attributed too;
+non-streamed responses get the ``x-metered-cost`` / ``x-metered-price`` headers; routes
+configured as ``"METHOD /path"`` are metered as LLM calls, streams passing through
+unbuffered. Threads a handler starts do not inherit the caller: start them with
+``contextvars.copy_context().run``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import json
+import logging
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Literal, Protocol
+
+from metered._http import (
+    COST_HEADER,
+    PRICE_HEADER,
+    ApiKeys,
+    GatewayResponse,
+    GatewayRoute,
+    Identify,
+    TotalHeader,
+    Unauthorized,
+    annotate_request_span,
+    bindings,
+    caller_of,
+    check_content_type,
+    check_door_options,
+    check_total_headers,
+    error_parts,
+    gateway_routes,
+    parse_request,
+    prepare_stream,
+    public_headers,
+    total_headers,
+)
+from metered.context import RequestTotals, bind
+from metered.exceptions import MeteredError, RequestTooLarge, UpstreamError
+from metered.meter import Meter
+
+__all__ = ["COST_HEADER", "PRICE_HEADER", "ApiKeys", "MeteredWSGIMiddleware"]
+
+logger = logging.getLogger("metered")
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+Headers = list[tuple[str, str]]
+Write = Callable[[bytes], object]
+
+
+class StartResponse(Protocol):
+    def __call__(
+        self, status: str, headers: Headers, exc_info: ExcInfo | None = None, /
+    ) -> Write: ...
+
+
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+_UNAUTHORIZED = Unauthorized("this endpoint needs a valid API key")
+
+
+class MeteredWSGIMiddleware:
+    """Meter a WSGI app: bind each request's caller, and meter gateway routes.
+
+    Args:
+        app: the WSGI app (for Flask, ``app.wsgi_app``).
+        meter: the engine (its config's ``"METHOD /path"`` routes are gateway routes).
+        identify: who is calling: an :class:`ApiKeys`, or a callable receiving the WSGI
+            environ and returning a :class:`~metered.context.CallerContext`, an account
+            name or ``None``. Default: nobody is identified.
+        unidentified: ``"allow"`` serves unidentified requests as the meter's default
+            account; ``"reject"`` answers them 401 (JSON), except on ``public_paths``.
+        public_paths: paths served without identification (health checks).
+        routes: gateway route names to meter instead of the config's; ``()`` meters none.
+        total_headers: which totals headers non-streamed responses get.
+        max_choices: the largest ``n`` a gateway request may ask for.
+
+    Raises:
+        ConfigError: a bad route name or option.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        meter: Meter,
+        identify: Identify | None = None,
+        unidentified: Literal["allow", "reject"] = "allow",
+        public_paths: Collection[str] = (),
+        routes: Iterable[str] | None = None,
+        total_headers: Collection[TotalHeader] = ("cost", "price"),
+        max_choices: int = 1,
+    ) -> None:
+        check_door_options(unidentified, max_choices)
+        self.app = app
+        self.meter = meter
+        self._identify = identify
+        self._reject = unidentified == "reject"
+        self._public = frozenset(public_paths)
+        self._routes = gateway_routes(meter, routes)
+        self._totals = check_total_headers(total_headers)
+        self._max_choices = max_choices
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path in self._public:
+            return self.app(environ, start_response)
+        caller = caller_of(self._identify(environ)) if self._identify is not None else None
+        if caller is None and self._reject:
+            return _respond(start_response, *error_parts(_UNAUTHORIZED))
+        totals = RequestTotals()
+        route = self._routes.get((environ.get("REQUEST_METHOD", ""), path))
+        # One context per request, holding the caller; the app call and every step of
+        # the body iteration run in it, since WSGI servers iterate after the app returns.
+        with bind(totals=totals, **bindings(caller)):
+            context = contextvars.copy_context()
+        if route is None:
+            start = (
+                _with_totals(start_response, totals, self._totals)
+                if self._totals
+                else start_response
+            )
+            body = context.run(self.app, environ, start)
+        else:
+            body = context.run(self._gateway, route, environ, start_response, totals)
+        return _InContext(body, context, totals)
+
+    def _gateway(
+        self,
+        route: GatewayRoute,
+        environ: Environ,
+        start_response: StartResponse,
+        totals: RequestTotals,
+    ) -> Iterable[bytes]:
+        try:
+            headers = public_headers(_request_headers(environ))
+            check_content_type(environ.get("CONTENT_TYPE"))
+            raw = _read_body(environ, route.max_body_bytes)
+            body = parse_request(raw, max_choices=self._max_choices)
+            call = self.meter.begin(
+                body, api=route.api, provider=route.provider, route=route.name, headers=headers
+            )
+        except MeteredError as exc:
+            return _respond(start_response, *error_parts(exc))
+        strip = prepare_stream(call.body, route.api)
+        data = json.dumps(call.body, separators=(",", ":")).encode()
+        inner = {**environ, "wsgi.input": io.BytesIO(data), "CONTENT_LENGTH": str(len(data))}
+        response = GatewayResponse(call, route.api, strip_usage=strip)
+        return _Relay(response, start_response, totals, self._totals).run(self.app, inner)
+
+
+class _Relay:
+    """The WSGI shell of a :class:`GatewayResponse`, and the body the server iterates.
+
+    A class rather than a generator: a server may close the body before iterating it
+    (the client left at once), and the call must be settled and the app's iterable
+    closed then too.
+    """
+
+    def __init__(
+        self,
+        response: GatewayResponse,
+        start_response: StartResponse,
+        totals: RequestTotals,
+        which: tuple[TotalHeader, ...],
+    ) -> None:
+        self.response = response
+        self._start_response = start_response
+        self._totals = totals
+        self._which = which
+        self._held: tuple[str, Headers, ExcInfo | None] | None = None
+        self._pending: list[bytes] = []  # bytes given to write(), sent ahead of the next chunk
+        self._result: Iterable[bytes] = ()
+        self._iterator: Iterator[bytes] | None = None
+        self._tail: list[bytes] | None = None  # what is left to send once the app is done
+        self._settled = False
+        self.started = False  # the response start went to the server
+
+    def run(self, app: WSGIApp, environ: Environ) -> Iterable[bytes]:
+        """Call the app; the returned body relays its answer."""
+        try:
+            self._result = app(environ, self.start_response)
+        except Exception as exc:
+            self._tail = [self._failed(exc)]
+        return self
+
+    def start_response(
+        self, status: str, headers: Headers, exc_info: ExcInfo | None = None
+    ) -> Write:
+        code = int(status.split(" ", 1)[0])
+        content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+        if self.response.start(code, content_type):
+            self.started = True
+            self._start_response(status, headers, exc_info)
+        else:
+            self._held = (status, headers, exc_info)
+        return self._pending.append  # the legacy write() callable
+
+    def _release(self, extra: Headers) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            status, headers, exc_info = held
+            self.started = True
+            self._start_response(status, [*headers, *extra], exc_info)
+
+    def _settle(self, args: dict[str, Any]) -> None:
+        if not self._settled:
+            self._settled = True
+            self.response.call.finish(**args)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        response = self.response
+        while self._tail is None:
+            try:
+                if self._iterator is None:
+                    self._iterator = iter(self._result)
+                chunk = next(self._iterator)
+            except StopIteration:
+                self._tail = self._end()
+                break
+            except Exception as exc:
+                self._tail = [self._failed(exc)]
+                break
+            if self._pending:
+                chunk = b"".join(self._pending) + chunk
+                self._pending.clear()
+            out = response.body(chunk)
+            if not response.held:
+                self._release([])
+            if out:
+                return out
+        if not self._tail:
+            raise StopIteration
+        return self._tail.pop(0)
+
+    def _end(self) -> list[bytes]:
+        response = self.response
+        if response.status is None:
+            return [self._failed(UpstreamError("the app sent no response"))]
+        out, args = response.end(b"".join(self._pending))
+        self._settle(args)
+        totals = self._totals
+        self._release(total_headers(totals, self._which) if totals.calls and self._which else [])
+        return [out]
+
+    def _failed(self, exc: Exception) -> bytes:
+        """Settle as failed; the 502 body to send, if the client got nothing yet."""
+        self._settle(self.response.cut(exc))
+        if self.started:
+            raise exc
+        logger.error("metered: the app failed on a gateway route", exc_info=exc)
+        error = exc if isinstance(exc, UpstreamError) else UpstreamError("the upstream failed")
+        status, headers, body = error_parts(error)
+        self._held = None
+        self.started = True
+        self._start_response(_status_line(status), headers)
+        return body
+
+    def close(self) -> None:
+        """The server is done: close the app's body; settle if it never ended (client left)."""
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._settle(self.response.cut(None, client_left=True))
+
+
+class _InContext:
+    """A response body iterated (and closed) inside the request's context."""
+
+    def __init__(
+        self, body: Iterable[bytes], context: contextvars.Context, totals: RequestTotals
+    ) -> None:
+        self._body = body
+        self._context = context
+        self._totals = totals
+        self._iterator: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        iterator = self._iterator
+        if iterator is None:
+            iterator = self._iterator = self._context.run(iter, self._body)
+        return self._context.run(next, iterator)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                self._context.run(close)
+        finally:
+            if self._totals.calls:
+                self._context.run(annotate_request_span, self._totals)
+
+
+def _with_totals(
+    start_response: StartResponse, totals: RequestTotals, which: tuple[TotalHeader, ...]
+) -> StartResponse:
+    if not which:
+        return start_response
+
+    def start_with_totals(
+        status: str, headers: Headers, exc_info: ExcInfo | None = None, /
+    ) -> Write:
+        # a content-length means the body was complete before the headers: every call
+        # the handler made is in the totals
+        if totals.calls and which and any(name.lower() == "content-length" for name, _ in headers):
+            headers = [*headers, *total_headers(totals, which)]
+        return start_response(status, headers, exc_info)
+
+    return start_with_totals
+
+
+def _request_headers(environ: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            yield key[5:].replace("_", "-").lower(), value
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            yield key.replace("_", "-").lower(), value
+
+
+def _read_body(environ: Mapping[str, Any], limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes."""
+    stream = environ["wsgi.input"]
+    declared = environ.get("CONTENT_LENGTH") or ""
+    if declared.isdigit():
+        size = int(declared)
+        if size > limit:
+            raise RequestTooLarge(size, limit)
+        data: bytes = stream.read(size) if size else b""
+        return data
+    if not environ.get("wsgi.input_terminated"):
+        return b""  # no length and no end marker: PEP 3333 says the body is empty
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise RequestTooLarge(len(data), limit)
+    return data
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Error"
+
+
+def _respond(
+    start_response: StartResponse, status: int, headers: Headers, body: bytes
+) -> list[bytes]:
+    start_response(_status_line(status), headers)
+    return [body]
