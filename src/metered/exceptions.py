@@ -10,7 +10,11 @@
     ├── BudgetExceeded         the account cannot pay for the call (HTTP 402)
     ├── RequestTooLarge        the request body is over the configured size (HTTP 413)
     ├── InvalidRequest         the request is malformed (HTTP 400)
+    │   ├── Unauthorized       no known caller where the door requires one (HTTP 401)
+    │   ├── NotFound           no route serves the method and path (HTTP 404)
+    │   └── UnsupportedMediaType  a gateway route got a body that is not JSON (HTTP 415)
     ├── UpstreamError          the upstream call failed (HTTP 502)
+    │   └── UpstreamTimeout    the upstream did not answer in time (HTTP 504)
     └── LedgerError            the budget store failed (HTTP 503)
 
 Every exception carries data fields (never only a message) and maps to an HTTP status
@@ -29,10 +33,14 @@ __all__ = [
     "InvalidRequest",
     "LedgerError",
     "MeteredError",
+    "NotFound",
     "PolicyDenied",
     "RequestTooLarge",
+    "Unauthorized",
     "UnknownModel",
+    "UnsupportedMediaType",
     "UpstreamError",
+    "UpstreamTimeout",
     "http_error",
 ]
 
@@ -212,6 +220,27 @@ class InvalidRequest(MeteredError):
         self.param = param
 
 
+class Unauthorized(InvalidRequest):
+    """The request names no known caller and the door requires one (HTTP 401)."""
+
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class NotFound(InvalidRequest):
+    """No route serves the request's method and path (HTTP 404)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """A gateway route received a body that is not JSON (HTTP 415)."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class UpstreamError(MeteredError):
     """The upstream call failed; carries the upstream status when there was one."""
 
@@ -222,6 +251,13 @@ class UpstreamError(MeteredError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time (HTTP 504)."""
+
+    status_code = 504
+    code = "upstream_timeout"
 
 
 class LedgerError(MeteredError):

@@ -41,14 +41,12 @@ from urllib.parse import urlsplit
 from metered._http import (
     CREDENTIAL_HEADERS,
     ApiKeys,
-    NotFound,
     TotalHeader,
-    UpstreamTimeout,
     error_parts,
     gateway_routes,
 )
 from metered.asgi import ASGIApp, Message, MeteredMiddleware, Receive, Scope, Send
-from metered.exceptions import ConfigError, MeteredError, UpstreamError
+from metered.exceptions import ConfigError, MeteredError, NotFound, UpstreamError, UpstreamTimeout
 from metered.meter import Meter
 
 if TYPE_CHECKING:

@@ -75,6 +75,10 @@ class ATTR:
     TTFC = "metered.stream.time_to_first_chunk_ms"
     UPSTREAM_STATUS = "metered.upstream.status"
     CATALOG_VERSION = "metered.catalog.version"
+    # on the server span of an HTTP request: totals of the calls made while serving it
+    REQUEST_COST = "metered.request.cost.usd"
+    REQUEST_PRICE = "metered.request.price.usd"
+    REQUEST_CALLS = "metered.request.calls"
 
 
 class METRIC:

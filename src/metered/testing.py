@@ -77,6 +77,7 @@ __all__ = [
     "RecordedRequest",
     "SpendCapture",
     "capture_spend",
+    "serve_asgi",
 ]
 
 DEFAULT_REPLY = "This is a reply from the metered fake upstream."
@@ -810,36 +811,13 @@ class FakeUpstream:
             The base URL, e.g. ``http://127.0.0.1:54321`` (OpenAI clients want
             ``f"{url}/v1"``; Anthropic clients take it as is).
         """
-        import uvicorn
-
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((host, port))
-        config = uvicorn.Config(
-            self,
-            log_config=None,  # leave the host application's logging alone
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="metered-fake-upstream", daemon=True
-        )
         # the injected disconnects are deliberate: keep their tracebacks out of the logs
         uvicorn_errors = logging.getLogger("uvicorn.error")
         uvicorn_errors.addFilter(_not_injected)
-        thread.start()
         try:
-            deadline = time.monotonic() + 10
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError("the fake upstream server did not start")
-                time.sleep(0.001)
-            yield f"http://{host}:{sock.getsockname()[1]}"
+            with serve_asgi(self, host=host, port=port) as url:
+                yield url
         finally:
-            server.should_exit = True
-            thread.join()
-            sock.close()
             uvicorn_errors.removeFilter(_not_injected)
 
 
@@ -1304,6 +1282,52 @@ def _transport_class(module_name: str) -> Any:
             return self._response(reply, request)
 
     return Transport
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a loopback socket in a background thread.
+
+    For tests that need real HTTP (an SDK over sockets, client disconnects, first-byte
+    timing). Needs ``uvicorn`` (the ``fastapi``/``gateway`` extras).
+
+    Args:
+        app: the ASGI application.
+        host: IPv4 address to listen on.
+        port: TCP port; ``0`` picks a free one.
+
+    Yields:
+        The base URL, e.g. ``http://127.0.0.1:54321``.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # accepted connections inherit it: no 40 ms Nagle/delayed-ACK stall between writes
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(
+        app,
+        log_config=None,  # leave the host application's logging alone
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="metered-asgi-server", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the ASGI server did not start")
+            time.sleep(0.001)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
 
 
 class SpendCapture:
