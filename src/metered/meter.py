@@ -986,53 +986,51 @@ class Call:
         # cost, price and margin describe money that moved: a released, refunded or refused
         # call shows none (what it would have cost stays in payment_required)
         money = quote if priced else None
-        # positional: matching 44 keywords costs ~1.5 us per call, more than the rest of
-        # building the record; the comments name each field, in UsageRecord's order
         return UsageRecord(
-            time.time(),  # timestamp
-            self.id,  # call_id
-            self.route_name if self._pricer is None else self._pricer.name,  # route
-            (quote.provider if quote is not None and quote.provider else self.provider),  # provider
-            _OPERATION[self.api],  # operation
-            self.model or _str_or_none(self.body.get("model")),  # requested_model
-            fin.response_model if fin else None,  # response_model
-            quote.resolved_model if quote is not None else None,  # resolved_model
-            quote.pricing_mode if quote is not None else None,  # resolved_pricing_mode
-            quote.pricing_source if quote is not None else None,  # pricing_source
-            money.price if money is not None else None,  # resolved_price
-            money.cost if money is not None else None,  # cost
-            money.margin if money is not None else None,  # margin
-            u.input_tokens,  # tokens_in
-            u.output_tokens,  # tokens_out
-            u.cache_read_tokens,  # cache_read_tokens
-            u.cache_write_tokens,  # cache_write_tokens
-            u.reasoning_tokens,  # reasoning_tokens
-            u.source,  # tokens_source
-            self.payment_required,  # payment_required
-            status == "settled",  # payment_settled
-            self.mode,  # settlement_mode
-            status,  # settlement_status
-            from_nanos(amount_nanos),  # settlement_amount
-            settlement_ms,  # settlement_latency_ms
-            upstream_status,  # upstream_status
-            (now - self._started) * 1000 if fin is not None else None,  # upstream_latency_ms
-            self.account,  # account
-            tuple(c.account for c in self._charges or ()),  # accounts
-            self.tier,  # tier
-            self.feature,  # feature
-            policy_decision,  # policy_decision
-            policy_reason,  # policy_reason
-            error_type,  # error_type
-            bool(self.body.get("stream")),  # stream
-            self.output_limit or None,  # request_max_tokens
-            ttfc,  # time_to_first_chunk_ms
-            self.trimmed,  # trimmed_messages
-            self.clamped_from,  # max_tokens_clamped_from
-            remaining,  # budget_remaining
-            fin.finish_reasons if fin else (),  # finish_reasons
-            fin.response_id if fin else None,  # response_id
-            self.server_address,  # server_address
-            quote.catalog_version if quote is not None else None,  # catalog_version
+            timestamp=time.time(),
+            call_id=self.id,
+            route=self.route_name if self._pricer is None else self._pricer.name,
+            provider=(quote.provider if quote is not None and quote.provider else self.provider),
+            operation=_OPERATION[self.api],
+            requested_model=self.model or _str_or_none(self.body.get("model")),
+            response_model=fin.response_model if fin else None,
+            resolved_model=quote.resolved_model if quote is not None else None,
+            resolved_pricing_mode=quote.pricing_mode if quote is not None else None,
+            pricing_source=quote.pricing_source if quote is not None else None,
+            resolved_price=money.price if money is not None else None,
+            cost=money.cost if money is not None else None,
+            margin=money.margin if money is not None else None,
+            tokens_in=u.input_tokens,
+            tokens_out=u.output_tokens,
+            cache_read_tokens=u.cache_read_tokens,
+            cache_write_tokens=u.cache_write_tokens,
+            reasoning_tokens=u.reasoning_tokens,
+            tokens_source=u.source,
+            payment_required=self.payment_required,
+            payment_settled=status == "settled",
+            settlement_mode=self.mode,
+            settlement_status=status,
+            settlement_amount=from_nanos(amount_nanos),
+            settlement_latency_ms=settlement_ms,
+            upstream_status=upstream_status,
+            upstream_latency_ms=(now - self._started) * 1000 if fin is not None else None,
+            account=self.account,
+            accounts=tuple(c.account for c in self._charges or ()),
+            tier=self.tier,
+            feature=self.feature,
+            policy_decision=policy_decision,
+            policy_reason=policy_reason,
+            error_type=error_type,
+            stream=bool(self.body.get("stream")),
+            request_max_tokens=self.output_limit or None,
+            time_to_first_chunk_ms=ttfc,
+            trimmed_messages=self.trimmed,
+            max_tokens_clamped_from=self.clamped_from,
+            budget_remaining=remaining,
+            finish_reasons=fin.finish_reasons if fin else (),
+            response_id=fin.response_id if fin else None,
+            server_address=self.server_address,
+            catalog_version=quote.catalog_version if quote is not None else None,
         )
 
     def _emit(self, record: UsageRecord, error: BaseException | None) -> None:
