@@ -754,3 +754,29 @@ def test_stream_first_byte_is_not_delayed_by_the_middleware(meter: Meter) -> Non
     # a buffering middleware would deliver the first byte at the end of the stream
     assert metered_first < metered_total / 4
     assert metered_first < direct_first + direct_total / 4
+
+
+async def test_gateway_route_forwarded_with_a_metered_client_is_charged_once(
+    meter: Meter, upstream: FakeUpstream, records: list[UsageRecord]
+) -> None:
+    """A gateway route whose app forwards with MeteredAsyncOpenAI charges the caller once."""
+    llm = MeteredAsyncOpenAI(upstream.openai_client(async_=True), meter=meter)
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def forward(body: dict[str, Any]) -> Any:
+        completion = await llm.chat.completions.create(**body)
+        return completion.model_dump()
+
+    app.add_middleware(MeteredMiddleware, meter=meter, identify=by_header)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://a") as c:
+        response = await c.post(
+            "/v1/chat/completions",
+            headers={"x-user": "alice"},
+            json={"model": "gpt-4o", "messages": HI},
+        )
+    assert response.status_code == 200
+    (record,) = records  # the route's call; the forwarding client did not meter again
+    assert record.pricing_source == "route.models"
+    assert meter.spent("alice") == Decimal("0.05")
+    assert len(upstream.requests) == 1

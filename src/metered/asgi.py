@@ -62,7 +62,7 @@ from metered._http import (
     public_headers,
     total_headers,
 )
-from metered.context import RequestTotals, bind
+from metered.context import RequestTotals, bind, metering_by_route
 from metered.exceptions import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
 from metered.meter import Meter
 
@@ -206,7 +206,8 @@ class MeteredMiddleware:
         )
         inner = {**scope, "headers": _with_length(scope["headers"], len(upstream_body))}
         try:
-            await self.app(inner, replay, relay.send)
+            with metering_by_route():
+                await self.app(inner, replay, relay.send)
         except Exception as exc:
             await relay.fail(exc)
             if relay.started:

@@ -64,6 +64,8 @@ _route: ContextVar[str | None] = ContextVar("metered.route", default=None)
 _urgent: ContextVar[bool] = ContextVar("metered.urgent", default=False)
 _metadata: ContextVar[Mapping[str, Any] | None] = ContextVar("metered.metadata", default=None)
 _totals: ContextVar[RequestTotals | None] = ContextVar("metered.totals", default=None)
+# set while a gateway route's app serves a request the middleware already meters
+_route_metered: ContextVar[bool] = ContextVar("metered.route_metered", default=False)
 # records of every call finished in this context, for metered.testing.capture_spend()
 _captured: ContextVar[list[Any] | None] = ContextVar("metered.captured", default=None)
 
@@ -94,6 +96,27 @@ def current() -> CallerContext:
         urgent=_urgent.get(),
         metadata=_metadata.get() or {},
     )
+
+
+def route_metered() -> bool:
+    """Whether the current request is a gateway route the middleware already meters.
+
+    The client proxies then pass calls straight through: forwarding the request with a
+    ``MeteredOpenAI`` client must not charge the caller twice.
+    """
+    return _route_metered.get()
+
+
+class metering_by_route:
+    """Mark the block as serving a request already metered by a gateway route."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _route_metered.set(True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _route_metered.reset(self._token)
 
 
 def captured_records() -> list[Any] | None:

@@ -43,7 +43,7 @@ from metered._http import (
     public_headers,
     total_headers,
 )
-from metered.context import RequestTotals, bind
+from metered.context import RequestTotals, bind, metering_by_route
 from metered.exceptions import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
 from metered.meter import Meter
 
@@ -188,7 +188,8 @@ class _Relay:
     def run(self, app: WSGIApp, environ: Environ) -> Iterable[bytes]:
         """Call the app; the returned body relays its answer."""
         try:
-            self._result = app(environ, self.start_response)
+            with metering_by_route():
+                self._result = app(environ, self.start_response)
         except Exception as exc:
             self._tail = [self._failed(exc)]
         return self

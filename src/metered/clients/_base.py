@@ -34,6 +34,7 @@ from metered.clients._streams import (
     body_read,
     error_status,
 )
+from metered.context import route_metered
 from metered.meter import Api, Call, Meter
 
 __all__ = [
@@ -332,6 +333,8 @@ def call(
     Raises:
         PolicyDenied, BudgetExceeded, InvalidRequest: before anything is sent upstream.
     """
+    if route_metered():  # the gateway route serving this request meters it already
+        return method(**kwargs)
     call_, prepared = begin(ctx, endpoint, kwargs)
     result = invoke(call_, method, **call_.body, **prepared.options)
     delivered, outcome = _deliver(call_, endpoint, prepared, result)
@@ -344,6 +347,8 @@ async def acall(
     ctx: ClientContext, endpoint: Endpoint, method: Callable[..., Any], kwargs: dict[str, Any]
 ) -> Any:
     """Async :func:`call`."""
+    if route_metered():  # the gateway route serving this request meters it already
+        return await method(**kwargs)
     call_, prepared = await abegin(ctx, endpoint, kwargs)
     result = await ainvoke(call_, method, **call_.body, **prepared.options)
     delivered, outcome = _deliver(call_, endpoint, prepared, result)

@@ -1,0 +1,999 @@
+"""The Redis ledger: budgets shared by every process and replica of an app.
+
+Same rules and results as :class:`~metered.ledger.MemoryLedger` (see
+:mod:`metered.ledger`), with the state in Redis. Every operation is ONE Lua script, so
+it is atomic across processes: a hold checks and reserves on every account of the call
+with no other caller in between.
+
+Time comes from the caller, never from Redis. Python passes ``now`` (the ledger's
+clock), the UTC day, week and month period ids of ``now`` (:func:`calendar_periods`),
+the hold expiry and the retention; the script only does arithmetic on them (a rolling
+bucket starts at ``at - at mod width``; a key is forgotten at ``finished + retain``).
+Clock skew between the app and Redis therefore cannot shift a period, and tests can
+drive the clock.
+
+Layout, all under ``prefix`` (default ``"metered:"``):
+
+* ``{prefix}holds`` -- sorted set of the active holds' entry keys by expiry time. Every
+  script first expires the due ones (returning their amounts to their accounts), so an
+  account's held total is exact whenever it is read and a crashed process never locks
+  budget for longer than its holds' TTL.
+* ``{prefix}e:{key}`` -- hash, one per idempotency key: kind, state, amounts, when the
+  spend was dated and its periods, and the charges (accounts, budgets, threshold marks)
+  as JSON, so adjust and refund know where the spend landed. While held it has no Redis
+  TTL (only the sweep may finish it); once finished it is forgotten ``retain_seconds``
+  later by the caller's clock, and Redis drops it a minute after that by its own.
+* ``{prefix}a:{account}`` -- hash per account, like MemoryLedger's account record: active
+  held nanos, lifetime total, the current day/week/month period ids with their spend,
+  and which thresholds fired in which period. It holds only current periods, so it
+  never grows and needs no expiry.
+* ``{prefix}r:{seconds}:{account}`` -- hash per account and rolling window: spend per
+  bucket start with a running total and the oldest and newest bucket, expiring when its
+  newest bucket has aged out.
+
+Deployment: a single Redis primary (or a Sentinel-managed one). A call may charge
+several accounts in one script, so on Redis Cluster every key must live in one slot:
+put a hash tag in the prefix (``prefix="{metered}:"``); every key starts with it.
+Processes sharing a ledger must use the same prefix and thresholds.
+
+Arithmetic inside Redis Lua is double precision: amounts are refused above 2**53
+nano-USD (~$9M per call), and balances stay exact while each counter is below that
+(about $9M of spend per account and window); Redis itself keeps counters as exact
+64-bit integers.
+
+Connection and server failures raise :class:`~metered.exceptions.LedgerError` (the
+engine answers 503, or records the settlement as ``failed``); never a raw redis error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
+
+import redis
+import redis.asyncio
+from redis.commands.core import AsyncScript, Script
+from redis.exceptions import RedisError
+
+from metered.exceptions import BudgetExceeded, LedgerError
+from metered.ledger import (
+    DEFAULT_THRESHOLDS,
+    Balance,
+    Budget,
+    Charge,
+    EntryState,
+    Hold,
+    Ledger,
+    Receipt,
+    ReceiptStatus,
+    Threshold,
+    Window,
+    WindowKind,
+    calendar_periods,
+)
+from metered.ledger.memory import _validate_charges
+from metered.money import from_nanos
+
+__all__ = ["RedisLedger"]
+
+T = TypeVar("T")
+
+DEFAULT_URL = "redis://localhost:6379/0"
+# Lua numbers are doubles: integers are exact below 2**53.
+_MAX_AMOUNT = 2**53 - 1
+_PLAN_CACHE_SIZE = 1024
+# Calendar index of a window kind in calendar_periods(); 0 = total, -1 = rolling.
+_CALENDAR = {"day": 1, "week": 2, "month": 3, "total": 0, "rolling": -1}
+_KIND_OF: dict[int, WindowKind] = {1: "day", 2: "week", 3: "month", 0: "total", -1: "rolling"}
+
+# --- Lua ----------------------------------------------------------------------------------
+
+# Shared by every script. KEYS[1] = the holds set, KEYS[2] = the entry (or account) hash.
+# ARGV[1..6] = prefix, now, retain seconds, now's day, week and month period ids; each
+# script's own arguments start at ARGV[7].
+_PRELUDE = r"""
+local P = ARGV[1]
+local NOW = tonumber(ARGV[2])
+local RETAIN = tonumber(ARGV[3])
+local PERIODS = {ARGV[4], ARGV[5], ARGV[6]}
+local HOLDS = KEYS[1]
+-- Redis drops finished keys this long after the callers' clocks forget them (skew room).
+local GRACE = 60
+
+local function account_key(name) return P .. 'a:' .. name end
+local function rolling_key(name, seconds) return P .. 'r:' .. seconds .. ':' .. name end
+
+local function keep_until(key, at)
+  local ttl = math.ceil(at - NOW) + GRACE
+  if ttl < GRACE then ttl = GRACE end
+  redis.call('EXPIRE', key, ttl)
+end
+
+local function decode(raw)
+  local spec = {}
+  for i, p in ipairs(cjson.decode(raw)) do
+    local budgets = {}
+    for j, b in ipairs(p[2]) do
+      budgets[j] = {limit_raw = b[1], limit = tonumber(b[1]), ci = b[2], seconds = b[3],
+                    width = b[4], pid = b[5], akey = b[6], marks = b[7]}
+    end
+    spec[i] = {name = p[1], budgets = budgets}
+  end
+  return spec
+end
+
+local function held_of(name)
+  return tonumber(redis.call('HGET', account_key(name), 'held')) or 0
+end
+
+-- Expire every hold due by NOW: its amount stops counting on all of its accounts.
+local function sweep()
+  local due = redis.call('ZRANGEBYSCORE', HOLDS, '-inf', ARGV[2])
+  local expired = 0
+  for _, ek in ipairs(due) do
+    local r = redis.call('HMGET', ek, 's', 'hd', 'ex', 'sp')
+    if r[1] == 'held' then
+      for _, payer in ipairs(cjson.decode(r[4])) do
+        redis.call('HINCRBY', account_key(payer[1]), 'held', -tonumber(r[2]))
+      end
+      local forget = tonumber(r[3]) + RETAIN
+      redis.call('HSET', ek, 's', 'expired', 'fg', forget)
+      keep_until(ek, forget)
+      expired = expired + 1
+    end
+  end
+  if #due > 0 then redis.call('ZREMRANGEBYSCORE', HOLDS, '-inf', ARGV[2]) end
+  return expired
+end
+
+local function load(ek)
+  local r = redis.call('HMGET', ek, 'k', 's', 'hd', 'am', 'at', 'ex', 'fg', 'sp',
+                       'p1', 'p2', 'p3')
+  if not r[1] then return nil end
+  if r[7] and tonumber(r[7]) <= NOW then
+    redis.call('DEL', ek)
+    return nil
+  end
+  return {kind = r[1], state = r[2], held = tonumber(r[3]), amount = tonumber(r[4]),
+          at = tonumber(r[5]), ex = r[6], spec = decode(r[8]), periods = {r[9], r[10], r[11]}}
+end
+
+local function finish(ek)
+  local forget = NOW + RETAIN
+  redis.call('HSET', ek, 'fg', forget)
+  keep_until(ek, forget)
+end
+
+local function unhold(ek, entry)
+  for _, payer in ipairs(entry.spec) do
+    redis.call('HINCRBY', account_key(payer.name), 'held', -entry.held)
+  end
+  redis.call('ZREM', HOLDS, ek)
+end
+
+-- Rolling spend of the window after dropping buckets that left it; 0 when none.
+local function rolling_total(name, seconds, width)
+  local rk = rolling_key(name, seconds)
+  local r = redis.call('HMGET', rk, 't', 'lo', 'hi')
+  if not r[1] then return 0 end
+  local total, lo, hi = tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
+  -- a bucket counts while any part of it is inside (NOW - seconds, NOW]
+  local horizon = NOW - seconds - width
+  if lo > horizon then return total end
+  if hi <= horizon then
+    redis.call('DEL', rk)
+    return 0
+  end
+  while lo <= horizon do
+    local nanos = redis.call('HGET', rk, lo)
+    if nanos then
+      total = total - tonumber(nanos)
+      redis.call('HDEL', rk, lo)
+    end
+    lo = lo + width
+  end
+  redis.call('HSET', rk, 't', total, 'lo', lo)
+  return total
+end
+
+local function rolling_add(name, seconds, width, at, delta)
+  local rk = rolling_key(name, seconds)
+  rolling_total(name, seconds, width)
+  local start = at - math.fmod(at, width)
+  if redis.call('HEXISTS', rk, start) == 1 then
+    redis.call('HINCRBY', rk, start, delta)
+    redis.call('HINCRBY', rk, 't', delta)
+  elseif delta > 0 and start > NOW - seconds - width then
+    local r = redis.call('HMGET', rk, 'lo', 'hi')
+    local lo, hi = tonumber(r[1]), tonumber(r[2])
+    if not lo or start < lo then lo = start end
+    if not hi or start > hi then hi = start end
+    redis.call('HSET', rk, start, delta, 'lo', lo, 'hi', hi)
+    redis.call('HINCRBY', rk, 't', delta)
+    keep_until(rk, hi + seconds + width)
+  end
+  -- otherwise the bucket has aged out: the correction falls outside the window
+end
+
+-- Seconds until at least `need` nanos of rolling spend have aged out, or false.
+local function rolling_retry(name, b, need)
+  local rk = rolling_key(name, b.seconds)
+  local r = redis.call('HMGET', rk, 'lo', 'hi')
+  if not r[1] then return false end
+  local freed = 0
+  for start = tonumber(r[1]), tonumber(r[2]), b.width do
+    local nanos = redis.call('HGET', rk, start)
+    if nanos then
+      freed = freed + tonumber(nanos)
+      if freed >= need then
+        return math.max(1, math.ceil(start + b.width + b.seconds - NOW))
+      end
+    end
+  end
+  return false
+end
+
+local function spent_in(name, b)
+  local ci = b.ci
+  if ci > 0 then
+    local r = redis.call('HMGET', account_key(name), 'p' .. ci, 'n' .. ci)
+    if r[1] == PERIODS[ci] then return tonumber(r[2]) end
+    return 0
+  elseif ci == 0 then
+    return tonumber(redis.call('HGET', account_key(name), 'total')) or 0
+  end
+  return rolling_total(name, b.seconds, b.width)
+end
+
+-- The first account and budget (in order) that cannot pay `amount`, as a failure reply.
+local function check(spec, amount)
+  for pi, payer in ipairs(spec) do
+    if #payer.budgets > 0 then
+      local held = held_of(payer.name)
+      for bi, b in ipairs(payer.budgets) do
+        local used = spent_in(payer.name, b) + held
+        if used + amount > b.limit then
+          local retry = false
+          if b.ci < 0 and amount <= b.limit then
+            retry = rolling_retry(payer.name, b, used + amount - b.limit)
+          end
+          return {'!', 'exceeded', pi, bi, used, retry}
+        end
+      end
+    end
+  end
+  return nil
+end
+
+-- Add delta to the calendar periods the spend landed in (dated by at_periods).
+local function land(ak, delta, at_periods)
+  local r = redis.call('HMGET', ak, 'p1', 'p2', 'p3')
+  for i = 1, 3 do
+    local period = at_periods[i]
+    if r[i] == period then
+      redis.call('HINCRBY', ak, 'n' .. i, delta)
+    elseif delta > 0 and period == PERIODS[i] and (not r[i] or r[i] < period) then
+      -- Period ids sort in time order: a caller whose clock lags behind never moves an
+      -- account back into a period that has already closed.
+      redis.call('HSET', ak, 'p' .. i, period, 'n' .. i, delta)
+    end
+    -- otherwise the spend's period has closed: a correction to it is dropped
+  end
+end
+
+local function level(marks, spent)
+  local n = 0
+  if spent > 0 then
+    for _, mark in ipairs(marks) do
+      if spent < mark then break end
+      n = n + 1
+    end
+  end
+  return n
+end
+
+local function crossings(name, ak, b, before, after, out)
+  local period = b.ci > 0 and PERIODS[b.ci] or b.pid
+  local fired = 0
+  local stored = redis.call('HGET', ak, b.akey)
+  if stored then
+    local sep = string.find(stored, '|', 1, true)
+    if string.sub(stored, sep + 1) == period then
+      fired = tonumber(string.sub(stored, 1, sep - 1))
+    end
+  end
+  if b.ci < 0 then
+    -- no period ends a rolling window: a threshold re-arms once spend drops below it
+    fired = math.min(fired, level(b.marks, before))
+  end
+  local reached = level(b.marks, after)
+  if reached <= fired then return end
+  redis.call('HSET', ak, b.akey, reached .. '|' .. period)
+  for i = fired + 1, reached do
+    out[#out + 1] = {name, b.limit_raw, b.ci, b.seconds, i, after, period}
+  end
+end
+
+-- Add delta spend dated `at` (periods at_periods) to every account; appends crossings.
+local function record(spec, at, at_periods, delta, crossed)
+  if delta == 0 then return end
+  for _, payer in ipairs(spec) do
+    local name, budgets = payer.name, payer.budgets
+    local ak = account_key(name)
+    local before = {}
+    if delta > 0 then
+      for i, b in ipairs(budgets) do
+        if b.ci < 0 and #b.marks > 0 then before[i] = spent_in(name, b) end
+      end
+    end
+    redis.call('HINCRBY', ak, 'total', delta)
+    land(ak, delta, at_periods)
+    local seen = {}
+    for _, b in ipairs(budgets) do
+      if b.ci < 0 and not seen[b.seconds] then
+        seen[b.seconds] = true
+        rolling_add(name, b.seconds, b.width, at, delta)
+      end
+    end
+    if delta > 0 then
+      for i, b in ipairs(budgets) do
+        if #b.marks > 0 then
+          local after = spent_in(name, b)
+          if after >= b.marks[1] then crossings(name, ak, b, before[i] or 0, after, crossed) end
+        end
+      end
+    end
+  end
+end
+
+-- Each account's least remaining budget (false: no budgets), as balance() reports it.
+local function remaining(spec)
+  local out = {}
+  for i, payer in ipairs(spec) do
+    if #payer.budgets == 0 then
+      out[i] = false
+    else
+      local left
+      for _, b in ipairs(payer.budgets) do
+        local l = b.limit - spent_in(payer.name, b)
+        if not left or l < left then left = l end
+      end
+      left = left - held_of(payer.name)
+      out[i] = left > 0 and left or 0
+    end
+  end
+  return out
+end
+
+local function unchanged(entry)
+  return {'unchanged', entry.state, entry.amount, 0, remaining(entry.spec), {}}
+end
+"""
+
+_SCRIPTS: dict[str, str] = {
+    # ARGV[7] amount, [8] expiry, [9] charges
+    "hold": r"""
+sweep()
+local entry = load(KEYS[2])
+if entry then
+  if entry.kind ~= 'h' then return {'!', 'charge'} end
+  local accounts = {}
+  for i, payer in ipairs(entry.spec) do accounts[i] = payer.name end
+  return {'replay', entry.state, entry.held, entry.ex, accounts}
+end
+local spec = decode(ARGV[9])
+local failure = check(spec, tonumber(ARGV[7]))
+if failure then return failure end
+redis.call('HSET', KEYS[2], 'k', 'h', 's', 'held', 'hd', ARGV[7], 'am', 0, 'at', ARGV[2],
+           'ex', ARGV[8], 'sp', ARGV[9])
+for _, payer in ipairs(spec) do
+  redis.call('HINCRBY', account_key(payer.name), 'held', ARGV[7])
+end
+redis.call('ZADD', HOLDS, ARGV[8], KEYS[2])
+return {'held'}
+""",
+    # ARGV[7] amount, [8] fallback charges or ''
+    "capture": r"""
+sweep()
+local entry = load(KEYS[2])
+local status
+if not entry then
+  if ARGV[8] == '' then return {'unknown'} end
+  entry = {spec = decode(ARGV[8])}
+  redis.call('HSET', KEYS[2], 'k', 'h', 'hd', 0, 'ex', ARGV[2], 'sp', ARGV[8])
+  status = 'late'
+else
+  if entry.kind ~= 'h' then return {'!', 'charge'} end
+  if entry.state == 'held' then
+    unhold(KEYS[2], entry)
+    status = 'applied'
+  elseif entry.state == 'expired' then
+    status = 'late'
+  else
+    return unchanged(entry)
+  end
+end
+local amount = tonumber(ARGV[7])
+redis.call('HSET', KEYS[2], 's', 'captured', 'am', ARGV[7], 'at', ARGV[2],
+           'p1', PERIODS[1], 'p2', PERIODS[2], 'p3', PERIODS[3])
+local crossed = {}
+record(entry.spec, NOW, PERIODS, amount, crossed)
+finish(KEYS[2])
+return {status, 'captured', amount, amount, remaining(entry.spec), crossed}
+""",
+    "release": r"""
+sweep()
+local entry = load(KEYS[2])
+if not entry then return {'ok'} end
+if entry.kind ~= 'h' then return {'!', 'charge'} end
+if entry.state == 'held' then
+  unhold(KEYS[2], entry)
+  redis.call('HSET', KEYS[2], 's', 'released')
+  finish(KEYS[2])
+end
+return {'ok'}
+""",
+    # ARGV[7] amount, [8] charges, [9] enforce '1' or '0'
+    "charge": r"""
+sweep()
+local entry = load(KEYS[2])
+if entry then
+  if entry.kind ~= 'c' then return {'!', 'hold'} end
+  return unchanged(entry)
+end
+local spec = decode(ARGV[8])
+local amount = tonumber(ARGV[7])
+if ARGV[9] == '1' then
+  local failure = check(spec, amount)
+  if failure then return failure end
+end
+redis.call('HSET', KEYS[2], 'k', 'c', 's', 'charged', 'hd', 0, 'am', ARGV[7], 'at', ARGV[2],
+           'ex', ARGV[2], 'sp', ARGV[8], 'p1', PERIODS[1], 'p2', PERIODS[2], 'p3', PERIODS[3])
+local crossed = {}
+record(spec, NOW, PERIODS, amount, crossed)
+finish(KEYS[2])
+return {'applied', 'charged', amount, amount, remaining(spec), crossed}
+""",
+    # adjust and refund. ARGV[7] amount, [8] refund '1' or '0'
+    "correct": r"""
+sweep()
+local entry = load(KEYS[2])
+if not entry then return {'unknown'} end
+if entry.state == 'held' then return {'!', 'active'} end
+if entry.state ~= 'captured' and entry.state ~= 'charged' then return unchanged(entry) end
+local refund = ARGV[8] == '1'
+local amount = tonumber(ARGV[7])
+local delta = amount - entry.amount
+if delta == 0 and not refund then return unchanged(entry) end
+local state = refund and 'refunded' or entry.state
+redis.call('HSET', KEYS[2], 's', state, 'am', ARGV[7])
+local crossed = {}
+record(entry.spec, entry.at, entry.periods, delta, crossed)
+finish(KEYS[2])
+return {'applied', state, amount, delta, remaining(entry.spec), crossed}
+""",
+    # KEYS[2] = the account hash. ARGV[7] account, [8] calendar index, [9] seconds, [10] width
+    "balance": r"""
+sweep()
+local b = {ci = tonumber(ARGV[8]), seconds = tonumber(ARGV[9]), width = tonumber(ARGV[10])}
+return {spent_in(ARGV[7], b), held_of(ARGV[7])}
+""",
+    "sweep": r"""
+return sweep()
+""",
+}
+
+# --- Python side --------------------------------------------------------------------------
+
+
+class _Plan:
+    """A validated charges tuple, encoded once for the scripts."""
+
+    __slots__ = ("accounts", "budgets", "charges", "spec")
+
+    def __init__(self, charges: tuple[Charge, ...], marks: Callable[[int], list[int]]) -> None:
+        self.charges = charges
+        self.accounts = tuple(c.account for c in charges)
+        self.budgets = tuple(c.budgets for c in charges)
+        self.spec = json.dumps(
+            [[c.account, [_encode_budget(b, marks) for b in c.budgets]] for c in charges],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+
+def _encode_budget(budget: Budget, marks: Callable[[int], list[int]]) -> list[object]:
+    window = budget.window
+    limit = budget.limit_nanos
+    ci = _CALENDAR[window.kind]
+    seconds = window.seconds or 0
+    return [
+        str(limit),  # a string, so a limit above 2**53 comes back to Python exact
+        ci,
+        seconds,
+        window.granule,
+        window.period(0).id if ci <= 0 else "",
+        f"al:{limit}:{window.kind}:{seconds}",  # alert state is per budget value
+        marks(limit),
+    ]
+
+
+class _Op(NamedTuple, Generic[T]):
+    """One script call: what to run and how to read its reply."""
+
+    script: str
+    keys: tuple[str, str]
+    args: tuple[str | int | float, ...]
+    parse: Callable[[Any], T]
+
+
+class RedisLedger(Ledger):
+    """:class:`~metered.ledger.Ledger` in Redis, shared by processes and replicas.
+
+    Exactly the rules and results of :class:`~metered.ledger.MemoryLedger`; each
+    operation is one atomic Lua script (see the module docstring for the key layout and
+    the Redis Cluster note). Needs the ``redis`` extra (``pip install metered[redis]``).
+
+    Args:
+        url: a ``redis://`` (or ``rediss://``, ``unix://``) URL; the ledger builds and
+            owns a sync and an async client from it. Default ``redis://localhost:6379/0``.
+        client: a ``redis.Redis`` to use for the sync methods instead (not closed by
+            :meth:`close`: its owner closes it).
+        aclient: a ``redis.asyncio.Redis`` for the async methods (likewise). Without it
+            (and without ``url``) the async methods raise :class:`RuntimeError`.
+        prefix: prepended to every key; put a hash tag in it on Redis Cluster
+            (``"{metered}:"``).
+        thresholds: budget fractions reported in :attr:`Receipt.crossed`.
+        retain_seconds: how long finished keys are remembered (idempotency window).
+        clock: the default ``now`` (epoch seconds), injectable for tests.
+
+    Example::
+
+        ledger = RedisLedger("redis://redis:6379/0")
+        meter = Meter.from_yaml("metered.yaml", ledger=ledger)
+    """
+
+    @overload
+    def __init__(
+        self,
+        url: str = ...,
+        *,
+        prefix: str = ...,
+        thresholds: Iterable[Decimal | float | str] = ...,
+        retain_seconds: float = ...,
+        clock: Callable[[], float] = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        *,
+        client: redis.Redis | None = ...,
+        aclient: redis.asyncio.Redis | None = ...,
+        prefix: str = ...,
+        thresholds: Iterable[Decimal | float | str] = ...,
+        retain_seconds: float = ...,
+        clock: Callable[[], float] = ...,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: redis.Redis | None = None,
+        aclient: redis.asyncio.Redis | None = None,
+        prefix: str = "metered:",
+        thresholds: Iterable[Decimal | float | str] = DEFAULT_THRESHOLDS,
+        retain_seconds: float = 900.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if url is not None and (client is not None or aclient is not None):
+            raise TypeError("pass either url= or client=/aclient=, not both")
+        fractions = sorted({Decimal(str(t)) for t in thresholds})
+        if any(not f.is_finite() or f <= 0 for f in fractions):
+            raise ValueError(f"thresholds must be positive fractions, got {fractions}")
+        if not retain_seconds >= 0:
+            raise ValueError(f"retain_seconds must be >= 0, got {retain_seconds!r}")
+        self._fractions = tuple(fractions)
+        self._ratios = tuple(f.as_integer_ratio() for f in fractions)
+        self._retain = float(retain_seconds)
+        self._clock = clock
+        self._prefix = prefix
+        self._holds_key = prefix + "holds"
+        owned = client is None and aclient is None
+        if owned:
+            url = DEFAULT_URL if url is None else url
+            # Blocking pools: under load a caller waits for a free connection (50 by
+            # default, ?max_connections= in the URL) instead of failing the LLM call.
+            client = redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(url))
+            aclient = redis.asyncio.Redis.from_pool(
+                redis.asyncio.BlockingConnectionPool.from_url(url)
+            )
+        self._owned = owned
+        self._client = client
+        self._aclient = aclient
+        sources = {name: _PRELUDE + body for name, body in _SCRIPTS.items()}
+        self._scripts: dict[str, Script] = (
+            {n: client.register_script(s) for n, s in sources.items()} if client else {}
+        )
+        self._ascripts: dict[str, AsyncScript] = (
+            {n: aclient.register_script(s) for n, s in sources.items()} if aclient else {}
+        )
+        self._plans: dict[int, _Plan] = {}
+        self._last_plan: _Plan | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisLedger(prefix={self._prefix!r})"
+
+    # --- the Ledger protocol ----------------------------------------------------------
+
+    def hold(
+        self,
+        key: str,
+        charges: Sequence[Charge],
+        amount_nanos: int,
+        *,
+        ttl_seconds: float,
+        now: float | None = None,
+    ) -> Hold:
+        return self._run(self._hold(key, charges, amount_nanos, ttl_seconds, now))
+
+    async def ahold(
+        self,
+        key: str,
+        charges: Sequence[Charge],
+        amount_nanos: int,
+        *,
+        ttl_seconds: float,
+        now: float | None = None,
+    ) -> Hold:
+        return await self._arun(self._hold(key, charges, amount_nanos, ttl_seconds, now))
+
+    def capture(
+        self,
+        key: str,
+        amount_nanos: int,
+        *,
+        charges: Sequence[Charge] | None = None,
+        now: float | None = None,
+    ) -> Receipt:
+        return self._run(self._capture(key, amount_nanos, charges, now))
+
+    async def acapture(
+        self,
+        key: str,
+        amount_nanos: int,
+        *,
+        charges: Sequence[Charge] | None = None,
+        now: float | None = None,
+    ) -> Receipt:
+        return await self._arun(self._capture(key, amount_nanos, charges, now))
+
+    def release(self, key: str, *, now: float | None = None) -> None:
+        self._run(self._release(key, now))
+
+    async def arelease(self, key: str, *, now: float | None = None) -> None:
+        await self._arun(self._release(key, now))
+
+    def charge(
+        self,
+        key: str,
+        charges: Sequence[Charge],
+        amount_nanos: int,
+        *,
+        enforce: bool = True,
+        now: float | None = None,
+    ) -> Receipt:
+        return self._run(self._charge(key, charges, amount_nanos, enforce, now))
+
+    async def acharge(
+        self,
+        key: str,
+        charges: Sequence[Charge],
+        amount_nanos: int,
+        *,
+        enforce: bool = True,
+        now: float | None = None,
+    ) -> Receipt:
+        return await self._arun(self._charge(key, charges, amount_nanos, enforce, now))
+
+    def adjust(self, key: str, amount_nanos: int, *, now: float | None = None) -> Receipt:
+        return self._run(self._correct(key, _checked(amount_nanos), False, now))
+
+    async def aadjust(self, key: str, amount_nanos: int, *, now: float | None = None) -> Receipt:
+        return await self._arun(self._correct(key, _checked(amount_nanos), False, now))
+
+    def refund(self, key: str, *, now: float | None = None) -> Receipt:
+        return self._run(self._correct(key, 0, True, now))
+
+    async def arefund(self, key: str, *, now: float | None = None) -> Receipt:
+        return await self._arun(self._correct(key, 0, True, now))
+
+    def balance(
+        self, account: str, budget: Budget | Window | None = None, *, now: float | None = None
+    ) -> Balance:
+        return self._run(self._balance(account, budget, now))
+
+    async def abalance(
+        self, account: str, budget: Budget | Window | None = None, *, now: float | None = None
+    ) -> Balance:
+        return await self._arun(self._balance(account, budget, now))
+
+    def sweep(self, *, now: float | None = None) -> int:
+        """Expire due holds now; returns the holds expired.
+
+        Finished keys need no sweeping here: they are forgotten by the clock when read,
+        and Redis deletes them itself shortly after.
+        """
+        return self._run(self._sweep(now))
+
+    async def asweep(self, *, now: float | None = None) -> int:
+        """Async :meth:`sweep`."""
+        return await self._arun(self._sweep(now))
+
+    def close(self) -> None:
+        """Close the sync connections the ledger opened from ``url`` (not given clients)."""
+        if self._owned and self._client is not None:
+            self._client.close()
+
+    async def aclose(self) -> None:
+        """Close every connection the ledger opened from ``url`` (not given clients)."""
+        if self._owned and self._aclient is not None:
+            await self._aclient.aclose()
+        self.close()
+
+    # --- operations: arguments in, reply parser out -----------------------------------
+
+    def _hold(
+        self,
+        key: str,
+        charges: Sequence[Charge],
+        amount: int,
+        ttl_seconds: float,
+        now: float | None,
+    ) -> _Op[Hold]:
+        plan = self._plan(charges)
+        _checked(amount)
+        if not 0 < ttl_seconds < math.inf:
+            raise ValueError(f"ttl_seconds must be a positive number, got {ttl_seconds!r}")
+        now = self._clock() if now is None else now
+        expires_at = now + ttl_seconds
+
+        def parse(reply: Any) -> Hold:
+            tag = _text(reply[0])
+            if tag == "held":
+                return Hold(key, "held", amount, plan.accounts, expires_at)
+            if tag == "replay":
+                accounts = tuple(_text(a) for a in reply[4])
+                state = cast(EntryState, _text(reply[1]))
+                return Hold(key, state, reply[2], accounts, float(reply[3]), replayed=True)
+            raise self._failure(key, reply, plan, amount, now, wanted="hold")
+
+        return self._op("hold", key, now, (amount, expires_at, plan.spec), parse)
+
+    def _capture(
+        self, key: str, amount: int, charges: Sequence[Charge] | None, now: float | None
+    ) -> _Op[Receipt]:
+        _checked(amount)
+        fallback = "" if charges is None else self._plan(charges).spec
+        now = self._clock() if now is None else now
+        return self._op("capture", key, now, (amount, fallback), self._receipt(key, "hold"))
+
+    def _release(self, key: str, now: float | None) -> _Op[None]:
+        now = self._clock() if now is None else now
+
+        def parse(reply: Any) -> None:
+            if _text(reply[0]) == "!":
+                raise _wrong_kind(key, _text(reply[1]), "hold")
+
+        return self._op("release", key, now, (), parse)
+
+    def _charge(
+        self,
+        key: str,
+        charges: Sequence[Charge],
+        amount: int,
+        enforce: bool,
+        now: float | None,
+    ) -> _Op[Receipt]:
+        plan = self._plan(charges)
+        _checked(amount)
+        now = self._clock() if now is None else now
+        args = (amount, plan.spec, "1" if enforce else "0")
+        return self._op("charge", key, now, args, self._receipt(key, "charge", plan, amount, now))
+
+    def _correct(self, key: str, amount: int, refund: bool, now: float | None) -> _Op[Receipt]:
+        now = self._clock() if now is None else now
+        args = (amount, "1" if refund else "0")
+        return self._op("correct", key, now, args, self._receipt(key, "correct"))
+
+    def _balance(
+        self, account: str, budget: Budget | Window | None, now: float | None
+    ) -> _Op[Balance]:
+        if budget is None:
+            window, limit = Window("total"), None
+        elif isinstance(budget, Window):
+            window, limit = budget, None
+        else:
+            window, limit = budget.window, budget.limit_nanos
+        now = self._clock() if now is None else now
+
+        def parse(reply: Any) -> Balance:
+            spent, held = reply
+            return Balance(
+                account=account,
+                window=window,
+                spent_nanos=spent,
+                held_nanos=held,
+                limit_nanos=limit,
+                remaining_nanos=None if limit is None else max(0, limit - spent - held),
+                resets_at=window.period(now).ends_at,
+            )
+
+        args = (account, _CALENDAR[window.kind], window.seconds or 0, window.granule)
+        return self._op("balance", account, now, args, parse, entry=False)
+
+    def _sweep(self, now: float | None) -> _Op[int]:
+        now = self._clock() if now is None else now
+        return self._op("sweep", "", now, (), int)
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _op(
+        self,
+        script: str,
+        name: str,
+        now: float,
+        args: tuple[str | int | float, ...],
+        parse: Callable[[Any], T],
+        *,
+        entry: bool = True,
+    ) -> _Op[T]:
+        day, week, month = calendar_periods(now)
+        key = self._prefix + ("e:" if entry else "a:") + name
+        common = (self._prefix, now, self._retain, day.id, week.id, month.id)
+        return _Op(script, (self._holds_key, key), common + args, parse)
+
+    def _run(self, op: _Op[T]) -> T:
+        if not self._scripts:
+            raise RuntimeError("this RedisLedger has no sync client: pass client= or url=")
+        try:
+            reply = self._scripts[op.script](keys=op.keys, args=op.args)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(op.script, exc) from exc
+        return op.parse(reply)
+
+    async def _arun(self, op: _Op[T]) -> T:
+        if not self._ascripts:
+            raise RuntimeError("this RedisLedger has no async client: pass aclient= or url=")
+        try:
+            reply = await cast(Awaitable[Any], self._ascripts[op.script](op.keys, op.args))
+        except (RedisError, OSError) as exc:
+            raise _unavailable(op.script, exc) from exc
+        return op.parse(reply)
+
+    def _plan(self, charges: Sequence[Charge]) -> _Plan:
+        """Validate and encode ``charges``; a tuple seen before costs a dict lookup.
+
+        Only tuples are remembered: a tuple of frozen charges cannot change, a list can.
+        """
+        plan = self._last_plan  # hold and capture of one call pass the same tuple
+        if plan is not None and plan.charges is charges:
+            return plan
+        plans = self._plans
+        if type(charges) is tuple:
+            plan = plans.get(id(charges))
+            if plan is not None and plan.charges is charges:
+                self._last_plan = plan
+                return plan
+        plan = _Plan(_validate_charges(charges), self._marks)
+        if type(charges) is tuple:
+            if len(plans) >= _PLAN_CACHE_SIZE:
+                plans.clear()
+            # the plan keeps the tuple alive, so its id stays unique while cached
+            plans[id(charges)] = self._last_plan = plan
+        return plan
+
+    def _marks(self, limit: int) -> list[int]:
+        # Spend reaches fraction n/d of the limit when spent >= ceil(limit * n / d): the
+        # exact integer comparison happens in Python, the script only compares integers.
+        return [-(-limit * n // d) for n, d in self._ratios]
+
+    def _receipt(
+        self,
+        key: str,
+        wanted: str,
+        plan: _Plan | None = None,
+        amount: int = 0,
+        now: float = 0.0,
+    ) -> Callable[[Any], Receipt]:
+        """A parser of a receipt reply (``plan``/``amount``/``now``: for budget failures)."""
+
+        def parse(reply: Any) -> Receipt:
+            status = _text(reply[0])
+            if status == "unknown":
+                return Receipt(key, "unknown", None)
+            if status == "!":
+                if plan is None:
+                    raise _wrong_kind(key, _text(reply[1]), wanted)
+                raise self._failure(key, reply, plan, amount, now, wanted=wanted)
+            crossed = tuple(
+                Threshold(
+                    _text(name),
+                    _budget(_text(limit), ci, seconds),
+                    self._fractions[level - 1],
+                    spent,
+                    _text(period),
+                )
+                for name, limit, ci, seconds, level, spent, period in reply[5]
+                if level <= len(self._fractions)  # a process with other thresholds wrote it
+            )
+            return Receipt(
+                key,
+                cast(ReceiptStatus, status),
+                cast(EntryState, _text(reply[1])),
+                reply[2],
+                reply[3],
+                crossed,
+                tuple(reply[4]),
+            )
+
+        return parse
+
+    def _failure(
+        self, key: str, reply: Any, plan: _Plan, amount: int, now: float, *, wanted: str
+    ) -> Exception:
+        """The exception a script's failure reply stands for."""
+        reason = _text(reply[1])
+        if reason != "exceeded":
+            return _wrong_kind(key, reason, wanted)
+        payer, index, used, retry_after = reply[2:6]
+        budget = plan.budgets[payer - 1][index - 1]
+        window = budget.window
+        if window.kind != "rolling":
+            retry_after = None
+            ends_at = window.period(now).ends_at
+            if ends_at is not None and amount <= budget.limit_nanos:
+                retry_after = max(1, math.ceil(ends_at - now))
+        return BudgetExceeded(
+            plan.accounts[payer - 1],
+            limit=budget.limit,
+            spent=from_nanos(used),
+            required=from_nanos(amount),
+            window=str(window),
+            retry_after=retry_after,
+        )
+
+
+def _text(value: bytes | str) -> str:
+    # replies are bytes unless the caller's client was built with decode_responses=True
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@lru_cache(maxsize=256)
+def _budget(limit: str, ci: int, seconds: int) -> Budget:
+    kind = _KIND_OF[ci]
+    return Budget(int(limit), Window(kind, seconds if kind == "rolling" else None))
+
+
+def _checked(amount: int) -> int:
+    if type(amount) is not int or amount < 0:
+        raise ValueError(f"amounts are int nano-USD >= 0, got {amount!r}")
+    if amount > _MAX_AMOUNT:
+        raise ValueError(f"RedisLedger amounts are at most 2**53 - 1 nano-USD, got {amount}")
+    return amount
+
+
+def _wrong_kind(key: str, reason: str, wanted: str) -> ValueError:
+    if reason == "active":
+        return ValueError(f"hold {key!r} is still active: capture or release it first")
+    return ValueError(f"key {key!r} belongs to a {reason}, not a {wanted}")
+
+
+def _unavailable(operation: str, exc: Exception) -> LedgerError:
+    return LedgerError(f"redis ledger {operation} failed: {type(exc).__name__}: {exc}")
