@@ -45,7 +45,7 @@ if TYPE_CHECKING:
         MeteredOpenAI,
     )
     from metered.context import bind
-    from metered.ledger import Budget, MemoryLedger
+    from metered.ledger import Budget, MemoryLedger, RedisLedger
     from metered.meter import Call, Meter
     from metered.pricing import Quote
     from metered.records import UsageRecord
@@ -74,6 +74,7 @@ __all__ = [
     "NotFound",
     "PolicyDenied",
     "Quote",
+    "RedisLedger",
     "RequestTooLarge",
     "Unauthorized",
     "UnknownModel",
@@ -100,6 +101,7 @@ _LAZY = {
     "MeteredOpenAI": "metered.clients",
     "MeteredWSGIMiddleware": "metered.wsgi",
     "Quote": "metered.pricing",
+    "RedisLedger": "metered.ledger",
     "UsageRecord": "metered.records",
     "bind": "metered.context",
 }

@@ -522,6 +522,12 @@ class Meter:
         if isinstance(self._sink, JsonlSink):
             self._sink.close()
 
+    async def aclose(self) -> None:
+        """Async :meth:`close` (closes an async ledger client, e.g. Redis's pool)."""
+        await self.ledger.aclose()
+        if isinstance(self._sink, JsonlSink):
+            self._sink.close()
+
 
 def _on_event_loop() -> bool:
     try:

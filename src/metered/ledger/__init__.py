@@ -72,6 +72,7 @@ from metered.money import format_usd, from_nanos, parse_amount, to_nanos
 
 if TYPE_CHECKING:
     from metered.ledger.memory import MemoryLedger
+    from metered.ledger.redis import RedisLedger
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -85,6 +86,7 @@ __all__ = [
     "Period",
     "Receipt",
     "ReceiptStatus",
+    "RedisLedger",
     "Threshold",
     "Window",
     "WindowKind",
@@ -629,4 +631,8 @@ def __getattr__(name: str) -> object:
         from metered.ledger.memory import MemoryLedger
 
         return MemoryLedger
+    if name == "RedisLedger":  # imports redis only when used
+        from metered.ledger.redis import RedisLedger
+
+        return RedisLedger
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -134,7 +134,15 @@ class _Account:
             period = at_periods[i].id
             if periods[i] == period:
                 nanos[i] += delta
-            elif delta > 0 and period == now_periods[i].id:
+            elif (
+                delta > 0
+                and period == now_periods[i].id
+                and (
+                    periods[i] is None or period > periods[i]  # type: ignore[operator]
+                )
+            ):
+                # Period ids sort by time: a clock that stepped back across midnight must
+                # not wipe the spend of the day that has already begun.
                 periods[i] = period
                 nanos[i] = delta
             # Otherwise the spend's period has closed: a correction to it is dropped.

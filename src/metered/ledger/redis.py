@@ -3,7 +3,9 @@
 Same rules and results as :class:`~metered.ledger.MemoryLedger` (see
 :mod:`metered.ledger`), with the state in Redis. Every operation is ONE Lua script, so
 it is atomic across processes: a hold checks and reserves on every account of the call
-with no other caller in between.
+with no other caller in between. One addition for many clocks: spend dated in a period
+that another replica has already closed (its clock ran ahead) lands in ``total`` only,
+never moving the account back into the old period.
 
 Time comes from the caller, never from Redis. Python passes ``now`` (the ledger's
 clock), the UTC day, week and month period ids of ``now`` (:func:`calendar_periods`),
@@ -14,24 +16,31 @@ drive the clock.
 
 Layout, all under ``prefix`` (default ``"metered:"``):
 
-* ``{prefix}holds`` -- sorted set of the active holds' entry keys by expiry time. Every
-  script first expires the due ones (returning their amounts to their accounts), so an
-  account's held total is exact whenever it is read and a crashed process never locks
-  budget for longer than its holds' TTL.
-* ``{prefix}e:{key}`` -- hash, one per idempotency key: kind, state, amounts, when the
-  spend was dated and its periods, and the charges (accounts, budgets, threshold marks)
-  as JSON, so adjust and refund know where the spend landed. While held it has no Redis
-  TTL (only the sweep may finish it); once finished it is forgotten ``retain_seconds``
-  later by the caller's clock, and Redis drops it a minute after that by its own.
+* ``{prefix}holds`` -- sorted set of the active holds' entry keys by expiry time (one
+  for the ledger rather than one per account: the sweep is a single range read, and
+  :meth:`RedisLedger.sweep` needs no index of accounts). Every script first expires the
+  due ones (returning their amounts to their accounts), so an account's held total is
+  exact whenever it is read and a crashed process never locks budget for longer than
+  its holds' TTL.
+* ``{prefix}e:{key}`` -- one msgpack string per idempotency key: kind, state, amounts,
+  when the spend was dated and its periods, and the charges (accounts, budgets, threshold
+  marks) as JSON, so adjust and refund know where the spend landed (~0.4 KB for a call
+  charged to one account). While held it has no Redis TTL (only the sweep may end it);
+  once finished it is forgotten ``retain_seconds`` later by the callers' clock, and Redis
+  drops it a minute after that by its own. Redis memory for keys is therefore about
+  calls per second x ``retain_seconds`` x 0.4 KB.
 * ``{prefix}a:{account}`` -- hash per account, like MemoryLedger's account record: active
   held nanos, lifetime total, the current day/week/month period ids with their spend,
-  and which thresholds fired in which period. It holds only current periods, so it
-  never grows and needs no expiry.
+  and which thresholds fired in which period. It keeps only the current periods, so
+  it stays small and needs no expiry (a counter key per period, as the sketch in
+  :mod:`metered.ledger` has it, would cost a key per window and read).
 * ``{prefix}r:{seconds}:{account}`` -- hash per account and rolling window: spend per
   bucket start with a running total and the oldest and newest bucket, expiring when its
   newest bucket has aged out.
 
-Deployment: a single Redis primary (or a Sentinel-managed one). A call may charge
+Deployment: Redis 6 or later, a single primary (or a Sentinel-managed one: pass
+``client=sentinel.master_for(...)``). Spend lives as long as Redis keeps it: enable
+persistence (AOF) if budgets must survive a Redis restart. A call may charge
 several accounts in one script, so on Redis Cluster every key must live in one slot:
 put a hash tag in the prefix (``prefix="{metered}:"``); every key starts with it.
 Processes sharing a ledger must use the same prefix and thresholds.
@@ -50,15 +59,17 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from redis.commands.core import AsyncScript, Script
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from metered.exceptions import BudgetExceeded, LedgerError
 from metered.ledger import (
@@ -83,7 +94,13 @@ __all__ = ["RedisLedger"]
 
 T = TypeVar("T")
 
-DEFAULT_URL = "redis://localhost:6379/0"
+# What the ledger calls Redis with: a client, or a cluster client (see ``prefix``).
+_SyncClient = redis.Redis | redis.cluster.RedisCluster
+_AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+_DEFAULT_URL = "redis://localhost:6379/0"
+# Redis and redis-py errors (a cluster client's own errors are not RedisErrors).
+_STORE_ERRORS = (RedisError, RedisClusterException, OSError)
 # Lua numbers are doubles: integers are exact below 2**53.
 _MAX_AMOUNT = 2**53 - 1
 _PLAN_CACHE_SIZE = 1024
@@ -120,7 +137,7 @@ local function decode(raw)
     local budgets = {}
     for j, b in ipairs(p[2]) do
       budgets[j] = {limit_raw = b[1], limit = tonumber(b[1]), ci = b[2], seconds = b[3],
-                    width = b[4], pid = b[5], akey = b[6], marks = b[7]}
+                    width = b[4], pid = b[5], marks = b[6]}
     end
     spec[i] = {name = p[1], budgets = budgets}
   end
@@ -131,19 +148,42 @@ local function held_of(name)
   return tonumber(redis.call('HGET', account_key(name), 'held')) or 0
 end
 
+-- An entry is one msgpack string (a hash with a field over 64 bytes would lose Redis's
+-- compact encoding and cost ~4x the memory): kind ('h' hold, 'c' charge), state, held,
+-- amount, at and ex (the callers' time strings: spend date, hold expiry), fg (when the
+-- key is forgotten; false while held), sp (the charges as JSON) and the day, week and
+-- month period ids the spend landed in.
+local function save(ek, e)
+  redis.call('SET', ek, cmsgpack.pack({e.kind, e.state, e.held, e.amount, e.at, e.ex, e.fg,
+                                       e.sp, e.periods[1], e.periods[2], e.periods[3]}))
+end
+
+local function unpack_entry(raw)
+  local r = cmsgpack.unpack(raw)
+  return {kind = r[1], state = r[2], held = r[3], amount = r[4], at = r[5], ex = r[6],
+          fg = r[7], sp = r[8], periods = {r[9], r[10], r[11]}}
+end
+
+-- Finish an entry at time `at`: remembered for RETAIN more, then forgotten.
+local function finish(ek, e, at)
+  e.fg = at + RETAIN
+  save(ek, e)
+  keep_until(ek, e.fg)
+end
+
 -- Expire every hold due by NOW: its amount stops counting on all of its accounts.
 local function sweep()
   local due = redis.call('ZRANGEBYSCORE', HOLDS, '-inf', ARGV[2])
   local expired = 0
   for _, ek in ipairs(due) do
-    local r = redis.call('HMGET', ek, 's', 'hd', 'ex', 'sp')
-    if r[1] == 'held' then
-      for _, payer in ipairs(cjson.decode(r[4])) do
-        redis.call('HINCRBY', account_key(payer[1]), 'held', -tonumber(r[2]))
+    local raw = redis.call('GET', ek)
+    local e = raw and unpack_entry(raw)
+    if e and e.state == 'held' then
+      for _, payer in ipairs(cjson.decode(e.sp)) do
+        redis.call('HINCRBY', account_key(payer[1]), 'held', -e.held)
       end
-      local forget = tonumber(r[3]) + RETAIN
-      redis.call('HSET', ek, 's', 'expired', 'fg', forget)
-      keep_until(ek, forget)
+      e.state = 'expired'
+      finish(ek, e, tonumber(e.ex))
       expired = expired + 1
     end
   end
@@ -152,21 +192,15 @@ local function sweep()
 end
 
 local function load(ek)
-  local r = redis.call('HMGET', ek, 'k', 's', 'hd', 'am', 'at', 'ex', 'fg', 'sp',
-                       'p1', 'p2', 'p3')
-  if not r[1] then return nil end
-  if r[7] and tonumber(r[7]) <= NOW then
+  local raw = redis.call('GET', ek)
+  if not raw then return nil end
+  local e = unpack_entry(raw)
+  if e.fg and e.fg <= NOW then
     redis.call('DEL', ek)
     return nil
   end
-  return {kind = r[1], state = r[2], held = tonumber(r[3]), amount = tonumber(r[4]),
-          at = tonumber(r[5]), ex = r[6], spec = decode(r[8]), periods = {r[9], r[10], r[11]}}
-end
-
-local function finish(ek)
-  local forget = NOW + RETAIN
-  redis.call('HSET', ek, 'fg', forget)
-  keep_until(ek, forget)
+  e.spec = decode(e.sp)
+  return e
 end
 
 local function unhold(ek, entry)
@@ -220,11 +254,11 @@ local function rolling_add(name, seconds, width, at, delta)
   -- otherwise the bucket has aged out: the correction falls outside the window
 end
 
--- Seconds until at least `need` nanos of rolling spend have aged out, or false.
+-- Seconds until at least `need` nanos of rolling spend have aged out, or -1 (never).
 local function rolling_retry(name, b, need)
   local rk = rolling_key(name, b.seconds)
   local r = redis.call('HMGET', rk, 'lo', 'hi')
-  if not r[1] then return false end
+  if not r[1] then return -1 end
   local freed = 0
   for start = tonumber(r[1]), tonumber(r[2]), b.width do
     local nanos = redis.call('HGET', rk, start)
@@ -235,7 +269,7 @@ local function rolling_retry(name, b, need)
       end
     end
   end
-  return false
+  return -1
 end
 
 local function spent_in(name, b)
@@ -258,7 +292,7 @@ local function check(spec, amount)
       for bi, b in ipairs(payer.budgets) do
         local used = spent_in(payer.name, b) + held
         if used + amount > b.limit then
-          local retry = false
+          local retry = -1
           if b.ci < 0 and amount <= b.limit then
             retry = rolling_retry(payer.name, b, used + amount - b.limit)
           end
@@ -300,7 +334,8 @@ end
 local function crossings(name, ak, b, before, after, out)
   local period = b.ci > 0 and PERIODS[b.ci] or b.pid
   local fired = 0
-  local stored = redis.call('HGET', ak, b.akey)
+  local akey = 'al:' .. b.limit_raw .. ':' .. b.ci .. ':' .. b.seconds  -- per budget value
+  local stored = redis.call('HGET', ak, akey)
   if stored then
     local sep = string.find(stored, '|', 1, true)
     if string.sub(stored, sep + 1) == period then
@@ -313,7 +348,7 @@ local function crossings(name, ak, b, before, after, out)
   end
   local reached = level(b.marks, after)
   if reached <= fired then return end
-  redis.call('HSET', ak, b.akey, reached .. '|' .. period)
+  redis.call('HSET', ak, akey, reached .. '|' .. period)
   for i = fired + 1, reached do
     out[#out + 1] = {name, b.limit_raw, b.ci, b.seconds, i, after, period}
   end
@@ -351,12 +386,13 @@ local function record(spec, at, at_periods, delta, crossed)
   end
 end
 
--- Each account's least remaining budget (false: no budgets), as balance() reports it.
+-- Each account's least remaining budget (-1: no budgets), as balance() reports it.
+-- Replies avoid Lua false: a RESP3 connection would read it as a boolean, not nil.
 local function remaining(spec)
   local out = {}
   for i, payer in ipairs(spec) do
     if #payer.budgets == 0 then
-      out[i] = false
+      out[i] = -1
     else
       local left
       for _, b in ipairs(payer.budgets) do
@@ -379,20 +415,21 @@ _SCRIPTS: dict[str, str] = {
     # ARGV[7] amount, [8] expiry, [9] charges
     "hold": r"""
 sweep()
-local entry = load(KEYS[2])
-if entry then
-  if entry.kind ~= 'h' then return {'!', 'charge'} end
+local e = load(KEYS[2])
+if e then
+  if e.kind ~= 'h' then return {'!', 'charge'} end
   local accounts = {}
-  for i, payer in ipairs(entry.spec) do accounts[i] = payer.name end
-  return {'replay', entry.state, entry.held, entry.ex, accounts}
+  for i, payer in ipairs(e.spec) do accounts[i] = payer.name end
+  return {'replay', e.state, e.held, e.ex, accounts}
 end
 local spec = decode(ARGV[9])
-local failure = check(spec, tonumber(ARGV[7]))
+local amount = tonumber(ARGV[7])
+local failure = check(spec, amount)
 if failure then return failure end
-redis.call('HSET', KEYS[2], 'k', 'h', 's', 'held', 'hd', ARGV[7], 'am', 0, 'at', ARGV[2],
-           'ex', ARGV[8], 'sp', ARGV[9])
+save(KEYS[2], {kind = 'h', state = 'held', held = amount, amount = 0, at = ARGV[2],
+               ex = ARGV[8], fg = false, sp = ARGV[9], periods = {'', '', ''}})
 for _, payer in ipairs(spec) do
-  redis.call('HINCRBY', account_key(payer.name), 'held', ARGV[7])
+  redis.call('HINCRBY', account_key(payer.name), 'held', amount)
 end
 redis.call('ZADD', HOLDS, ARGV[8], KEYS[2])
 return {'held'}
@@ -400,51 +437,49 @@ return {'held'}
     # ARGV[7] amount, [8] fallback charges or ''
     "capture": r"""
 sweep()
-local entry = load(KEYS[2])
+local e = load(KEYS[2])
 local status
-if not entry then
+if not e then
   if ARGV[8] == '' then return {'unknown'} end
-  entry = {spec = decode(ARGV[8])}
-  redis.call('HSET', KEYS[2], 'k', 'h', 'hd', 0, 'ex', ARGV[2], 'sp', ARGV[8])
+  e = {kind = 'h', held = 0, ex = ARGV[2], sp = ARGV[8], spec = decode(ARGV[8])}
   status = 'late'
 else
-  if entry.kind ~= 'h' then return {'!', 'charge'} end
-  if entry.state == 'held' then
-    unhold(KEYS[2], entry)
+  if e.kind ~= 'h' then return {'!', 'charge'} end
+  if e.state == 'held' then
+    unhold(KEYS[2], e)
     status = 'applied'
-  elseif entry.state == 'expired' then
+  elseif e.state == 'expired' then
     status = 'late'
   else
-    return unchanged(entry)
+    return unchanged(e)
   end
 end
 local amount = tonumber(ARGV[7])
-redis.call('HSET', KEYS[2], 's', 'captured', 'am', ARGV[7], 'at', ARGV[2],
-           'p1', PERIODS[1], 'p2', PERIODS[2], 'p3', PERIODS[3])
+e.state, e.amount, e.at, e.periods = 'captured', amount, ARGV[2], PERIODS
 local crossed = {}
-record(entry.spec, NOW, PERIODS, amount, crossed)
-finish(KEYS[2])
-return {status, 'captured', amount, amount, remaining(entry.spec), crossed}
+record(e.spec, NOW, PERIODS, amount, crossed)
+finish(KEYS[2], e, NOW)
+return {status, 'captured', amount, amount, remaining(e.spec), crossed}
 """,
     "release": r"""
 sweep()
-local entry = load(KEYS[2])
-if not entry then return {'ok'} end
-if entry.kind ~= 'h' then return {'!', 'charge'} end
-if entry.state == 'held' then
-  unhold(KEYS[2], entry)
-  redis.call('HSET', KEYS[2], 's', 'released')
-  finish(KEYS[2])
+local e = load(KEYS[2])
+if not e then return {'ok'} end
+if e.kind ~= 'h' then return {'!', 'charge'} end
+if e.state == 'held' then
+  unhold(KEYS[2], e)
+  e.state = 'released'
+  finish(KEYS[2], e, NOW)
 end
 return {'ok'}
 """,
     # ARGV[7] amount, [8] charges, [9] enforce '1' or '0'
     "charge": r"""
 sweep()
-local entry = load(KEYS[2])
-if entry then
-  if entry.kind ~= 'c' then return {'!', 'hold'} end
-  return unchanged(entry)
+local e = load(KEYS[2])
+if e then
+  if e.kind ~= 'c' then return {'!', 'hold'} end
+  return unchanged(e)
 end
 local spec = decode(ARGV[8])
 local amount = tonumber(ARGV[7])
@@ -452,30 +487,30 @@ if ARGV[9] == '1' then
   local failure = check(spec, amount)
   if failure then return failure end
 end
-redis.call('HSET', KEYS[2], 'k', 'c', 's', 'charged', 'hd', 0, 'am', ARGV[7], 'at', ARGV[2],
-           'ex', ARGV[2], 'sp', ARGV[8], 'p1', PERIODS[1], 'p2', PERIODS[2], 'p3', PERIODS[3])
+e = {kind = 'c', state = 'charged', held = 0, amount = amount, at = ARGV[2], ex = ARGV[2],
+     sp = ARGV[8], periods = PERIODS}
 local crossed = {}
 record(spec, NOW, PERIODS, amount, crossed)
-finish(KEYS[2])
+finish(KEYS[2], e, NOW)
 return {'applied', 'charged', amount, amount, remaining(spec), crossed}
 """,
     # adjust and refund. ARGV[7] amount, [8] refund '1' or '0'
     "correct": r"""
 sweep()
-local entry = load(KEYS[2])
-if not entry then return {'unknown'} end
-if entry.state == 'held' then return {'!', 'active'} end
-if entry.state ~= 'captured' and entry.state ~= 'charged' then return unchanged(entry) end
+local e = load(KEYS[2])
+if not e then return {'unknown'} end
+if e.state == 'held' then return {'!', 'active'} end
+if e.state ~= 'captured' and e.state ~= 'charged' then return unchanged(e) end
 local refund = ARGV[8] == '1'
 local amount = tonumber(ARGV[7])
-local delta = amount - entry.amount
-if delta == 0 and not refund then return unchanged(entry) end
-local state = refund and 'refunded' or entry.state
-redis.call('HSET', KEYS[2], 's', state, 'am', ARGV[7])
+local delta = amount - e.amount
+if delta == 0 and not refund then return unchanged(e) end
+e.amount = amount
+if refund then e.state = 'refunded' end
 local crossed = {}
-record(entry.spec, entry.at, entry.periods, delta, crossed)
-finish(KEYS[2])
-return {'applied', state, amount, delta, remaining(entry.spec), crossed}
+record(e.spec, tonumber(e.at), e.periods, delta, crossed)
+finish(KEYS[2], e, NOW)
+return {'applied', e.state, amount, delta, remaining(e.spec), crossed}
 """,
     # KEYS[2] = the account hash. ARGV[7] account, [8] calendar index, [9] seconds, [10] width
     "balance": r"""
@@ -518,7 +553,6 @@ def _encode_budget(budget: Budget, marks: Callable[[int], list[int]]) -> list[ob
         seconds,
         window.granule,
         window.period(0).id if ci <= 0 else "",
-        f"al:{limit}:{window.kind}:{seconds}",  # alert state is per budget value
         marks(limit),
     ]
 
@@ -535,22 +569,30 @@ class _Op(NamedTuple, Generic[T]):
 class RedisLedger(Ledger):
     """:class:`~metered.ledger.Ledger` in Redis, shared by processes and replicas.
 
-    Exactly the rules and results of :class:`~metered.ledger.MemoryLedger`; each
-    operation is one atomic Lua script (see the module docstring for the key layout and
-    the Redis Cluster note). Needs the ``redis`` extra (``pip install metered[redis]``).
+    The rules and results of :class:`~metered.ledger.MemoryLedger`; each operation is one
+    atomic Lua script, one round trip (see the module docstring for the key layout, the
+    Redis Cluster note and the limits). Needs the ``redis`` extra
+    (``pip install metered[redis]``).
 
     Args:
         url: a ``redis://`` (or ``rediss://``, ``unix://``) URL; the ledger builds and
-            owns a sync and an async client from it. Default ``redis://localhost:6379/0``.
-        client: a ``redis.Redis`` to use for the sync methods instead (not closed by
-            :meth:`close`: its owner closes it).
-        aclient: a ``redis.asyncio.Redis`` for the async methods (likewise). Without it
-            (and without ``url``) the async methods raise :class:`RuntimeError`.
-        prefix: prepended to every key; put a hash tag in it on Redis Cluster
-            (``"{metered}:"``).
+            owns a sync and an async client from it, each with a blocking pool of 50
+            connections (``?max_connections=`` in the URL to change): under load a call
+            waits for a connection rather than failing. Default
+            ``redis://localhost:6379/0``.
+        client: a ``redis.Redis`` (or ``RedisCluster``) for the sync methods instead; its
+            owner closes it.
+        aclient: a ``redis.asyncio.Redis`` (or ``RedisCluster``) for the async methods,
+            likewise. Given only one of the two, the other kind of method raises
+            :class:`RuntimeError`.
+        prefix: prepended to every key. On Redis Cluster it must hold a hash tag
+            (``"{metered}:"``), else :class:`ValueError`.
         thresholds: budget fractions reported in :attr:`Receipt.crossed`.
         retain_seconds: how long finished keys are remembered (idempotency window).
         clock: the default ``now`` (epoch seconds), injectable for tests.
+
+    The async client's connections belong to the event loop that opened them: await
+    :meth:`aclose` before that loop ends (:meth:`close` only closes the sync client).
 
     Example::
 
@@ -573,8 +615,8 @@ class RedisLedger(Ledger):
     def __init__(
         self,
         *,
-        client: redis.Redis | None = ...,
-        aclient: redis.asyncio.Redis | None = ...,
+        client: _SyncClient | None = ...,
+        aclient: _AsyncClient | None = ...,
         prefix: str = ...,
         thresholds: Iterable[Decimal | float | str] = ...,
         retain_seconds: float = ...,
@@ -585,8 +627,8 @@ class RedisLedger(Ledger):
         self,
         url: str | None = None,
         *,
-        client: redis.Redis | None = None,
-        aclient: redis.asyncio.Redis | None = None,
+        client: _SyncClient | None = None,
+        aclient: _AsyncClient | None = None,
         prefix: str = "metered:",
         thresholds: Iterable[Decimal | float | str] = DEFAULT_THRESHOLDS,
         retain_seconds: float = 900.0,
@@ -594,6 +636,14 @@ class RedisLedger(Ledger):
     ) -> None:
         if url is not None and (client is not None or aclient is not None):
             raise TypeError("pass either url= or client=/aclient=, not both")
+        clustered = isinstance(client, redis.cluster.RedisCluster) or isinstance(
+            aclient, redis.asyncio.cluster.RedisCluster
+        )
+        if clustered and not _has_hash_tag(prefix):
+            raise ValueError(
+                "on Redis Cluster the prefix needs a hash tag, so that the keys of a call "
+                f"are in one slot: for example prefix='{{metered}}:', got {prefix!r}"
+            )
         fractions = sorted({Decimal(str(t)) for t in thresholds})
         if any(not f.is_finite() or f <= 0 for f in fractions):
             raise ValueError(f"thresholds must be positive fractions, got {fractions}")
@@ -607,7 +657,7 @@ class RedisLedger(Ledger):
         self._holds_key = prefix + "holds"
         owned = client is None and aclient is None
         if owned:
-            url = DEFAULT_URL if url is None else url
+            url = _DEFAULT_URL if url is None else url
             # Blocking pools: under load a caller waits for a free connection (50 by
             # default, ?max_connections= in the URL) instead of failing the LLM call.
             client = redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(url))
@@ -864,7 +914,7 @@ class RedisLedger(Ledger):
             raise RuntimeError("this RedisLedger has no sync client: pass client= or url=")
         try:
             reply = self._scripts[op.script](keys=op.keys, args=op.args)
-        except (RedisError, OSError) as exc:
+        except _STORE_ERRORS as exc:
             raise _unavailable(op.script, exc) from exc
         return op.parse(reply)
 
@@ -872,8 +922,8 @@ class RedisLedger(Ledger):
         if not self._ascripts:
             raise RuntimeError("this RedisLedger has no async client: pass aclient= or url=")
         try:
-            reply = await cast(Awaitable[Any], self._ascripts[op.script](op.keys, op.args))
-        except (RedisError, OSError) as exc:
+            reply = await self._ascripts[op.script](op.keys, op.args)
+        except _STORE_ERRORS as exc:
             raise _unavailable(op.script, exc) from exc
         return op.parse(reply)
 
@@ -940,7 +990,7 @@ class RedisLedger(Ledger):
                 reply[2],
                 reply[3],
                 crossed,
-                tuple(reply[4]),
+                tuple(None if left < 0 else left for left in reply[4]),
             )
 
         return parse
@@ -952,11 +1002,13 @@ class RedisLedger(Ledger):
         reason = _text(reply[1])
         if reason != "exceeded":
             return _wrong_kind(key, reason, wanted)
-        payer, index, used, retry_after = reply[2:6]
+        payer, index, used, rolling_retry = reply[2:6]
         budget = plan.budgets[payer - 1][index - 1]
         window = budget.window
-        if window.kind != "rolling":
-            retry_after = None
+        retry_after: int | None = None
+        if window.kind == "rolling":
+            retry_after = None if rolling_retry < 0 else rolling_retry
+        else:  # calendar windows reset when their period ends; total never does
             ends_at = window.period(now).ends_at
             if ends_at is not None and amount <= budget.limit_nanos:
                 retry_after = max(1, math.ceil(ends_at - now))
@@ -968,6 +1020,12 @@ class RedisLedger(Ledger):
             window=str(window),
             retry_after=retry_after,
         )
+
+
+def _has_hash_tag(prefix: str) -> bool:
+    # Redis hashes only the part between the first "{" and the next "}" when non-empty.
+    start = prefix.find("{")
+    return start >= 0 and prefix.find("}", start + 1) > start + 1
 
 
 def _text(value: bytes | str) -> str:
