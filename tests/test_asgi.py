@@ -780,3 +780,53 @@ async def test_gateway_route_forwarded_with_a_metered_client_is_charged_once(
     assert record.pricing_source == "route.models"
     assert meter.spent("alice") == Decimal("0.05")
     assert len(upstream.requests) == 1
+
+
+async def test_side_calls_inside_a_gateway_route_are_still_metered(
+    meter: Meter, upstream: FakeUpstream, records: list[UsageRecord]
+) -> None:
+    """Only the forwarding call passes through; a later side call is metered, and
+    x-metered-* headers never reach the upstream."""
+    llm = MeteredAsyncOpenAI(upstream.openai_client(async_=True), meter=meter)
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def forward(body: dict[str, Any]) -> Any:
+        completion = await llm.chat.completions.create(
+            **body, extra_headers={"x-metered-account": "moderation"}
+        )
+        await llm.chat.completions.create(  # a side call: metered as usual
+            model="gpt-4o-mini", messages=HI, extra_headers={"x-metered-account": "moderation"}
+        )
+        return completion.model_dump()
+
+    app.add_middleware(MeteredMiddleware, meter=meter, identify=by_header)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://a") as c:
+        response = await c.post(
+            "/v1/chat/completions",
+            headers={"x-user": "alice"},
+            json={"model": "gpt-4o", "messages": HI},
+        )
+    assert response.status_code == 200
+    assert sorted(r.account or "" for r in records) == ["alice", "moderation"]
+    assert meter.spent("alice") == Decimal("0.05")
+    assert all("x-metered-account" not in r.headers for r in upstream.requests)
+
+
+async def test_reject_refuses_unknown_keys_even_with_a_secret(
+    meter: Meter, upstream: FakeUpstream
+) -> None:
+    """unidentified='reject' answers 401 to an unlisted key although a secret names it."""
+    keys = ApiKeys({"sk-known": "acme"}, secret="s3cret")
+    app = MeteredMiddleware(upstream, meter=meter, identify=keys, unidentified="reject")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://a") as c:
+        body = {"model": "gpt-4o", "messages": HI}
+        random_key = await c.post(
+            "/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-random"}
+        )
+        known_key = await c.post(
+            "/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-known"}
+        )
+    assert random_key.status_code == 401
+    assert known_key.status_code == 200
+    assert not upstream.requests[:-1]  # only the known key's request went upstream

@@ -9,13 +9,11 @@ import pytest
 
 from metered.exceptions import ConfigError, InvalidRequest, PolicyDenied
 from metered.policy import (
-    DEFAULT_TIER_OUTPUT_CAPS,
     OutputCap,
     apply_output_cap,
     cap_output,
     output_limit_param,
     requested_output_limit,
-    tier_output_cap,
 )
 
 
@@ -67,20 +65,6 @@ def test_requested_output_limit_rejects_invalid(value: object) -> None:
     with pytest.raises(InvalidRequest) as info:
         requested_output_limit({"max_completion_tokens": value})
     assert info.value.param == "max_completion_tokens"
-
-
-@pytest.mark.parametrize(
-    ("tier", "cap"),
-    [("free", 200), ("pro", 1000), ("enterprise", 4000), ("unknown", 200), (None, 200)],
-)
-def test_tier_output_cap(tier: str | None, cap: int) -> None:
-    """Known tiers get their cap; unknown or missing tiers the smallest one."""
-    assert tier_output_cap(tier, DEFAULT_TIER_OUTPUT_CAPS) == cap
-
-
-def test_tier_output_cap_without_caps() -> None:
-    """No configured caps means no cap."""
-    assert tier_output_cap("free", {}) is None
 
 
 def test_clamp_lowers_and_records_original() -> None:

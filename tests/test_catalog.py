@@ -527,3 +527,13 @@ def test_per_mtok_shows_rates_as_written() -> None:
         "output": Decimal(15),
         "request": Decimal("0.01"),
     }
+
+
+def test_lookup_cache_is_bounded() -> None:
+    """Model ids are user input: the catalog's lookup cache never grows without bound."""
+    from metered.catalog import _CACHE_LIMIT
+
+    catalog = Catalog(source="none")
+    for i in range(_CACHE_LIMIT * 2 + 10):
+        assert catalog.lookup(f"unknown-model-{i}") is None
+    assert len(catalog._cache) <= _CACHE_LIMIT

@@ -235,3 +235,18 @@ def test_price_fn_module_must_import() -> None:
     """A price.fn in a module that does not exist is refused at load time."""
     with pytest.raises(ConfigError, match="cannot be imported"):
         load_config({"routes": {"r": {"price": {"fn": "no_such_package_xyz.prices:fn"}}}})
+
+
+def test_readme_config_loads() -> None:
+    """The configuration shown in the README is valid as written."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"### Configure\n\n```yaml\n(.*?)```", readme, re.S)
+    assert block is not None
+    config = load_config(yaml.safe_load(block.group(1)))
+    assert config.default_route == "POST /v1/chat/completions"
+    assert config.accounts["alice"].parents == ["team-a"]

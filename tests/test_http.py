@@ -242,3 +242,19 @@ def test_caller_of_normalises_resolver_results() -> None:
     assert caller_of(None) is None
     with pytest.raises(TypeError):
         caller_of(42)
+
+
+def test_unknown_key_named_by_secret_is_tracked_but_not_identified() -> None:
+    """With a secret, an unlisted key gets a stable account but still counts as unidentified."""
+    from metered._http import is_unidentified
+
+    keys = ApiKeys({"sk-known": "acme"}, secret="s3cret")
+    known = keys.account("sk-known")
+    unknown = keys.account("sk-random-1")
+    assert known == "acme"
+    assert not is_unidentified(known)
+    assert unknown is not None
+    assert unknown.startswith("key:")
+    assert unknown == keys.account("sk-random-1")  # stable
+    assert is_unidentified(unknown)
+    assert is_unidentified(None)

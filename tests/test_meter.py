@@ -131,13 +131,15 @@ def test_unknown_model_is_refused_before_anything_is_held(
     assert records[0].policy_reason == "unknown_model"
 
 
-def test_unconfigured_route_name_is_priced_by_the_default_route(make_meter: MeterFactory) -> None:
-    """A bound HTTP route with no configuration of its own falls back to the default route."""
+def test_unknown_route_name_is_refused_not_priced_by_other_rules(
+    make_meter: MeterFactory, records: list[UsageRecord]
+) -> None:
+    """A route name the config does not have (a typo) is a 400, never a silent default."""
     meter = make_meter(TOKEN_ROUTE)
-    record = meter.begin(chat(), route="GET /health").finish()
-    assert record is not None
-    assert record.route == "metered"
-    assert record.pricing_source == "route.models"
+    with pytest.raises(InvalidRequest, match="unknown route 'metred'"):
+        meter.begin(chat(), route="metred")
+    assert records[-1].policy_decision == "denied"
+    assert meter.spent("anonymous") == 0
 
 
 def test_default_account_pays_when_no_caller_is_bound(make_meter: MeterFactory) -> None:
@@ -551,3 +553,94 @@ def test_prompt_that_cannot_fit_is_refused(make_meter: MeterFactory) -> None:
     meter = make_meter(TINY)
     with pytest.raises(ContextOverflow):
         meter.begin(chat("tiny-model", [{"role": "user", "content": "word " * 400}], max_tokens=50))
+
+
+# -- review fixes ----------------------------------------------------------------------------
+
+
+def test_unknown_tier_gets_the_smallest_tiers_budgets_too(make_meter: MeterFactory) -> None:
+    """A tier name that is not configured gets the smallest tier's budgets, never none."""
+    meter = make_meter(
+        {
+            **TOKEN_ROUTE,
+            "tiers": {
+                "free": {"max_tokens": 200, "budgets": ["$0.01/day"]},
+                "pro": {"max_tokens": 1000, "budgets": ["$5/day"]},
+            },
+        }
+    )
+    call = meter.begin(chat(max_tokens=5000), account="zed", tier="prro")
+    assert call.body["max_tokens"] == 200
+    call.finish(Usage(input_tokens=10, output_tokens=10))
+    assert meter.remaining("zed", tier="prro") == usd("0.01") - usd("0.00011")
+    long_prompt = " ".join(f"word{i}" for i in range(10_000))  # ~20k tokens: ~$0.02
+    with pytest.raises(BudgetExceeded):
+        meter.begin(
+            chat(max_tokens=5000, messages=[{"role": "user", "content": long_prompt}]),
+            account="zed",
+            tier="prro",
+        )
+
+
+class _AsyncOnlyLedger(MemoryLedger):
+    """A ledger whose sync API must not be used from async code (like a Redis ledger that
+    was given only an async client)."""
+
+    def balance(self, *args: Any, **kwargs: Any) -> Balance:
+        raise AssertionError("sync balance() called from async code")
+
+    async def abalance(self, *args: Any, **kwargs: Any) -> Balance:
+        return MemoryLedger.balance(self, *args, **kwargs)
+
+
+async def test_afinish_reads_the_ledger_through_its_async_api(make_meter: MeterFactory) -> None:
+    """A released async call reads the remaining budget with abalance(), not balance()."""
+    meter = make_meter({**TOKEN_ROUTE, "default_budgets": ["$1/day"]}, ledger=_AsyncOnlyLedger())
+    call = await meter.abegin(chat(max_tokens=10))
+    record = await call.afinish(error=TimeoutError("upstream timed out"))
+    assert record is not None
+    assert record.settlement_status == "released"
+    assert record.budget_remaining == usd("1")
+
+
+async def test_cancelled_afinish_still_settles_the_call(make_meter: MeterFactory) -> None:
+    """A task cancelled while settling (the client left) still captures: nothing leaks."""
+
+    class SlowLedger(MemoryLedger):
+        async def acapture(self, *args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.05)
+            return super().capture(*args, **kwargs)
+
+    meter = make_meter({**TOKEN_ROUTE, "default_budgets": ["$1/day"]}, ledger=SlowLedger())
+    call = await meter.abegin(chat(max_tokens=10))
+    task = asyncio.ensure_future(call.afinish(Usage(input_tokens=10, output_tokens=10)))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if call.record is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert call.record is not None
+    assert call.record.settlement_status == "settled"
+    assert meter.spent("anonymous") == usd("0.00011")
+    assert meter.ledger.balance("anonymous").held_nanos == 0
+
+
+def test_second_finish_after_a_failed_first_one_does_not_hang(
+    make_meter: MeterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the first finish fails unexpectedly, a second one returns at once."""
+    meter = make_meter(TOKEN_ROUTE)
+    call = meter.begin(chat(max_tokens=10))
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(Call, "_price", boom)
+    with pytest.raises(RuntimeError):
+        call.finish()
+    started = time.monotonic()
+    assert call.finish() is None
+    assert time.monotonic() - started < 1

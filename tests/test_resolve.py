@@ -205,3 +205,13 @@ def test_resolve_rejects_non_strings() -> None:
     """Resolver.resolve refuses a non-string model like normalize_model_id."""
     with pytest.raises(InvalidRequest):
         RESOLVER.resolve(42)  # type: ignore[arg-type]
+
+
+def test_overlong_model_id_is_refused() -> None:
+    """A model id longer than MAX_MODEL_ID_LENGTH is a 400, not a cache or span entry."""
+    from metered.resolve import MAX_MODEL_ID_LENGTH
+
+    with pytest.raises(InvalidRequest, match="at most") as info:
+        normalize_model_id("m" * (MAX_MODEL_ID_LENGTH + 1))
+    assert info.value.param == "model"
+    assert normalize_model_id("m" * MAX_MODEL_ID_LENGTH) == "m" * MAX_MODEL_ID_LENGTH

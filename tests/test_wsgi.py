@@ -389,3 +389,31 @@ def test_client_leaving_mid_stream_settles_what_was_delivered(make_meter: MeterF
     assert record.tokens_source == "estimated"
     assert 0 < record.tokens_out < 200
     assert record.settlement_status == "settled"
+
+
+def test_gateway_route_forwarding_from_a_lazy_body_is_charged_once(
+    make_meter: MeterFactory, records: list[UsageRecord]
+) -> None:
+    """A route whose body generator forwards with MeteredOpenAI charges the caller once."""
+    upstream = FakeUpstream()
+    meter = make_meter(CONFIG)
+    llm = MeteredOpenAI(upstream.openai_client(), meter=meter)
+    app = Flask(__name__)
+
+    @app.post("/v1/chat/completions")
+    def forward() -> Response:
+        body = request.get_json()
+
+        def relay() -> Iterator[str]:  # runs while the server iterates the body
+            completion = llm.chat.completions.create(**body)
+            yield completion.model_dump_json()
+
+        return Response(relay(), mimetype="application/json")
+
+    app.wsgi_app = MeteredWSGIMiddleware(app.wsgi_app, meter=meter, identify=by_header)  # type: ignore[method-assign]
+    response = app.test_client().post(
+        "/v1/chat/completions", json={"model": "gpt-4o", "messages": HI}, headers={"x-user": "al"}
+    )
+    assert response.status_code == 200
+    assert [r.pricing_source for r in records] == ["route.models"]
+    assert meter.spent("al") == Decimal("0.05")

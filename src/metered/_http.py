@@ -54,6 +54,7 @@ __all__ = [
     "GatewayRoute",
     "Identify",
     "Identity",
+    "KeyAccount",
     "Outcome",
     "StreamMeter",
     "TotalHeader",
@@ -66,6 +67,7 @@ __all__ = [
     "error_parts",
     "finish_args",
     "gateway_routes",
+    "is_unidentified",
     "json_outcome",
     "parse_request",
     "prepare_stream",
@@ -77,8 +79,6 @@ __all__ = [
 COST_HEADER: Final = "x-metered-cost"
 #: Response header with the price (USD) charged for the metered calls a request made.
 PRICE_HEADER: Final = "x-metered-price"
-#: Server-span attributes with the request's totals (streams get no headers: see asgi.py).
-
 #: Headers that carry credentials: never passed to pricing rules, hooks, spans or logs.
 CREDENTIAL_HEADERS: Final = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
@@ -108,6 +108,21 @@ AsyncIdentify = Callable[[Any], Awaitable[Identity]]
 # -- who is calling -------------------------------------------------------------------
 
 
+class KeyAccount(str):
+    """An account named after an API key that is not configured (``key:<16 hex>``).
+
+    Such a caller is *tracked*, not *authenticated*: ``unidentified="reject"`` refuses it
+    like a caller with no key at all.
+    """
+
+    __slots__ = ()
+
+
+def is_unidentified(caller: CallerContext | str | None) -> bool:
+    """Whether a caller counts as unidentified for ``unidentified="reject"``."""
+    return caller is None or isinstance(caller, KeyAccount)
+
+
 class ApiKeys:
     """Maps API keys sent by callers to accounts, without keeping or revealing the keys.
 
@@ -115,7 +130,9 @@ class ApiKeys:
     ``headers``). Only SHA-256 digests of the configured keys are stored. A key that is not
     configured is unidentified, unless a ``secret`` is given: it then becomes the account
     ``key:<16 hex>`` (HMAC-SHA256 of the key under the secret), a stable name that cannot
-    be turned back into the key. Raw keys never reach spans, records or logs.
+    be turned back into the key, so its spend is tracked. Such a key is still not
+    *known*: with ``unidentified="reject"`` it is refused (401) like no key at all.
+    Raw keys never reach spans, records or logs.
 
     Instances are resolvers for both doors: pass one as ``identify=`` to
     :class:`~metered.asgi.MeteredMiddleware` or :class:`~metered.wsgi.MeteredWSGIMiddleware`.
@@ -191,7 +208,7 @@ class ApiKeys:
         if found is not None or self._secret is None:
             return found
         mac = hmac.new(self._secret, key.encode("utf-8", "surrogateescape"), hashlib.sha256)
-        return "key:" + mac.hexdigest()[:16]
+        return KeyAccount("key:" + mac.hexdigest()[:16])
 
     def __call__(self, request: Mapping[str, Any]) -> str | None:
         """The account of an ASGI scope or a WSGI environ, or ``None``."""
@@ -296,6 +313,8 @@ class GatewayRoute:
         api: the wire format, from the path: ``chat``, ``responses`` or ``anthropic``.
         provider: the upstream provider, for telemetry.
         max_body_bytes: larger request bodies are refused with 413.
+        pricing_route: the config route that prices it; ``None`` for the default rules
+            (a route served without a ``routes:`` entry of its own).
     """
 
     name: str
@@ -304,6 +323,7 @@ class GatewayRoute:
     api: Api
     provider: str
     max_body_bytes: int
+    pricing_route: str | None
 
 
 def _api_of(path: str) -> Api:
@@ -346,7 +366,9 @@ def gateway_routes(
         else:
             provider = "anthropic" if api == "anthropic" else "openai"
         limit = config.max_body_bytes if config is not None else _DEFAULT_MAX_BODY
-        routes[(method, path)] = GatewayRoute(name, method, path, api, provider, limit)
+        routes[(method, path)] = GatewayRoute(
+            name, method, path, api, provider, limit, name if config is not None else None
+        )
     return routes
 
 

@@ -25,9 +25,10 @@ Two jobs, one middleware::
    delayed) while usage is read from the events; a chat stream is asked for its usage
    chunk (``stream_options.include_usage``), which is removed again from what the
    client sees when it had not asked for it, like the client proxies do. The app behind
-   a gateway route forwards the body it receives with a plain HTTP client (as
-   :class:`~metered.gateway.GatewayProxy` does): a ``MeteredOpenAI`` call there would
-   meter the same call twice.
+   a gateway route may forward the body with a plain HTTP client (as
+   :class:`~metered.gateway.GatewayProxy` does) or with a ``MeteredOpenAI`` client: the
+   first metered client call made while serving the route passes through unmetered
+   (the route already meters it); later side calls are metered as usual.
 
 The middleware is pure ASGI and stateless: per-request state lives in the call.
 """
@@ -57,6 +58,7 @@ from metered._http import (
     check_total_headers,
     error_parts,
     gateway_routes,
+    is_unidentified,
     parse_request,
     prepare_stream,
     public_headers,
@@ -136,7 +138,7 @@ class MeteredMiddleware:
             if type(result) is not str and inspect.isawaitable(result):
                 result = await result
             caller = caller_of(result)
-        if caller is None and self._reject:
+        if self._reject and is_unidentified(caller):
             await _respond(send, *error_parts(_UNAUTHORIZED))
             return
         totals = RequestTotals()
@@ -186,7 +188,7 @@ class MeteredMiddleware:
                 body,
                 api=route.api,
                 provider=route.provider,
-                route=route.name,
+                route=route.pricing_route,
                 headers=headers,
             )
         except MeteredError as exc:

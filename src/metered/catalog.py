@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 _PER_MTOK = Decimal(1_000_000)
+_CACHE_LIMIT = 4096
 _PER_K = Decimal(1000)
 _ZERO = Decimal(0)
 
@@ -349,6 +350,8 @@ class Catalog:
             pass
         entry = self._resolve(model, provider_id(provider))
         with self._lock:
+            if len(self._cache) >= _CACHE_LIMIT:  # model ids are user input: bound the cache
+                self._cache.clear()
             self._cache[key] = entry
         return entry
 

@@ -1,4 +1,4 @@
-"""The ``metered`` command: quote, check, models, tokens, gateway.
+"""The ``metered`` command: quote, check, models, tokens, report, propose, gateway.
 
 Human output is a plain table; ``--json`` prints one JSON document for scripts.
 Errors print one line on stderr and exit 1; usage errors exit 2.
@@ -317,8 +317,10 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_tokens)
 
     from metered.gateway import add_gateway_parser
+    from metered.reports import add_report_parsers
 
     add_gateway_parser(sub)
+    add_report_parsers(sub)
     return parser
 
 

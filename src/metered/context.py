@@ -64,8 +64,10 @@ _route: ContextVar[str | None] = ContextVar("metered.route", default=None)
 _urgent: ContextVar[bool] = ContextVar("metered.urgent", default=False)
 _metadata: ContextVar[Mapping[str, Any] | None] = ContextVar("metered.metadata", default=None)
 _totals: ContextVar[RequestTotals | None] = ContextVar("metered.totals", default=None)
-# set while a gateway route's app serves a request the middleware already meters
-_route_metered: ContextVar[bool] = ContextVar("metered.route_metered", default=False)
+# set while a gateway route's app serves a request the middleware already meters: a
+# one-item list, shared by every task that copies the context, emptied by the first
+# client call (the one that forwards the request)
+_route_metered: ContextVar[list[bool] | None] = ContextVar("metered.route_metered", default=None)
 # records of every call finished in this context, for metered.testing.capture_spend()
 _captured: ContextVar[list[Any] | None] = ContextVar("metered.captured", default=None)
 
@@ -98,22 +100,37 @@ def current() -> CallerContext:
     )
 
 
-def route_metered() -> bool:
-    """Whether the current request is a gateway route the middleware already meters.
+def take_route_metering() -> bool:
+    """Whether this client call forwards a request a gateway route already meters.
 
-    The client proxies then pass calls straight through: forwarding the request with a
-    ``MeteredOpenAI`` client must not charge the caller twice.
+    True once per gateway request (the first client call made while serving it, in any
+    task started during it); later calls, e.g. a moderation side call, are metered as
+    usual. The client proxies then pass the forwarding call straight through, so the
+    caller is charged once, by the route.
     """
-    return _route_metered.get()
+    pending = _route_metered.get()
+    if not pending:
+        return False
+    try:
+        pending.pop()
+    except IndexError:  # another thread took it first
+        return False
+    return True
+
+
+def mark_route_metered() -> Token[list[bool] | None]:
+    """Mark the current context as serving a request a gateway route meters (see
+    :func:`take_route_metering`); returns the token to reset it with."""
+    return _route_metered.set([True])
 
 
 class metering_by_route:
-    """Mark the block as serving a request already metered by a gateway route."""
+    """``with metering_by_route():`` marks the block like :func:`mark_route_metered`."""
 
     __slots__ = ("_token",)
 
     def __enter__(self) -> None:
-        self._token = _route_metered.set(True)
+        self._token = mark_route_metered()
 
     def __exit__(self, *exc_info: object) -> None:
         _route_metered.reset(self._token)

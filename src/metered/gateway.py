@@ -388,5 +388,11 @@ def gateway_command(args: argparse.Namespace) -> int:
         unidentified="reject" if args.require_key else "allow",
         timeout=args.timeout,
     )
+    if not args.require_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "serving %s without --require-key: callers without a known key are served "
+            "on the upstream's API key as the anonymous account",
+            args.host,
+        )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

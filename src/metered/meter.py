@@ -35,7 +35,7 @@ from typing import Any, Literal
 from opentelemetry.trace import Span
 
 from metered import context as _context
-from metered.config import Config, TierConfig, load_config, load_yaml, resolve_callable
+from metered.config import Config, load_config, load_yaml, resolve_callable
 from metered.exceptions import (
     BudgetExceeded,
     InvalidRequest,
@@ -239,13 +239,24 @@ class Meter:
 
     def remaining(self, account: str, *, tier: str | None = None) -> Decimal | None:
         """The least remaining of ``account``'s budgets (holds count), ``None`` if unlimited."""
-        budgets = self._budgets_of(account, tier or self._tier_of(account))
-        remaining: Decimal | None = None
-        for budget in budgets:
-            left = self.ledger.balance(account, budget).remaining
-            if left is not None and (remaining is None or left < remaining):
-                remaining = left
-        return remaining
+        budgets = self._budgets_of(account, self._effective_tier(tier or self._tier_of(account)))
+        return _least(self.ledger.balance(account, budget).remaining for budget in budgets)
+
+    async def aremaining(self, account: str, *, tier: str | None = None) -> Decimal | None:
+        """Async :meth:`remaining` (reads the ledger through its async API)."""
+        budgets = self._budgets_of(account, self._effective_tier(tier or self._tier_of(account)))
+        return _least(
+            [(await self.ledger.abalance(account, budget)).remaining for budget in budgets]
+        )
+
+    def _effective_tier(self, tier: str | None) -> str | None:
+        """The tier whose caps and budgets apply. A name that is not configured fails
+        closed: it gets the tier with the smallest output cap, budgets included (a typo or
+        a stale tier from an identity provider must not unlock more, or spend unbounded)."""
+        tiers = self.config.tiers
+        if tier is None or tier in tiers or not tiers:
+            return tier
+        return min(tiers, key=lambda name: (tiers[name].max_tokens or 2**63, name))
 
     def _tier_of(self, account: str) -> str | None:
         configured = self.config.accounts.get(account)
@@ -364,7 +375,7 @@ class Meter:
         bound_meta = bound.metadata.get()
         meta = {**bound_meta, **(metadata or {})} if bound_meta else (metadata or {})
         account = account or self.default_account
-        tier = tier or self._tier_of(account)
+        tier = self._effective_tier(tier or self._tier_of(account))
         # an ABC isinstance costs ~0.2 us; bodies are nearly always plain dicts
         is_mapping = type(body) is dict or isinstance(body, Mapping)
         model = body.get("model") if is_mapping else None
@@ -393,11 +404,8 @@ class Meter:
                 raise InvalidRequest("the request body must be a JSON object")
             if model is None:
                 raise InvalidRequest("'model' is required", param="model")
-            pricer = (
-                self.pricer.route(route if route in self.pricer.routes else None)
-                if route
-                else self.pricer.route()
-            )
+            # an unknown route name is a 400, never a silent fall back to other prices
+            pricer = self.pricer.route(route)
             call._pricer = pricer
             # 2 policy
             resolved = pricer.resolve(model)
@@ -437,7 +445,7 @@ class Meter:
         body = call.body
         model = call._base_model
         entry = pricer.entry(call.model or model)
-        tier_cfg = self._tier_config(call.tier)
+        tier_cfg = self.config.tiers.get(call.tier) if call.tier is not None else None
         cap = cap_output(
             requested_output_limit(body),
             cap=tier_cfg.max_tokens if tier_cfg else None,
@@ -485,17 +493,6 @@ class Meter:
             fitted["messages"] = result.messages
         return _Fit(fitted, result.prompt_tokens, reserved, cap.clamped_from, len(result.dropped))
 
-    def _tier_config(self, tier: str | None) -> TierConfig | None:
-        """The tier's settings; a tier name that is not configured fails closed and gets
-        the tier with the smallest output cap (a typo must not unlock the largest)."""
-        if tier is None or not self.config.tiers:
-            return None
-        found = self.config.tiers.get(tier)
-        if found is not None:
-            return found
-        capped = [t for t in self.config.tiers.values() if t.max_tokens is not None]
-        return min(capped, key=lambda t: t.max_tokens or 0) if capped else None
-
     def _reserve(self, call: Call) -> None:
         assert call._charges is not None
         amount = to_nanos(call.payment_required)
@@ -527,6 +524,11 @@ class Meter:
         await self.ledger.aclose()
         if isinstance(self._sink, JsonlSink):
             self._sink.close()
+
+
+def _least(values: Iterable[Decimal | None]) -> Decimal | None:
+    known = [v for v in values if v is not None]
+    return min(known) if known else None
 
 
 def _on_event_loop() -> bool:
@@ -574,6 +576,7 @@ class Call:
         "_base_model",
         "_charges",
         "_done",
+        "_ended",
         "_events",
         "_first_chunk",
         "_lock",
@@ -648,6 +651,7 @@ class Call:
         self._lock = threading.Lock()
         self._done = False
         self._waiter: threading.Event | None = None  # made only when a 2nd finish waits
+        self._ended = False
 
     @property
     def mode(self) -> SettlementMode:
@@ -710,7 +714,10 @@ class Call:
             fin=None,
             remaining=self._remaining_from(exc),
         )
-        self._emit(record, exc)
+        try:
+            self._emit(record, exc)
+        finally:
+            self._end()
 
     @staticmethod
     def _remaining_from(exc: BaseException) -> Decimal | None:
@@ -749,16 +756,22 @@ class Call:
         if fin is None:
             if not _on_event_loop():  # never block a loop that may be settling the first one
                 with self._lock:
-                    if self.record is None and self._waiter is None:
+                    if not self._ended and self._waiter is None:
                         self._waiter = threading.Event()
-                    waiter = self._waiter if self.record is None else None
+                    waiter = None if self._ended else self._waiter
                 if waiter is not None:
                     waiter.wait(_WAIT_FOR_FIRST_FINISH)
             return self.record
-        quote, action = self._price(fin)
-        started = time.perf_counter()
-        receipt, failed = self._settle_sync(action, quote)
-        return self._complete(fin, quote, action, receipt, failed, started)
+        try:
+            quote, action = self._price(fin)
+            started = time.perf_counter()
+            receipt, failed = self._settle_sync(action, quote)
+            remaining = self._remaining_after(receipt)
+            if remaining is _UNSET:
+                remaining = self._read_remaining()
+            return self._complete(fin, quote, action, receipt, failed, started, remaining)
+        finally:
+            self._end()
 
     async def afinish(
         self,
@@ -779,13 +792,57 @@ class Call:
         if fin is None:
             # the first finish may be awaiting the ledger on this very loop: yield to it
             deadline = time.monotonic() + _WAIT_FOR_FIRST_FINISH
-            while self.record is None and time.monotonic() < deadline:
+            while not self._ended and time.monotonic() < deadline:
                 await asyncio.sleep(0.001)
             return self.record
-        quote, action = self._price(fin)
-        started = time.perf_counter()
-        receipt, failed = await self._settle_async(action, quote)
-        return self._complete(fin, quote, action, receipt, failed, started)
+        # Settle even if the caller's task is cancelled meanwhile (a client that went away
+        # mid-settlement): the hold must be captured or released, and the record emitted.
+        return await asyncio.shield(asyncio.ensure_future(self._afinish_claimed(fin)))
+
+    async def _afinish_claimed(self, fin: _Finish) -> UsageRecord:
+        try:
+            quote, action = self._price(fin)
+            started = time.perf_counter()
+            receipt, failed = await self._settle_async(action, quote)
+            remaining = self._remaining_after(receipt)
+            if remaining is _UNSET:
+                remaining = await self._aread_remaining()
+            return self._complete(fin, quote, action, receipt, failed, started, remaining)
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        """The first finish is over (settled, or failed trying): release any waiters."""
+        with self._lock:
+            self._ended = True
+            waiter = self._waiter
+        if waiter is not None:
+            waiter.set()
+
+    def _remaining_after(self, receipt: Receipt | None) -> Decimal | None:
+        """The remaining budget as the settlement receipt reports it; ``_UNSET`` when the
+        ledger must be asked (a release, or a ledger that does not report it)."""
+        if receipt is not None and receipt.remaining_nanos:
+            # the first charge is this account, with the budgets remaining() reads
+            left = receipt.remaining_nanos[0]
+            return None if left is None else from_nanos(left)
+        if not self._meter._budgets_of(self.account, self.tier):
+            return None
+        return _UNSET  # type: ignore[no-any-return]
+
+    def _read_remaining(self) -> Decimal | None:
+        try:
+            return self._meter.remaining(self.account, tier=self.tier)
+        except Exception:
+            logger.exception("metered: could not read the remaining budget")
+            return None
+
+    async def _aread_remaining(self) -> Decimal | None:
+        try:
+            return await self._meter.aremaining(self.account, tier=self.tier)
+        except Exception:
+            logger.exception("metered: could not read the remaining budget")
+            return None
 
     def _claim(
         self,
@@ -916,6 +973,7 @@ class Call:
         receipt: Receipt | None,
         failed: bool,
         settle_started: float,
+        remaining: Decimal | None,
     ) -> UsageRecord:
         settlement_ms = (time.perf_counter() - settle_started) * 1000
         if receipt is not None:
@@ -927,17 +985,6 @@ class Call:
             amount = to_nanos(self.payment_required)
         else:
             amount = 0
-        remaining = None
-        if receipt is not None and receipt.remaining_nanos:
-            # the ledger reported it with the settlement: no second trip to the ledger
-            # (the first charge is this account with the budgets remaining() reads)
-            left = receipt.remaining_nanos[0]
-            remaining = None if left is None else from_nanos(left)
-        elif self._meter._budgets_of(self.account, self.tier):
-            try:
-                remaining = self._meter.remaining(self.account, tier=self.tier)
-            except Exception:
-                logger.exception("metered: could not read the remaining budget")
         settled = status == "settled"
         record = self._build_record(
             usage=quote.usage if quote is not None and settled else fin.usage,
@@ -1040,11 +1087,7 @@ class Call:
         )
 
     def _emit(self, record: UsageRecord, error: BaseException | None) -> None:
-        with self._lock:
-            self.record = record
-            waiter = self._waiter
-        if waiter is not None:
-            waiter.set()
+        self.record = record
         meter = self._meter
         if self._span is not None:
             meter.telemetry.finish(

@@ -14,14 +14,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
-from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from metered.exceptions import ConfigError, InvalidRequest, PolicyDenied
 from metered.resolve import PROVIDER_PREFIXES, ResolvedModel, normalize_model_id
 
 __all__ = [
-    "DEFAULT_TIER_OUTPUT_CAPS",
     "DEFAULT_URGENT_MULTIPLIER",
     "OUTPUT_LIMIT_PARAMS",
     "CapPolicy",
@@ -32,7 +30,6 @@ __all__ = [
     "cap_output",
     "output_limit_param",
     "requested_output_limit",
-    "tier_output_cap",
 ]
 
 
@@ -109,10 +106,6 @@ CapPolicy = Literal["clamp", "reject"]
 #: Names an output limit goes by: Chat Completions (``max_completion_tokens``, or the
 #: older ``max_tokens``), Responses (``max_output_tokens``), Anthropic (``max_tokens``).
 OUTPUT_LIMIT_PARAMS: Final = ("max_completion_tokens", "max_output_tokens", "max_tokens")
-#: Example tier caps (tokens of output per call); configuration normally supplies its own.
-DEFAULT_TIER_OUTPUT_CAPS: Final[Mapping[str, int]] = MappingProxyType(
-    {"free": 200, "pro": 1000, "enterprise": 4000}
-)
 DEFAULT_URGENT_MULTIPLIER: Final = Decimal("1.5")
 
 # o-series and gpt-5 reasoning models reject max_tokens in chat
@@ -188,19 +181,6 @@ def requested_output_limit(body: Mapping[str, Any]) -> int | None:
     return found
 
 
-def tier_output_cap(
-    tier: str | None, caps: Mapping[str, int] = DEFAULT_TIER_OUTPUT_CAPS
-) -> int | None:
-    """The output cap of ``tier``; an unknown or missing tier gets the smallest cap.
-
-    Failing closed means a typo in a tier name cannot unlock the largest allowance.
-    Returns ``None`` when ``caps`` is empty (no caps configured).
-    """
-    if tier is not None and tier in caps:
-        return caps[tier]
-    return min(caps.values(), default=None)
-
-
 def _multiplier(value: Decimal | int | float | str) -> Decimal:
     try:
         # a float goes through its repr so 1.1 means 1.1, not 1.100000000000000088...
@@ -228,7 +208,8 @@ def cap_output(
 
     Args:
         requested: the caller's limit (see :func:`requested_output_limit`), or ``None``.
-        cap: the tier's cap (see :func:`tier_output_cap`); ``None`` for no cap.
+        cap: the tier's cap (``tiers.<name>.max_tokens``; the engine resolves an unknown
+            tier to the smallest one); ``None`` for no cap.
         model: the model id, for the parameter name and error messages.
         policy: ``clamp`` lowers an over-cap limit (and records the original);
             ``reject`` refuses the call.

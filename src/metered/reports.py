@@ -20,27 +20,33 @@ numbers the first dashboards need:
   reach settlement); **released / refunded**: holds given back.
 
 ``propose`` tunes a route's ``models:`` prices toward a target margin over the observed
-mean cost per settled call: ``price = mean cost / (1 - target)``, moved at most
-``+max_up`` / ``-max_down`` from the current price per deploy, then held inside the route's
-floor and ceiling for the model (``"*"`` applies to every model; the safety limits win over
-the per-deploy step). Token-rate entries scale every rate by one bounded factor; their
-floors and ceilings keep bounding each call at pricing time, so they do not bound the
-factor. Markup entries already track cost and are left alone.
+mean cost per call. An entry's sample is the settled calls on the route that it priced
+(``pricing_source`` ``route.models``, dated ids and ``"*"`` matched as pricing matches
+them) with a known cost; entries with fewer than ``min_calls`` are left unchanged.
+
+* Flat (per-request) prices: ``price = mean cost / (1 - target)``, moved at most
+  ``+max_up`` / ``-max_down`` from the current price per deploy, then held inside the
+  route's floor and ceiling for the model (``"*"`` applies to every model; these safety
+  limits win over the per-deploy step).
+* Token rates: every rate is scaled by one factor, bounded the same way, that takes the
+  mean price per call to the target. Floors and ceilings bound each *call* at pricing
+  time, not the rates, so they are applied per call to the current and the projected
+  mean price (the reason says how many calls they hold) rather than to the factor.
+* Markups already track cost and are left alone.
 
 Proposed prices are rounded **up** to 3 significant digits (``$0.013889`` → ``$0.0139``),
 with more digits only where 3 would cross the upper bound (the per-deploy step or the
 ceiling). Rounding only ever raises a price, so it never takes one below cost.
 
 All money is :class:`~decimal.Decimal` parsed from the records' strings; files are read
-line by line, so their size is bounded by disk, not memory (``propose`` keeps one integer
-nano-USD cost per sampled call for the p90).
+line by line, so their size is bounded by disk, not memory (``propose`` keeps 8 bytes per
+sampled call for the p90, 16 for token-rate entries).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -52,10 +58,9 @@ from functools import partial
 from typing import Any, Literal, NamedTuple
 
 from metered.catalog import CostRates
-from metered.cli import _dump, _table
 from metered.config import Config, ModelPrice, load_yaml
 from metered.exceptions import ConfigError, MeteredError
-from metered.money import Rate, format_usd, from_nanos, to_nanos
+from metered.money import NANOS_PER_USD, Rate, format_usd, from_nanos, to_nanos
 from metered.pricing import Pricer, RoutePricer
 from metered.usage import Usage
 
@@ -186,13 +191,6 @@ def _money(obj: dict[str, Any], name: str) -> Decimal:
     return amount
 
 
-def _tokens(obj: dict[str, Any], name: str) -> int:
-    value = obj[name]
-    if type(value) is not int:
-        raise TypeError(f"{name} is not an integer")
-    return value
-
-
 def _parse_row(obj: object) -> _Row:
     """One decoded JSON line → :class:`_Row`; raises on anything that is not a record."""
     if not isinstance(obj, dict):
@@ -211,12 +209,13 @@ def _parse_row(obj: object) -> _Row:
         policy_decision=_str(obj, "policy_decision"),
         policy_reason=_opt_str(obj, "policy_reason"),
         error_type=_opt_str(obj, "error_type"),
+        # Usage checks the counts (non-negative ints, cached <= input, reasoning <= output)
         usage=Usage(
-            input_tokens=_tokens(obj, "tokens_in"),
-            output_tokens=_tokens(obj, "tokens_out"),
-            cache_read_tokens=_tokens(obj, "cache_read_tokens"),
-            cache_write_tokens=_tokens(obj, "cache_write_tokens"),
-            reasoning_tokens=_tokens(obj, "reasoning_tokens"),
+            input_tokens=obj["tokens_in"],
+            output_tokens=obj["tokens_out"],
+            cache_read_tokens=obj["cache_read_tokens"],
+            cache_write_tokens=obj["cache_write_tokens"],
+            reasoning_tokens=obj["reasoning_tokens"],
         ),
     )
 
@@ -306,7 +305,7 @@ def _nano(value: Decimal | None) -> Decimal | None:
     if value is None:
         return None
     rounded = value.quantize(_NANO, ROUND_HALF_EVEN)
-    return value if rounded == value else rounded
+    return (value if rounded == value else rounded).normalize()
 
 
 # --- report ----------------------------------------------------------------------------
@@ -332,7 +331,7 @@ class GroupStats:
     released: int = 0
     refunded: int = 0
 
-    def add(self, row: _Row) -> None:
+    def _add(self, row: _Row) -> None:
         """Count one record."""
         self.calls += 1
         self.tokens_in += row.usage.input_tokens
@@ -362,14 +361,20 @@ class GroupStats:
             self.budget_exceeded += 1
 
     @property
-    def margin(self) -> Decimal:
-        """Charged − cost over the settled calls with a known cost."""
-        return self.charged_known_cost - self.cost
+    def known_cost(self) -> Decimal | None:
+        """Cost of the settled calls with a known cost; ``None`` when there are none."""
+        return self.cost if self.settled > self.unknown_cost else None
+
+    @property
+    def margin(self) -> Decimal | None:
+        """Charged − cost over the settled calls with a known cost (``None``: no such call)."""
+        return None if self.known_cost is None else self.charged_known_cost - self.cost
 
     @property
     def margin_pct(self) -> Decimal | None:
         """Margin as a percentage of what the known-cost calls were charged."""
-        return _pct(self.margin, self.charged_known_cost)
+        margin = self.margin
+        return None if margin is None else _pct(margin, self.charged_known_cost)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: exact USD amounts, counts, and percentages to 0.1."""
@@ -378,7 +383,7 @@ class GroupStats:
             "settled": self.settled,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
-            "cost_usd": self.cost,
+            "cost_usd": self.known_cost,
             "charged_usd": self.charged,
             "margin_usd": self.margin,
             "margin_pct": self.margin_pct,
@@ -401,7 +406,7 @@ class GroupStats:
             self.settled,
             self.tokens_in,
             self.tokens_out,
-            format_usd(self.cost),
+            format_usd(self.known_cost),
             format_usd(self.charged),
             format_usd(self.margin),
             _show_pct(self.margin_pct),
@@ -487,8 +492,8 @@ def summarize_usage(
         group = groups.get(key)
         if group is None:
             group = groups[key] = GroupStats()
-        group.add(row)
-        total.add(row)
+        group._add(row)
+        total._add(row)
     ordered = sorted(groups.items(), key=lambda kv: (-kv[1].calls, kv[0] is None, kv[0] or ""))
     return UsageReport(by=by, groups=dict(ordered), total=total, read=stats)
 
@@ -498,13 +503,19 @@ def summarize_usage(
 
 @dataclass(slots=True)
 class _Sample:
-    """Settled calls one ``route.models`` entry priced: cost and summed usage."""
+    """The settled calls one ``route.models`` entry priced.
 
+    Keeps the summed cost and usage and each call's cost; for token rates also each call's
+    price at those rates before floors and ceilings.
+    """
+
+    rates: CostRates | None = None  # the entry's token rates (None: a flat price or markup)
     calls: int = 0
     unknown_cost: int = 0
     cost: Decimal = _ZERO
-    # integer nano-USD: 8 bytes a call instead of a Decimal's ~100, for the p90
+    # integer nano-USD: 8 bytes a call instead of a Decimal's ~100
     cost_nanos: array[int] = field(default_factory=lambda: array("q"))
+    price_nanos: array[int] = field(default_factory=lambda: array("q"))
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
@@ -519,6 +530,8 @@ class _Sample:
         self.cost += row.cost
         self.cost_nanos.append(to_nanos(row.cost))
         u = row.usage
+        if self.rates is not None:
+            self.price_nanos.append(to_nanos(self.rates.cost(u)))
         self.input_tokens += u.input_tokens
         self.output_tokens += u.output_tokens
         self.cache_read_tokens += u.cache_read_tokens
@@ -543,7 +556,27 @@ class _Sample:
     def p90(self) -> Decimal:
         """90th percentile cost per call (nearest rank), to the nano-USD."""
         ranked = sorted(self.cost_nanos)
-        return from_nanos(ranked[math.ceil(0.9 * len(ranked)) - 1])
+        return from_nanos(ranked[-(-9 * len(ranked) // 10) - 1])  # rank ceil(0.9 n), no float
+
+    def held(
+        self, scale: Decimal, floor: Decimal | None, ceiling: Decimal | None
+    ) -> tuple[Decimal, int, int]:
+        """Mean price per call at the token rates times ``scale``, floor and ceiling applied.
+
+        Each call is bounded as pricing bounds it (to the nano-USD); also returns how many
+        calls the floor and the ceiling hold.
+        """
+        low = None if floor is None else to_nanos(floor)
+        high = None if ceiling is None else to_nanos(ceiling)
+        total, floored, ceiled = _ZERO, 0, 0
+        for nanos in self.price_nanos:
+            price = scale * nanos
+            if low is not None and price < low:
+                price, floored = Decimal(low), floored + 1
+            if high is not None and price > high:
+                price, ceiled = Decimal(high), ceiled + 1
+            total += price
+        return total / len(self.price_nanos) / NANOS_PER_USD, floored, ceiled
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,9 +680,9 @@ class PriceProposal:
         """JSON-ready dict."""
         return {
             "route": self.route,
-            "target_margin_pct": self.target_margin * _HUNDRED,
-            "max_up_pct": self.max_up * _HUNDRED,
-            "max_down_pct": self.max_down * _HUNDRED,
+            "target_margin_pct": _pct(self.target_margin, 1),
+            "max_up_pct": _pct(self.max_up, 1),
+            "max_down_pct": _pct(self.max_down, 1),
             "min_calls": self.min_calls,
             "rounding": _ROUNDING,
             **self.read.to_dict(),
@@ -724,10 +757,15 @@ def _propose_one(
     kind: Literal["flat", "token", "markup"] = (
         "markup" if price.markup is not None else "token" if price.input is not None else "flat"
     )
+    floor = _limit(route, key, route.config.floors)
+    ceiling = _limit(route, key, route.config.ceilings)
     n = sample.calls
     mean = sample.cost / n if n else None
-    rates = None if kind == "markup" else CostRates(**current)
-    price_now = rates.cost(sample.usage()) / n if rates is not None and n else None
+    price_now: Decimal | None = None
+    if kind == "flat":
+        price_now = current["request"]
+    elif kind == "token" and n:
+        price_now = sample.held(_ONE, floor, ceiling)[0]
     unknown = (
         f"; {sample.unknown_cost} settled call(s) with unknown cost left out"
         if sample.unknown_cost
@@ -758,11 +796,12 @@ def _propose_one(
             reason=reason + unknown,
         )
 
-    if rates is None:
+    if kind == "markup":
         return unchanged("a markup over cost: its margin does not depend on cost")
     if mean is None or price_now is None or n < min_calls:
         return unchanged(f"{n} settled call(s) with a known cost, under --min-calls {min_calls}")
-    if price_now == 0:
+    linear_now = CostRates(**current).cost(sample.usage())  # the sample at today's rates
+    if price_now == 0 or linear_now == 0:
         return unchanged("priced at $0: a relative step cannot move it; set a price by hand")
 
     wanted = mean / (1 - target)  # the mean price per call that earns the target margin
@@ -774,23 +813,28 @@ def _propose_one(
     elif wanted < low:
         goal, bound = low, "down"
     proposed: dict[str, Decimal] = {}
+    notes = ""
     if kind == "flat":
         # floors and ceilings are safety limits: they win over the per-deploy step
-        floor = _limit(route, key, route.config.floors)
-        ceiling = _limit(route, key, route.config.ceilings)
         if floor is not None and goal < floor:
             goal, bound = floor, "floor"
         if ceiling is not None and goal > ceiling:
             goal, bound = ceiling, "ceiling"
         upper = high if ceiling is None else min(high, ceiling)
-        proposed["request"] = _round_up(goal, upper=max(goal, upper))
+        proposed["request"] = price_new = _round_up(goal, upper=max(goal, upper))
     else:
+        # one factor for every rate; floors and ceilings keep bounding each call
         factor = goal / price_now
         for name, usd in current.items():
             unit = _ONE if name == "request" else _PER_MTOK  # round the number the config shows
             rounded = _round_up(usd * unit * factor, upper=usd * unit * (1 + max_up))
             proposed[name] = rounded / unit
-    price_new = CostRates(**proposed).cost(sample.usage()) / n
+        scale = CostRates(**proposed).cost(sample.usage()) / linear_now
+        price_new, floored, ceiled = sample.held(scale, floor, ceiling)
+        if floored:
+            notes += f"; the floor holds {floored} of {n} calls"
+        if ceiled:
+            notes += f"; the ceiling holds {ceiled} of {n} calls"
 
     if bound == "up":
         reason = (
@@ -808,14 +852,14 @@ def _propose_one(
         direction = "raised" if wanted > price_now else "lowered"
         reason = f"{direction} to the {_pct(target, 1)}% target margin"
     if price_new < mean:
-        reason += "; still below mean cost: calls lose money"
+        notes += "; still below mean cost: calls lose money"
     return result(
         proposed=proposed,
         proposed_price=price_new,
         proposed_margin_pct=_pct(price_new - mean, price_new),
         change_pct=_pct(price_new - price_now, price_now),
         bound=bound,
-        reason=reason + unknown,
+        reason=reason + notes + unknown,
     )
 
 
@@ -848,7 +892,8 @@ def propose_prices(
         since / until: the time window, ``[since, until)``.
 
     Raises:
-        ConfigError: no such route, no route to choose, or invalid model names.
+        ConfigError: no such route, no route to choose, a route without ``models:``, or
+            invalid model names.
         ValueError: a share out of range or ``min_calls`` below 1.
         OSError: a file cannot be read.
     """
@@ -862,8 +907,14 @@ def propose_prices(
     pricer = Pricer(config)
     chosen = _pick_route(pricer, route)
     entries = chosen.config.models
+    if not entries:
+        where = f"routes.{json.dumps(chosen.name)}.models"
+        raise ConfigError(where, "is empty: propose tunes the per-model prices listed there")
     by_name = _by_name(chosen, entries)
-    samples = {key: _Sample() for key in entries}
+    samples = {
+        key: _Sample(rates=CostRates(**_current_rates(price)) if price.input else None)
+        for key, price in entries.items()
+    }
     entry_of: dict[str | None, str | None] = {None: None}  # requested model → entry key
     stats = ReadStats()
     for row in _read(paths, since=since, until=until, stats=stats):
@@ -942,6 +993,10 @@ def _os_error(exc: OSError) -> str:
 
 def report_command(args: argparse.Namespace) -> int:
     """Run ``metered report``; returns the exit code."""
+    # cli.py registers these commands: importing it at call time keeps either module
+    # importable first
+    from metered.cli import _dump, _table
+
     try:
         report = summarize_usage(args.files, by=args.by, since=args.since, until=args.until)
     except OSError as exc:
@@ -971,6 +1026,8 @@ def _show_value(value: str | dict[str, str] | None) -> str | None:
 
 def propose_command(args: argparse.Namespace) -> int:
     """Run ``metered propose``; returns the exit code. Never writes the config."""
+    from metered.cli import _dump, _table
+
     try:
         proposal = propose_prices(
             args.files,
@@ -993,8 +1050,8 @@ def propose_command(args: argparse.Namespace) -> int:
         return 0
     p = proposal
     print(
-        f"route {json.dumps(p.route)}: target margin {p.target_margin * _HUNDRED:f}%, "
-        f"at most +{p.max_up * _HUNDRED:f}% / -{p.max_down * _HUNDRED:f}% per deploy; "
+        f"route {json.dumps(p.route)}: target margin {_pct(p.target_margin, 1)}%, "
+        f"at most +{_pct(p.max_up, 1)}% / -{_pct(p.max_down, 1)}% per deploy; "
         f"{p.read.records} record(s) read\n"
     )
     print(

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 
 from metered.exceptions import ConfigError, InvalidRequest, PolicyDenied
 
-__all__ = ["PROVIDER_PREFIXES", "ResolvedModel", "Resolver", "normalize_model_id"]
+__all__ = [
+    "MAX_MODEL_ID_LENGTH",
+    "PROVIDER_PREFIXES",
+    "ResolvedModel",
+    "Resolver",
+    "normalize_model_id",
+]
 
 _INVISIBLE = dict.fromkeys(
     map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\u2066\u2067\u2068\u2069\ufeff\u00ad")
@@ -59,6 +65,8 @@ PROVIDER_PREFIXES = frozenset(
 _DATED = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 _FINE_TUNE = re.compile(r"^ft:(?P<base>[^:]+):(?P<rest>.*)$")
 _CACHE_LIMIT = 4096  # requested ids are user input: bound the cache
+#: The longest model id accepted (real ids are under 100 characters).
+MAX_MODEL_ID_LENGTH = 256
 
 
 def normalize_model_id(raw: object) -> str:
@@ -70,6 +78,12 @@ def normalize_model_id(raw: object) -> str:
     """
     if not isinstance(raw, str):
         raise InvalidRequest(f"model must be a string, got {type(raw).__name__}", param="model")
+    if len(raw) > MAX_MODEL_ID_LENGTH:
+        # ids are user input that ends up in caches, span names and records: bound it
+        raise InvalidRequest(
+            f"model must be at most {MAX_MODEL_ID_LENGTH} characters, got {len(raw)}",
+            param="model",
+        )
     text = unicodedata.normalize("NFKC", raw).translate(_INVISIBLE).strip().lower()
     if not text:
         raise InvalidRequest("model must not be empty", param="model")

@@ -38,12 +38,13 @@ from metered._http import (
     check_total_headers,
     error_parts,
     gateway_routes,
+    is_unidentified,
     parse_request,
     prepare_stream,
     public_headers,
     total_headers,
 )
-from metered.context import RequestTotals, bind, metering_by_route
+from metered.context import RequestTotals, bind, mark_route_metered
 from metered.exceptions import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
 from metered.meter import Meter
 
@@ -115,7 +116,7 @@ class MeteredWSGIMiddleware:
         if path in self._public:
             return self.app(environ, start_response)
         caller = caller_of(self._identify(environ)) if self._identify is not None else None
-        if caller is None and self._reject:
+        if self._reject and is_unidentified(caller):
             return _respond(start_response, *error_parts(_UNAUTHORIZED))
         totals = RequestTotals()
         route = self._routes.get((environ.get("REQUEST_METHOD", ""), path))
@@ -131,6 +132,9 @@ class MeteredWSGIMiddleware:
             )
             body = context.run(self.app, environ, start)
         else:
+            # the app call and a lazily built body both run in this context: mark it, so
+            # a metered client forwarding the request does not charge the caller again
+            context.run(mark_route_metered)
             body = context.run(self._gateway, route, environ, start_response, totals)
         return _InContext(body, context, totals)
 
@@ -147,7 +151,11 @@ class MeteredWSGIMiddleware:
             raw = _read_body(environ, route.max_body_bytes)
             body = parse_request(raw, max_choices=self._max_choices)
             call = self.meter.begin(
-                body, api=route.api, provider=route.provider, route=route.name, headers=headers
+                body,
+                api=route.api,
+                provider=route.provider,
+                route=route.pricing_route,
+                headers=headers,
             )
         except MeteredError as exc:
             return _respond(start_response, *error_parts(exc))
@@ -188,8 +196,7 @@ class _Relay:
     def run(self, app: WSGIApp, environ: Environ) -> Iterable[bytes]:
         """Call the app; the returned body relays its answer."""
         try:
-            with metering_by_route():
-                self._result = app(environ, self.start_response)
+            self._result = app(environ, self.start_response)
         except Exception as exc:
             self._tail = [self._failed(exc)]
         return self

@@ -34,7 +34,7 @@ from metered.clients._streams import (
     body_read,
     error_status,
 )
-from metered.context import route_metered
+from metered.context import take_route_metering
 from metered.meter import Api, Call, Meter
 
 __all__ = [
@@ -197,6 +197,14 @@ def _split_headers(headers: Mapping[str, Any], found: dict[str, Any]) -> dict[st
     return sent
 
 
+def _without_metering_headers(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The SDK kwargs with the ``x-metered-*`` headers removed (they never go upstream)."""
+    headers = kwargs.get("extra_headers")
+    if not headers:
+        return kwargs
+    return {**kwargs, "extra_headers": _split_headers(headers, {})}
+
+
 def prepare(ctx: ClientContext, endpoint: Endpoint, kwargs: Mapping[str, Any]) -> Prepared:
     """Split SDK kwargs into the body the engine meters and the SDK-only options.
 
@@ -333,8 +341,8 @@ def call(
     Raises:
         PolicyDenied, BudgetExceeded, InvalidRequest: before anything is sent upstream.
     """
-    if route_metered():  # the gateway route serving this request meters it already
-        return method(**kwargs)
+    if take_route_metering():  # the gateway route serving this request meters it already
+        return method(**_without_metering_headers(kwargs))
     call_, prepared = begin(ctx, endpoint, kwargs)
     result = invoke(call_, method, **call_.body, **prepared.options)
     delivered, outcome = _deliver(call_, endpoint, prepared, result)
@@ -347,8 +355,8 @@ async def acall(
     ctx: ClientContext, endpoint: Endpoint, method: Callable[..., Any], kwargs: dict[str, Any]
 ) -> Any:
     """Async :func:`call`."""
-    if route_metered():  # the gateway route serving this request meters it already
-        return await method(**kwargs)
+    if take_route_metering():  # the gateway route serving this request meters it already
+        return await method(**_without_metering_headers(kwargs))
     call_, prepared = await abegin(ctx, endpoint, kwargs)
     result = await ainvoke(call_, method, **call_.body, **prepared.options)
     delivered, outcome = _deliver(call_, endpoint, prepared, result)
