@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import gc
-import importlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from metered import BudgetExceeded, tokens
 from metered.clients import MeteredAnthropic, MeteredAsyncAnthropic
-from metered.meter import Meter
-from metered.records import UsageRecord
 from metered.telemetry import ATTR
 from metered.testing import DEFAULT_REPLY, FakeUpstream
+from sdk_support import Metering as _Metering
+from sdk_support import sdk_http_client
 
 MODEL = "claude-sonnet-4-6"
 MESSAGES = [{"role": "user", "content": "Say something."}]
@@ -26,43 +22,14 @@ CONFIG = {"accounts": {"broke": {"budgets": ["$0.000001/day"]}}}
 
 
 def _http_client(upstream: FakeUpstream, *, async_: bool) -> Any:
-    """An HTTP client of the library the installed SDK is built on (httpx2 or httpx)."""
-    if hasattr(importlib.import_module("anthropic._base_client"), "httpx2"):
-        import httpx2
-
-        if async_:
-            return httpx2.AsyncClient(transport=upstream.async_httpx2_transport())
-        return httpx2.Client(transport=upstream.httpx2_transport())
-    import httpx
-
-    if async_:
-        return httpx.AsyncClient(transport=upstream.async_httpx_transport())
-    return httpx.Client(transport=upstream.httpx_transport())
+    return sdk_http_client("anthropic", upstream, async_=async_)
 
 
-class Metering:
-    """A meter with its spans and usage records captured."""
+class Metering(_Metering):
+    """A meter configured with this file's CONFIG, spans and records captured."""
 
     def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.records: list[UsageRecord] = []
-        self.meter = Meter(CONFIG, tracer_provider=provider, sink=self.records.append)
-
-    @property
-    def spans(self) -> list[Any]:
-        return list(self.exporter.get_finished_spans())
-
-    @property
-    def record(self) -> UsageRecord:
-        (record,) = self.records
-        return record
-
-    @property
-    def attributes(self) -> dict[str, Any]:
-        (span,) = self.spans
-        return dict(span.attributes or {})
+        super().__init__(CONFIG)
 
 
 @pytest.fixture

@@ -11,18 +11,14 @@ import openai
 import pydantic
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from metered import BudgetExceeded, PolicyDenied, context, tokens
 from metered.clients import MeteredAsyncOpenAI, MeteredOpenAI, default_meter
-from metered.meter import Meter
-from metered.records import UsageRecord
 from metered.telemetry import ATTR
 from metered.testing import DEFAULT_REPLY, FakeUpstream
 from metered.usage import Usage
+from sdk_support import Metering, sdk_http_client
 
 MESSAGES = [{"role": "user", "content": "Say something."}]
 CONFIG = {
@@ -35,43 +31,7 @@ CONFIG = {
 def _http_client(
     upstream: FakeUpstream, *, async_: bool, wrap: Callable[[Any], Any] = lambda t: t
 ) -> Any:
-    """An HTTP client of the library the installed SDK is built on (httpx2 or httpx)."""
-    if hasattr(importlib.import_module("openai._base_client"), "httpx2"):
-        import httpx2
-
-        if async_:
-            return httpx2.AsyncClient(transport=wrap(upstream.async_httpx2_transport()))
-        return httpx2.Client(transport=wrap(upstream.httpx2_transport()))
-    import httpx
-
-    if async_:
-        return httpx.AsyncClient(transport=wrap(upstream.async_httpx_transport()))
-    return httpx.Client(transport=wrap(upstream.httpx_transport()))
-
-
-class Metering:
-    """A meter with its spans and usage records captured."""
-
-    def __init__(self, config: dict[str, Any] | None = None) -> None:
-        self.exporter = InMemorySpanExporter()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.records: list[UsageRecord] = []
-        self.meter = Meter(config, tracer_provider=provider, sink=self.records.append)
-
-    @property
-    def spans(self) -> list[Any]:
-        return list(self.exporter.get_finished_spans())
-
-    @property
-    def record(self) -> UsageRecord:
-        (record,) = self.records
-        return record
-
-    @property
-    def attributes(self) -> dict[str, Any]:
-        (span,) = self.spans
-        return dict(span.attributes or {})
+    return sdk_http_client("openai", upstream, async_=async_, wrap=wrap)
 
 
 @pytest.fixture

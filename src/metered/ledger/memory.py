@@ -42,6 +42,7 @@ from metered.ledger import (
     Window,
     calendar_periods,
 )
+from metered.ledger._common import PlanCache, threshold_fractions
 from metered.money import from_nanos
 
 __all__ = ["MemoryLedger"]
@@ -252,11 +253,7 @@ class MemoryLedger(Ledger):
         retain_seconds: float = 900.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        fractions = sorted({Decimal(str(t)) for t in thresholds})
-        if any(not f.is_finite() or f <= 0 for f in fractions):
-            raise ValueError(f"thresholds must be positive fractions, got {fractions}")
-        if not retain_seconds >= 0:
-            raise ValueError(f"retain_seconds must be >= 0, got {retain_seconds!r}")
+        fractions = threshold_fractions(thresholds, retain_seconds)
         # Integer ratios keep threshold comparisons exact on nano-USD.
         self._thresholds = tuple((f, *f.as_integer_ratio()) for f in fractions)
         self._retain = float(retain_seconds)
@@ -265,9 +262,8 @@ class MemoryLedger(Ledger):
         self._entries: dict[str, _Entry] = {}
         self._accounts: dict[str, _Account] = {}
         self._deadlines: list[tuple[float, str]] = []
-        # id(charges tuple) -> its plan; the plan keeps the tuple alive, so ids stay unique
-        self._plans: dict[int, _Plan] = {}
-        self._last_plan: _Plan | None = None
+        thresholds_ = self._thresholds
+        self._plan = PlanCache(lambda charges: _Plan(charges, thresholds_), size=_PLAN_CACHE_SIZE)
 
     # --- holds ------------------------------------------------------------------------
 
@@ -469,28 +465,6 @@ class MemoryLedger(Ledger):
         """Nothing to release: the state is plain memory."""
 
     # --- internals --------------------------------------------------------------------
-
-    def _plan(self, charges: Sequence[Charge]) -> _Plan:
-        """Validate and prepare ``charges``; a tuple seen before costs a dict lookup.
-
-        Only tuples are remembered: a tuple of frozen charges cannot change, a list can.
-        Called without the lock: concurrent misses just prepare the same plan twice.
-        """
-        plan = self._last_plan  # hold and capture of one call pass the same tuple
-        if plan is not None and plan.charges is charges:
-            return plan
-        plans = self._plans
-        if type(charges) is tuple:
-            plan = plans.get(id(charges))
-            if plan is not None and plan.charges is charges:
-                self._last_plan = plan
-                return plan
-        plan = _Plan(_validate_charges(charges), self._thresholds)
-        if type(charges) is tuple:
-            if len(plans) >= _PLAN_CACHE_SIZE:
-                plans.clear()
-            plans[id(charges)] = self._last_plan = plan
-        return plan
 
     # the methods below run with the lock held
 
@@ -704,15 +678,6 @@ def _exceeded(
         window=str(window),
         retry_after=retry_after,
     )
-
-
-def _validate_charges(charges: Sequence[Charge]) -> tuple[Charge, ...]:
-    result = tuple(charges)
-    if not result:
-        raise ValueError("charges must name at least one account")
-    if len(result) > 1 and len({c.account for c in result}) != len(result):
-        raise ValueError(f"each account may appear once in charges, got {result!r}")
-    return result
 
 
 def _validate_nanos(amount: int) -> None:

@@ -87,7 +87,7 @@ from metered.ledger import (
     WindowKind,
     calendar_periods,
 )
-from metered.ledger.memory import _validate_charges
+from metered.ledger._common import PlanCache, threshold_fractions
 from metered.money import from_nanos
 
 __all__ = ["RedisLedger"]
@@ -644,12 +644,8 @@ class RedisLedger(Ledger):
                 "on Redis Cluster the prefix needs a hash tag, so that the keys of a call "
                 f"are in one slot: for example prefix='{{metered}}:', got {prefix!r}"
             )
-        fractions = sorted({Decimal(str(t)) for t in thresholds})
-        if any(not f.is_finite() or f <= 0 for f in fractions):
-            raise ValueError(f"thresholds must be positive fractions, got {fractions}")
-        if not retain_seconds >= 0:
-            raise ValueError(f"retain_seconds must be >= 0, got {retain_seconds!r}")
-        self._fractions = tuple(fractions)
+        fractions = threshold_fractions(thresholds, retain_seconds)
+        self._fractions = fractions
         self._ratios = tuple(f.as_integer_ratio() for f in fractions)
         self._retain = float(retain_seconds)
         self._clock = clock
@@ -674,8 +670,7 @@ class RedisLedger(Ledger):
         self._ascripts: dict[str, AsyncScript] = (
             {n: aclient.register_script(s) for n, s in sources.items()} if aclient else {}
         )
-        self._plans: dict[int, _Plan] = {}
-        self._last_plan: _Plan | None = None
+        self._plan = PlanCache(lambda charges: _Plan(charges, self._marks), size=_PLAN_CACHE_SIZE)
 
     def __repr__(self) -> str:
         return f"RedisLedger(prefix={self._prefix!r})"
@@ -926,28 +921,6 @@ class RedisLedger(Ledger):
         except _STORE_ERRORS as exc:
             raise _unavailable(op.script, exc) from exc
         return op.parse(reply)
-
-    def _plan(self, charges: Sequence[Charge]) -> _Plan:
-        """Validate and encode ``charges``; a tuple seen before costs a dict lookup.
-
-        Only tuples are remembered: a tuple of frozen charges cannot change, a list can.
-        """
-        plan = self._last_plan  # hold and capture of one call pass the same tuple
-        if plan is not None and plan.charges is charges:
-            return plan
-        plans = self._plans
-        if type(charges) is tuple:
-            plan = plans.get(id(charges))
-            if plan is not None and plan.charges is charges:
-                self._last_plan = plan
-                return plan
-        plan = _Plan(_validate_charges(charges), self._marks)
-        if type(charges) is tuple:
-            if len(plans) >= _PLAN_CACHE_SIZE:
-                plans.clear()
-            # the plan keeps the tuple alive, so its id stays unique while cached
-            plans[id(charges)] = self._last_plan = plan
-        return plan
 
     def _marks(self, limit: int) -> list[int]:
         # Spend reaches fraction n/d of the limit when spent >= ceil(limit * n / d): the
