@@ -91,7 +91,8 @@ def test_bound_caller_flows_into_begin(make_meter: MeterFactory) -> None:
     meter = make_meter(CONFIG)
     with bind(account="u1", tier="free", feature="search", route="cheap"):
         call = meter.begin(BODY)
-    record = call.finish(USAGE)
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert (record.account, record.tier, record.feature) == ("u1", "free", "search")
     assert record.route == "cheap"
@@ -113,7 +114,9 @@ def test_bound_metadata_feeds_match_rules(make_meter: MeterFactory) -> None:
     """Metadata bound for the request selects a match-rule price."""
     meter = make_meter(CONFIG)
     with bind(metadata={"plan": "premium"}):
-        record = meter.begin(BODY).finish(USAGE)
+        call = meter.begin(BODY)
+        call.finish(USAGE)
+        record = call.record
     assert record is not None
     assert (record.pricing_source, record.settlement_amount) == ("match", Decimal("0.07"))
 
@@ -128,7 +131,8 @@ def test_explicit_arguments_win_over_the_binding(make_meter: MeterFactory) -> No
     assert (call.account, call.tier) == ("explicit", "pro")
     assert call.metadata == {"plan": "basic", "a": 1}
     assert call.body["max_tokens"] == 500  # within the pro cap
-    record = call.finish(USAGE)
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert (record.route, record.settlement_amount) == ("standard", Decimal("0.05"))
 

@@ -512,7 +512,8 @@ def test_meter_settles_through_redis_and_two_meters_share_the_budget(
     replica_b = Meter(FLAT, ledger=make_ledger())
     call = replica_a.begin(chat(), account="u1")
     assert replica_b.ledger.balance("u1").held_nanos == usd("0.60")
-    record = call.finish(Usage(input_tokens=1, output_tokens=1))
+    call.finish(Usage(input_tokens=1, output_tokens=1))
+    record = call.record
     assert record is not None
     assert (record.settlement_status, record.settlement_amount) == ("settled", Decimal("0.60"))
     assert replica_b.spent("u1") == Decimal("0.60")
@@ -529,7 +530,8 @@ async def test_async_meter_settles_through_redis(
     meter = Meter(FLAT, ledger=ledger)
     try:
         call = await meter.abegin(chat(), account="u1")
-        record = await call.afinish(Usage(input_tokens=1, output_tokens=1))
+        await call.afinish(Usage(input_tokens=1, output_tokens=1))
+        record = call.record
         assert record is not None
         assert record.settlement_status == "settled"
         assert (await ledger.abalance("u1")).spent_nanos == usd("0.60")

@@ -200,7 +200,8 @@ def test_finish_captures_the_actual_price(make_meter: MeterFactory) -> None:
     meter = make_meter({**TOKEN_ROUTE, "default_budgets": ["$1/total"]})
     call = meter.begin(chat(max_tokens=100), account="u1")
     assert meter.ledger.balance("u1").held_nanos == to_nanos(call.payment_required)
-    record = call.finish(Usage(input_tokens=10, output_tokens=20))
+    call.finish(Usage(input_tokens=10, output_tokens=20))
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
     assert record.settlement_amount == usd("0.00021")
@@ -231,8 +232,10 @@ async def test_async_pipeline_settles_like_the_sync_one(make_meter: MeterFactory
     sync_call = meter.begin(chat(max_tokens=100), account="sync")
     async_call = await meter.abegin(chat(max_tokens=100), account="async")
     assert async_call.payment_required == sync_call.payment_required
-    sync_record = sync_call.finish(usage)
-    async_record = await async_call.afinish(usage)
+    sync_call.finish(usage)
+    sync_record = sync_call.record
+    await async_call.afinish(usage)
+    async_record = async_call.record
     assert sync_record is not None
     assert async_record is not None
     assert async_record.settlement_amount == sync_record.settlement_amount
@@ -392,7 +395,9 @@ def test_parent_account_is_charged_with_the_caller(make_meter: MeterFactory) -> 
             "accounts": {"alice": {"parents": ["team-a"]}, "team-a": {"budgets": ["$0.05/day"]}},
         }
     )
-    record = meter.begin(chat(), account="alice").finish()
+    call = meter.begin(chat(), account="alice")
+    call.finish()
+    record = call.record
     assert record is not None
     assert record.accounts == ("alice", "team-a")
     assert meter.spent("alice") == meter.spent("team-a") == usd("0.02")
@@ -427,7 +432,9 @@ def test_exhausted_parent_refuses_the_call_without_holding_on_the_caller(
 def test_feature_tag_is_tracked_as_its_own_account(make_meter: MeterFactory) -> None:
     """feature="search" adds the account feature:search to the charge."""
     meter = make_meter({"routes": {"r": {"models": {"gpt-4o": "$0.02"}}}, "default_route": "r"})
-    record = meter.begin(chat(), account="u1", feature="search").finish()
+    call = meter.begin(chat(), account="u1", feature="search")
+    call.finish()
+    record = call.record
     assert record is not None
     assert record.accounts == ("u1", "feature:search")
     assert meter.spent("feature:search") == usd("0.02")
@@ -446,7 +453,8 @@ def test_tier_cap_clamps_max_tokens(
     assert call.clamped_from == 500
     assert call.estimate is not None
     assert call.estimate.usage.output_tokens == 200
-    record = call.finish()
+    call.finish()
+    record = call.record
     assert record is not None
     assert record.max_tokens_clamped_from == 500
     [span] = span_exporter.get_finished_spans()
@@ -541,7 +549,8 @@ def test_history_is_trimmed_to_the_context_window(
     assert sent[0] == messages[0]  # the system message is kept
     assert sent[-1] == messages[-1]  # the newest turn is kept
     assert call.prompt_tokens + 50 <= 200
-    record = call.finish()
+    call.finish()
+    record = call.record
     assert record is not None
     assert record.trimmed_messages == call.trimmed
     [span] = span_exporter.get_finished_spans()
@@ -597,7 +606,8 @@ async def test_afinish_reads_the_ledger_through_its_async_api(make_meter: MeterF
     """A released async call reads the remaining budget with abalance(), not balance()."""
     meter = make_meter({**TOKEN_ROUTE, "default_budgets": ["$1/day"]}, ledger=_AsyncOnlyLedger())
     call = await meter.abegin(chat(max_tokens=10))
-    record = await call.afinish(error=TimeoutError("upstream timed out"))
+    await call.afinish(error=TimeoutError("upstream timed out"))
+    record = call.record
     assert record is not None
     assert record.settlement_status == "released"
     assert record.budget_remaining == usd("1")
@@ -642,5 +652,6 @@ def test_second_finish_after_a_failed_first_one_does_not_hang(
     with pytest.raises(RuntimeError):
         call.finish()
     started = time.monotonic()
-    assert call.finish() is None
+    call.finish()
     assert time.monotonic() - started < 1
+    assert call.record is None  # nothing was settled, so there is no record

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -41,13 +42,35 @@ def record(make_meter: MeterFactory, records: list[UsageRecord]) -> UsageRecord:
     return records[0]
 
 
+def test_a_record_read_later_describes_the_call_as_it_finished(make_meter: MeterFactory) -> None:
+    """With no sink the record is built when first read, yet its times, latencies and
+    remaining budget are those of the moment the call finished."""
+    meter = make_meter(CONFIG)
+    began = time.perf_counter()
+    call = meter.begin(BODY, account="acme")
+    before = time.time()
+    call.finish(USAGE, status=200)
+    after = time.time()
+    ended = time.perf_counter()
+    meter.begin(BODY, account="acme").finish(USAGE)  # spends more before the read
+    time.sleep(0.01)
+    record = call.record
+    assert record is not None
+    assert before <= record.timestamp <= after
+    assert record.upstream_latency_ms is not None
+    assert record.upstream_latency_ms <= (ended - began) * 1000
+    assert record.budget_remaining == Decimal("5") - Decimal("0.009")
+    assert call.record is record
+
+
 def test_record_carries_the_per_request_log_fields(
     make_meter: MeterFactory, records: list[UsageRecord]
 ) -> None:
     """A settled call's record has every field of the per-request log, with exact money."""
     meter = make_meter(CONFIG)
     call = meter.begin(BODY, provider="openai", account="acme")
-    returned = call.finish(USAGE, status=200, response_model="gpt-4o-2024-08-06")
+    call.finish(USAGE, status=200, response_model="gpt-4o-2024-08-06")
+    returned = call.record
     assert records == [returned]
     assert call.record is returned
     rec = records[0]
@@ -205,7 +228,9 @@ def test_raising_sink_never_breaks_a_call(make_meter: MeterFactory) -> None:
         raise OSError("disk full")
 
     meter = make_meter(CONFIG, sink=broken)
-    record = meter.begin(BODY, account="acme").finish(USAGE)
+    call = meter.begin(BODY, account="acme")
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
     assert meter.spent("acme") == Decimal("0.009")

@@ -229,10 +229,11 @@ def test_report_reads_what_a_meter_wrote(tmp_path: Path, run: Run) -> None:
     }
     meter = Meter(config, sink=sink)
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
-    written = [
-        meter.begin(body, account="acme").finish(Usage(input_tokens=n, output_tokens=40))
-        for n in (1000, 1500, 2500)
-    ]
+    written = []
+    for n in (1000, 1500, 2500):
+        call = meter.begin(body, account="acme")
+        call.finish(Usage(input_tokens=n, output_tokens=40))
+        written.append(call.record)
     with pytest.raises(BudgetExceeded):
         meter.begin(body, account="broke")
     with pytest.raises(PolicyDenied):

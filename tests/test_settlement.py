@@ -66,7 +66,9 @@ def test_decide(mode: Any, succeeded: bool, vetoed: bool, refund: bool, expected
 def test_upstream_error_releases_the_hold(make_meter: MeterFactory) -> None:
     """after-response: a failed upstream call is not charged (refund protection)."""
     meter = make_meter(config())
-    record = meter.begin(BODY).finish(error=TimeoutError("read timeout"))
+    call = meter.begin(BODY)
+    call.finish(error=TimeoutError("read timeout"))
+    record = call.record
     assert record is not None
     assert (record.settlement_status, record.settlement_amount) == ("released", ZERO)
     assert record.error_type == "TimeoutError"
@@ -78,7 +80,8 @@ async def test_upstream_error_releases_the_hold_async(make_meter: MeterFactory) 
     """afinish releases a failed call's hold like finish does."""
     meter = make_meter(config())
     call = await meter.abegin(BODY)
-    record = await call.afinish(error=ConnectionError("reset"))
+    await call.afinish(error=ConnectionError("reset"))
+    record = call.record
     assert record is not None
     assert record.settlement_status == "released"
     assert spent_and_held(meter) == (ZERO, 0)
@@ -88,7 +91,8 @@ def test_before_response_keeps_the_charge_on_failure(make_meter: MeterFactory) -
     """before-response: a failed call keeps its prepaid charge by default."""
     meter = make_meter(config(settlement="before-response"))
     call = meter.begin(BODY)
-    record = call.finish(error=TimeoutError())
+    call.finish(error=TimeoutError())
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
     assert record.settlement_amount == call.payment_required
@@ -98,7 +102,9 @@ def test_before_response_keeps_the_charge_on_failure(make_meter: MeterFactory) -
 def test_before_response_refunds_on_failure_when_configured(make_meter: MeterFactory) -> None:
     """before-response with refund_on_failure gives the prepaid charge back."""
     meter = make_meter(config(settlement="before-response", refund_on_failure=True))
-    record = meter.begin(BODY).finish(error=TimeoutError())
+    call = meter.begin(BODY)
+    call.finish(error=TimeoutError())
+    record = call.record
     assert record is not None
     assert (record.settlement_status, record.settlement_amount) == ("refunded", ZERO)
     assert spent_and_held(meter) == (ZERO, 0)
@@ -109,7 +115,8 @@ async def test_before_response_refund_async(make_meter: MeterFactory) -> None:
     meter = make_meter(config(settlement="before-response", refund_on_failure=True))
     call = await meter.abegin(BODY)
     assert spent_and_held(meter) == (call.payment_required, 0)
-    record = await call.afinish(error=TimeoutError())
+    await call.afinish(error=TimeoutError())
+    record = call.record
     assert record is not None
     assert record.settlement_status == "refunded"
     assert spent_and_held(meter) == (ZERO, 0)
@@ -125,7 +132,9 @@ def test_ledger_fault_during_settlement_does_not_break_the_call(
             raise ConnectionError("ledger down")
 
     meter = make_meter(config(), ledger=BrokenCapture())
-    record = meter.begin(BODY).finish(USAGE)
+    call = meter.begin(BODY)
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert record.settlement_status == "failed"
     assert record.payment_settled is False
@@ -147,7 +156,9 @@ def test_on_response_receives_the_call_and_response(make_meter: MeterFactory) ->
 def test_on_response_veto_skips_settlement(make_meter: MeterFactory) -> None:
     """after-response: a hook returning False releases the hold (status skipped)."""
     meter = make_meter(config(), on_response=lambda call, response: False)
-    record = meter.begin(BODY).finish(USAGE, response={"choices": []})
+    call = meter.begin(BODY)
+    call.finish(USAGE, response={"choices": []})
+    record = call.record
     assert record is not None
     assert (record.settlement_status, record.settlement_amount) == ("skipped", ZERO)
     assert spent_and_held(meter) == (ZERO, 0)
@@ -156,7 +167,9 @@ def test_on_response_veto_skips_settlement(make_meter: MeterFactory) -> None:
 def test_on_response_veto_refunds_a_prepaid_charge(make_meter: MeterFactory) -> None:
     """before-response: a hook returning False refunds the charge (status refunded)."""
     meter = make_meter(config(settlement="before-response"), on_response=lambda c, r: False)
-    record = meter.begin(BODY).finish(USAGE, response={"choices": []})
+    call = meter.begin(BODY)
+    call.finish(USAGE, response={"choices": []})
+    record = call.record
     assert record is not None
     assert record.settlement_status == "refunded"
     assert spent_and_held(meter) == (ZERO, 0)
@@ -166,7 +179,9 @@ def test_route_on_response_hook_vetoes(make_meter: MeterFactory) -> None:
     """A route's onResponse import path is called like the meter's hook."""
     # operator.is_(call, response) is False: the simplest importable veto
     meter = make_meter(config(hooks={"onResponse": "operator:is_"}))
-    record = meter.begin(BODY).finish(USAGE, response={})
+    call = meter.begin(BODY)
+    call.finish(USAGE, response={})
+    record = call.record
     assert record is not None
     assert record.settlement_status == "skipped"
 
@@ -178,7 +193,9 @@ def test_failing_on_response_hook_settles_normally(make_meter: MeterFactory) -> 
         raise RuntimeError("bug in the operator's hook")
 
     meter = make_meter(config(), on_response=hook)
-    record = meter.begin(BODY).finish(USAGE)
+    call = meter.begin(BODY)
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
     assert record.settlement_amount == USAGE_PRICE
@@ -201,7 +218,8 @@ def test_abandoned_stream_settles_the_delivered_tokens(make_meter: MeterFactory)
     meter = make_meter(config())
     call = meter.begin({**BODY, "stream": True})
     usage = delivered(call, "The quick brown fox jumps over")
-    record = call.finish(usage, partial=True)
+    call.finish(usage, partial=True)
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
     assert record.tokens_source == "estimated"
@@ -217,7 +235,8 @@ def test_abandoned_stream_is_free_when_partial_streams_are_not_settled(
     """settle_partial_streams: false treats a cut stream as a failure: nothing is charged."""
     meter = make_meter(config(settle_partial_streams=False))
     call = meter.begin({**BODY, "stream": True})
-    record = call.finish(delivered(call, "The quick brown fox"), partial=True)
+    call.finish(delivered(call, "The quick brown fox"), partial=True)
+    record = call.record
     assert record is not None
     assert (record.settlement_status, record.settlement_amount) == ("released", ZERO)
     assert spent_and_held(meter) == (ZERO, 0)
@@ -230,7 +249,8 @@ def test_abandoned_prepaid_stream_is_refunded_when_partial_streams_are_not_settl
     meter = make_meter(config(settlement="before-response", settle_partial_streams=False))
     call = meter.begin({**BODY, "stream": True})
     assert spent_and_held(meter) == (call.payment_required, 0)
-    record = call.finish(delivered(call, "The quick brown fox"), partial=True)
+    call.finish(delivered(call, "The quick brown fox"), partial=True)
+    record = call.record
     assert record is not None
     assert (record.settlement_status, record.settlement_amount) == ("refunded", ZERO)
     assert spent_and_held(meter) == (ZERO, 0)
@@ -240,11 +260,13 @@ def test_abandoned_prepaid_stream_is_refunded_when_partial_streams_are_not_settl
 
 
 def test_finish_twice_charges_once(make_meter: MeterFactory, records: list[UsageRecord]) -> None:
-    """A second finish returns the first record and changes nothing."""
+    """A second finish changes nothing: the record stays the first one's."""
     meter = make_meter(config())
     call = meter.begin(BODY)
-    first = call.finish(USAGE)
-    second = call.finish(Usage(input_tokens=1000, output_tokens=1000))
+    call.finish(USAGE)
+    first = call.record
+    call.finish(Usage(input_tokens=1000, output_tokens=1000))
+    second = call.record
     assert second is first
     assert len(records) == 1
     assert spent_and_held(meter) == (USAGE_PRICE, 0)
@@ -254,8 +276,12 @@ async def test_afinish_after_finish_charges_once(make_meter: MeterFactory) -> No
     """Mixing finish and afinish still settles once."""
     meter = make_meter(config())
     call = meter.begin(BODY)
-    first = call.finish(USAGE)
-    assert await call.afinish(error=TimeoutError()) is first
+    call.finish(USAGE)
+    first = call.record
+    await call.afinish(error=TimeoutError())
+    assert call.record is first
+    assert first is not None
+    assert first.settlement_status == "settled"
     assert spent_and_held(meter) == (USAGE_PRICE, 0)
 
 
@@ -280,8 +306,9 @@ def test_concurrent_finish_charges_once(
     assert spent_and_held(meter) == (USAGE_PRICE, 0)
 
 
-def test_finish_during_settlement_returns_the_first_record(make_meter: MeterFactory) -> None:
-    """A finish racing one that is still settling returns that call's record, not None."""
+def test_finish_during_settlement_waits_for_the_first(make_meter: MeterFactory) -> None:
+    """A finish racing one that is still settling returns once it has settled: the
+    record is then there."""
     settling = threading.Event()
     proceed = threading.Event()
 
@@ -293,12 +320,17 @@ def test_finish_during_settlement_returns_the_first_record(make_meter: MeterFact
     meter = make_meter(config(), on_response=slow_hook)
     call = meter.begin(BODY)
     results: list[UsageRecord | None] = []
-    first = threading.Thread(target=lambda: results.append(call.finish(USAGE)))
+
+    def finish() -> None:
+        call.finish(USAGE)
+        results.append(call.record)
+
+    first = threading.Thread(target=finish)
     first.start()
     assert settling.wait(timeout=10)
-    racing = threading.Thread(target=lambda: results.append(call.finish(USAGE)))
+    racing = threading.Thread(target=finish)
     racing.start()
-    # the racing finish must not return before the first has a record to give it
+    # the racing finish must not return before the first has settled
     racing.join(timeout=0.2)
     proceed.set()
     first.join()
@@ -312,7 +344,8 @@ def test_finish_without_usage_settles_the_estimate(make_meter: MeterFactory) -> 
     """No usage reported: the pre-call estimate (the maximum) is charged, marked estimated."""
     meter = make_meter(config())
     call = meter.begin(BODY)
-    record = call.finish()
+    call.finish()
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
     assert record.settlement_amount == call.payment_required

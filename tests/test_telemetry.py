@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -467,7 +469,9 @@ def test_failing_budget_alert_callback_does_not_break_the_call(make_meter: Meter
         },
         on_budget_alert=callback,
     )
-    record = begin(meter, chat()).finish(USAGE)
+    call = begin(meter, chat())
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
 
@@ -589,12 +593,48 @@ def test_works_with_the_global_no_op_api(records: list[UsageRecord]) -> None:
     call = begin(meter, chat())
     assert call.span is not None
     assert not call.span.is_recording()
-    record = call.finish(USAGE)
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
     with pytest.raises(PolicyDenied):
         begin(meter, chat("gpt-4\u043e"))
     assert len(records) == 2
+
+
+_LATE_SDK = """
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from metered.meter import Meter
+from metered.usage import Usage
+
+meter = Meter()
+body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+meter.begin(body).finish(Usage(input_tokens=5, output_tokens=2))  # before any SDK
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+meter.begin(body).finish(Usage(input_tokens=5, output_tokens=2))
+names = [m.name for rm in reader.get_metrics_data().resource_metrics
+         for sm in rm.scope_metrics for m in sm.metrics]
+print([s.name for s in exporter.get_finished_spans()], "metered.calls" in names)
+"""
+
+
+def test_an_sdk_configured_after_the_meter_is_used_from_then_on() -> None:
+    """Global SDK providers set after the meter was built get the next call's span and
+    metrics (run in a subprocess: global providers can be set once per process)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _LATE_SDK], check=True, capture_output=True, text=True
+    )
+    assert out.stdout.split("\n")[0] == "['chat gpt-4o'] True"
 
 
 def test_telemetry_disabled_emits_nothing(
@@ -604,7 +644,9 @@ def test_telemetry_disabled_emits_nothing(
 ) -> None:
     """telemetry.enabled: false turns spans and metrics off; metering still works."""
     meter = make_meter({**CONFIG, "telemetry": {"enabled": False}})
-    record = begin(meter, chat()).finish(USAGE)
+    call = begin(meter, chat())
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
     assert span_exporter.get_finished_spans() == ()
@@ -621,7 +663,9 @@ def test_span_fault_at_start_never_breaks_a_call(
 
     monkeypatch.setattr(SdkSpan, "set_attributes", explode)
     meter = make_meter(CONFIG)
-    record = begin(meter, chat()).finish(USAGE)
+    call = begin(meter, chat())
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
     assert meter.spent("u1") == record.settlement_amount
@@ -640,7 +684,8 @@ def test_span_fault_at_finish_still_ends_the_span(
         raise RuntimeError("tracing backend bug")
 
     monkeypatch.setattr(SdkSpan, "set_attributes", explode)
-    record = call.finish(USAGE)
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
     assert len(span_exporter.get_finished_spans()) == 1
@@ -671,7 +716,9 @@ class _BrokenMeterProvider(metrics.NoOpMeterProvider):
 def test_metric_fault_never_breaks_a_call(make_meter: MeterFactory) -> None:
     """Instruments that raise on record: the call is metered and settled regardless."""
     meter = make_meter(CONFIG, meter_provider=_BrokenMeterProvider())
-    record = begin(meter, chat()).finish(USAGE)
+    call = begin(meter, chat())
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
 
@@ -682,6 +729,7 @@ def test_invalid_span_from_a_custom_provider_is_tolerated(make_meter: MeterFacto
     call = begin(meter, chat())
     assert call.span is not None
     assert not call.span.is_recording()
-    record = call.finish(USAGE)
+    call.finish(USAGE)
+    record = call.record
     assert record is not None
     assert record.settlement_status == "settled"

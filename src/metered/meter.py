@@ -35,7 +35,7 @@ from typing import Any, Literal
 from opentelemetry.trace import Span
 
 from metered import context as _context
-from metered.config import Config, load_config, load_yaml, resolve_callable
+from metered.config import Config, TierConfig, load_config, load_yaml, resolve_callable
 from metered.exceptions import (
     BudgetExceeded,
     InvalidRequest,
@@ -86,13 +86,27 @@ OnResponse = Callable[["Call", Any], object]
 OnBudgetAlert = Callable[[Threshold], object]
 
 
-@dataclass(slots=True)
-class _Fit:
-    body: dict[str, Any]
-    prompt_tokens: int
-    output_limit: int
-    clamped_from: int | None = None
-    trimmed: int = 0
+_PlanKey = tuple[str | None, object, Api, str, str | None, str | None, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What steps 1-3 make of one (route, model, api, account, tier, feature, urgent):
+    planned once, so a call only counts its prompt, quotes and reserves."""
+
+    pricer: RoutePricer
+    model: str  # the requested id as the route resolves it
+    base: str  # the model it resolves to: the tokenizer's model
+    tier: str | None  # the tier that applies (an unknown name fails closed)
+    tier_cfg: TierConfig | None
+    cap: int | None  # the tier's output cap, urgent allowance applied
+    reserve: int  # output tokens reserved when the caller sets no limit
+    window: int | None  # the model's context window, if known
+    counter: ChatCounter | None  # None for the Responses API (counted per item)
+    charges: tuple[Charge, ...]
+    mode: SettlementMode
+    on_request: Callable[[Call], object] | None
+    on_response: tuple[OnResponse, ...]
 
 
 class Meter:
@@ -148,6 +162,7 @@ class Meter:
         self._sink = self._make_sink(sink)
         self._budgets = self._parse_budgets()
         self._charges_cache: dict[tuple[str, str | None, str | None], tuple[Charge, ...]] = {}
+        self._plans: dict[_PlanKey, _Plan] = {}
         self._route_hooks = {
             name: (
                 resolve_callable(r.hooks.on_request) if r.hooks and r.hooks.on_request else None,
@@ -367,131 +382,170 @@ class Meter:
     ) -> Call:
         # 1 identify
         bound = _context.bound
-        account = bound.account.get() if account is _UNSET else account
+        account = (bound.account.get() if account is _UNSET else account) or self.default_account
         tier = bound.tier.get() if tier is _UNSET else tier
         feature = bound.feature.get() if feature is _UNSET else feature
         route = bound.route.get() if route is _UNSET else route
         urgent = bound.urgent.get() if urgent is _UNSET else urgent
         bound_meta = bound.metadata.get()
         meta = {**bound_meta, **(metadata or {})} if bound_meta else (metadata or {})
-        account = account or self.default_account
-        tier = self._effective_tier(tier or self._tier_of(account))
         # an ABC isinstance costs ~0.2 us; bodies are nearly always plain dicts
         is_mapping = type(body) is dict or isinstance(body, Mapping)
         model = body.get("model") if is_mapping else None
+        # steps 1-3 depend on the request only through the model: plan them once
+        key = (route, model, api, account, tier, feature, urgent)
+        plan = self._plans.get(key) if type(model) is str else None
         call = Call(
             self,
-            body=dict(body) if is_mapping else {},
-            api=api,
-            provider=provider,
-            server_address=server_address,
-            account=account,
-            tier=tier,
-            feature=feature,
-            route_name=route,
-            headers=headers or {},
-            metadata=meta,
+            plan,
+            dict(body) if is_mapping else {},
+            api,
+            provider,
+            server_address,
+            account,
+            plan.tier if plan is not None else self._effective_tier(tier or self._tier_of(account)),
+            feature,
+            route,
+            headers or {},
+            meta,
         )
         call._span = self.telemetry.start(
             operation=_OPERATION[api],
             model=model if isinstance(model, str) else None,
             provider=provider,
             server_address=server_address,
-            stream=bool(call.body.get("stream")),
+            stream=call.body.get("stream") is True,
         )
         try:
-            if not is_mapping:
-                raise InvalidRequest("the request body must be a JSON object")
-            if model is None:
-                raise InvalidRequest("'model' is required", param="model")
-            # an unknown route name is a 400, never a silent fall back to other prices
-            pricer = self.pricer.route(route)
-            call._pricer = pricer
-            # 2 policy
-            resolved = pricer.resolve(model)
-            call.model = resolved.requested
-            call._base_model = resolved.base
-            self.policy.check(resolved)
-            on_request = self._route_hooks.get(pricer.name or "", (None, None))[0]
-            if on_request is not None and on_request(call) is False:
+            if plan is None:
+                if not is_mapping:
+                    raise InvalidRequest("the request body must be a JSON object")
+                if model is None:
+                    raise InvalidRequest("'model' is required", param="model")
+                plan = self._plan(key, model, call.tier)
+                call._plan = plan
+            call.model = plan.model
+            # 2 policy: the model passed the lists when the plan was made; hooks run per call
+            if plan.on_request is not None and plan.on_request(call) is False:
                 raise PolicyDenied(
                     f"model {model!r} was refused by the route's onRequest hook",
                     model=model,
                     reason="hook",
                 )
             # 3 fit, 4 quote
-            fit = self._fit(call, pricer, urgent)
-            call.body = fit.body
-            call.prompt_tokens = fit.prompt_tokens
-            call.output_limit = fit.output_limit
-            call.clamped_from = fit.clamped_from
-            call.trimmed = fit.trimmed
+            self._fit(call, plan, urgent)
             estimate = Usage(
-                input_tokens=fit.prompt_tokens,
-                output_tokens=fit.output_limit * _choices(call.body),
+                input_tokens=call.prompt_tokens,
+                output_tokens=call.output_limit * _choices(call.body),
                 source="estimated",
             )
-            call.estimate = pricer.quote(
-                call.model, estimate, headers=call.headers, body=call.body, metadata=meta
+            call.estimate = plan.pricer.quote(
+                plan.model, estimate, headers=call.headers, body=call.body, metadata=meta
             )
             call.payment_required = call.estimate.price
-            call._charges = self.charges_for(account, tier=tier, feature=feature)
+            call._charges = plan.charges
         except BaseException as exc:
             call._reject(exc)
             raise
         return call
 
-    def _fit(self, call: Call, pricer: RoutePricer, urgent: bool) -> _Fit:
+    def _plan(self, key: _PlanKey, model: str, tier: str | None) -> _Plan:
+        """Plan the model-dependent part of steps 1-3 (raises as those steps would)."""
+        route, _, api, account, _, feature, urgent = key
+        # an unknown route name is a 400, never a silent fall back to other prices
+        pricer = self.pricer.route(route)
+        resolved = pricer.resolve(model)
+        self.policy.check(resolved)
+        base = resolved.base
+        entry = pricer.entry(resolved.requested or base)
+        tier_cfg = self.config.tiers.get(tier) if tier is not None else None
+        cap = None
+        if tier_cfg is not None and tier_cfg.max_tokens is not None:
+            # the tier's cap with the urgent allowance applied, as cap_output applies it
+            cap = cap_output(
+                None,
+                cap=tier_cfg.max_tokens,
+                urgent=urgent,
+                urgent_multiplier=tier_cfg.urgent_multiplier,
+                model=base,
+                api=api,
+            ).limit
+        hooks = self._route_hooks.get(pricer.name or "", (None, None))
+        plan = _Plan(
+            pricer=pricer,
+            model=resolved.requested,
+            base=base,
+            tier=tier,
+            tier_cfg=tier_cfg,
+            cap=cap,
+            reserve=(entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS,
+            window=entry.context_window if entry is not None else None,
+            counter=None
+            if api == "responses"
+            else ChatCounter(base, shape="anthropic" if api == "anthropic" else "openai"),
+            charges=self.charges_for(account, tier=tier, feature=feature),
+            mode=pricer.config.settlement,
+            on_request=hooks[0],
+            on_response=tuple(h for h in (self._on_response, hooks[1]) if h is not None),
+        )
+        if len(self._plans) > 4096:  # model ids and account names are user input: bound it
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _fit(self, call: Call, plan: _Plan, urgent: bool) -> None:
+        """Step 3: the tier's output cap and history trimming; sets the call's fit."""
         body = call.body
-        model = call._base_model
-        entry = pricer.entry(call.model or model)
-        tier_cfg = self.config.tiers.get(call.tier) if call.tier is not None else None
-        cap = cap_output(
-            requested_output_limit(body),
-            cap=tier_cfg.max_tokens if tier_cfg else None,
-            policy=tier_cfg.cap_policy if tier_cfg else "clamp",
-            urgent=urgent,
-            urgent_multiplier=tier_cfg.urgent_multiplier if tier_cfg else Decimal("1.5"),
-            default=None,
-            model=model,
-            api=call.api,
-            param=None if call.api != "chat" else output_limit_param(model, "chat", body=body),
-        )
-        # call.body is already the engine's own copy of the caller's request
-        fitted = (
-            apply_output_cap(body, cap) if cap.clamped_from is not None or cap.defaulted else body
-        )
-        # the maximum the call may output: its limit, else the model's cap, else a default
-        reserved = (
-            cap.limit or (entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS
-        )
-        if call.api == "responses":
-            return _Fit(
-                fitted, count_request(fitted, model=model).tokens, reserved, cap.clamped_from
+        requested = requested_output_limit(body)
+        cap = plan.cap
+        limit = requested
+        if cap is not None and (requested is None or requested > cap):
+            # clamp, reject or fill in the cap: the uncommon case goes through the policy
+            tier_cfg = plan.tier_cfg
+            assert tier_cfg is not None
+            capped = cap_output(
+                requested,
+                cap=tier_cfg.max_tokens,
+                policy=tier_cfg.cap_policy,
+                urgent=urgent,
+                urgent_multiplier=tier_cfg.urgent_multiplier,
+                model=plan.base,
+                api=call.api,
+                param=None
+                if call.api != "chat"
+                else output_limit_param(plan.base, "chat", body=body),
             )
-        messages = fitted.get("messages")
+            body = call.body = apply_output_cap(body, capped)
+            limit = capped.limit
+            call.clamped_from = capped.clamped_from
+        # the maximum the call may output: its limit, else the model's cap, else a default
+        reserved = call.output_limit = limit or plan.reserve
+        counter = plan.counter
+        if counter is None:  # the Responses API
+            call.prompt_tokens = count_request(body, model=plan.base).tokens
+            return
+        messages = body.get("messages")
         if not isinstance(messages, list):
             raise InvalidRequest("'messages' must be a list of messages", param="messages")
-        shape: Shape = "anthropic" if call.api == "anthropic" else "openai"
-        tools = fitted.get("tools") or fitted.get("functions")
-        window = entry.context_window if entry is not None else None
-        prompt = ChatCounter(model, shape=shape).total(
-            messages, tools=tools, system=fitted.get("system")
-        )
+        tools = body.get("tools") or body.get("functions")
+        system = body.get("system")
+        prompt = call.prompt_tokens = counter.total(messages, tools=tools, system=system)
+        window = plan.window
         if window is None or prompt + min(reserved, window) <= window:
-            return _Fit(fitted, prompt, reserved, cap.clamped_from)
+            return
         result = trim_messages(
             messages,
-            model=model,
+            model=plan.base,
             context_window=window,
             reserved_output=min(reserved, window),
             tools=tools,
-            system=fitted.get("system"),
-            shape=shape,
+            system=system,
+            shape=counter.shape,
         )
         if result.trimmed:
-            fitted["messages"] = result.messages
-        return _Fit(fitted, result.prompt_tokens, reserved, cap.clamped_from, len(result.dropped))
+            body["messages"] = result.messages
+        call.prompt_tokens = result.prompt_tokens
+        call.trimmed = len(result.dropped)
 
     def _reserve(self, call: Call) -> None:
         assert call._charges is not None
@@ -560,6 +614,28 @@ class _Finish:
     vetoed: bool
 
 
+# What a finished (or refused) call's record is built from, in _build_record's order:
+# usage, quote, priced, settlement status, settled nanos, settlement ms, policy decision,
+# policy reason, error type, upstream status, the finish, remaining budget, epoch time,
+# perf_counter at the end.
+_Facts = tuple[
+    Usage | None,
+    Quote | None,
+    bool,
+    str,
+    int,
+    float,
+    str,
+    str | None,
+    str | None,
+    int | None,
+    _Finish | None,
+    Decimal | None,
+    float,
+    float,
+]
+
+
 class Call:
     """One metered call between :meth:`Meter.begin` and :meth:`finish`.
 
@@ -573,15 +649,16 @@ class Call:
     """
 
     __slots__ = (
-        "_base_model",
         "_charges",
         "_done",
         "_ended",
         "_events",
+        "_facts",
         "_first_chunk",
         "_lock",
         "_meter",
-        "_pricer",
+        "_plan",
+        "_record",
         "_span",
         "_started",
         "_waiter",
@@ -599,7 +676,6 @@ class Call:
         "payment_required",
         "prompt_tokens",
         "provider",
-        "record",
         "route_name",
         "server_address",
         "tier",
@@ -609,7 +685,7 @@ class Call:
     def __init__(
         self,
         meter: Meter,
-        *,
+        plan: _Plan | None,
         body: dict[str, Any],
         api: Api,
         provider: str | None,
@@ -623,6 +699,7 @@ class Call:
     ) -> None:
         self.id = _new_id()
         self._meter = meter
+        self._plan = plan  # None until the model is planned (a call refused before)
         self.body = body
         self.api = api
         self.provider = provider
@@ -634,20 +711,19 @@ class Call:
         self.headers = headers
         self.metadata = metadata
         self.model: str | None = None
-        self._base_model = ""  # what the model resolves to: the tokenizer's model
         self.prompt_tokens = 0
         self.output_limit = 0
         self.clamped_from: int | None = None
         self.trimmed = 0
         self.estimate: Quote | None = None
         self.payment_required = _ZERO
-        self.record: UsageRecord | None = None
-        self._pricer: RoutePricer | None = None
-        self._charges: tuple[Charge, ...] | None = None
+        self._facts: _Facts | None = None  # what finish() found, for the record
+        self._record: UsageRecord | None = None
+        self._charges: tuple[Charge, ...] | None = None  # set once the call may reserve
         self._span: Span | None = None
         self._started = time.perf_counter()
         self._first_chunk: float | None = None
-        self._events: list[tuple[str, Mapping[str, Any]]] = []
+        self._events: list[tuple[str, Mapping[str, Any]]] | None = None  # span events
         self._lock = threading.Lock()
         self._done = False
         self._waiter: threading.Event | None = None  # made only when a 2nd finish waits
@@ -656,8 +732,8 @@ class Call:
     @property
     def mode(self) -> SettlementMode:
         """The route's settlement mode."""
-        pricer = self._pricer
-        return pricer.config.settlement if pricer is not None else "after-response"
+        plan = self._plan
+        return plan.mode if plan is not None else "after-response"
 
     @property
     def span(self) -> Span | None:
@@ -669,9 +745,14 @@ class Call:
         if self._first_chunk is None:
             self._first_chunk = time.perf_counter()
 
+    def _event(self, event: tuple[str, Mapping[str, Any]]) -> None:
+        if self._events is None:
+            self._events = []
+        self._events.append(event)
+
     def _alerts(self, receipt: Receipt) -> None:
         for threshold in receipt.crossed:
-            self._events.append(
+            self._event(
                 (
                     EVENT_BUDGET_ALERT,
                     {
@@ -700,22 +781,24 @@ class Call:
             self._done = True
         reason = getattr(exc, "reason", None) or getattr(exc, "code", None) or type(exc).__name__
         decision = "denied" if isinstance(exc, MeteredError) else "error"
-        record = self._build_record(
-            usage=None,
-            quote=self.estimate,
-            priced=False,
-            status="skipped",
-            amount_nanos=0,
-            settlement_ms=0.0,
-            policy_decision=decision,
-            policy_reason=str(reason),
-            error_type=type(exc).__name__,
-            upstream_status=None,
-            fin=None,
-            remaining=self._remaining_from(exc),
+        self._facts = (
+            None,
+            self.estimate,
+            False,
+            "skipped",
+            0,
+            0.0,
+            decision,
+            str(reason),
+            type(exc).__name__,
+            None,
+            None,
+            self._remaining_from(exc),
+            time.time(),
+            time.perf_counter(),
         )
         try:
-            self._emit(record, exc)
+            self._emit(exc)
         finally:
             self._end()
 
@@ -724,6 +807,21 @@ class Call:
         if isinstance(exc, BudgetExceeded):
             return max(exc.limit - exc.spent, Decimal(0))
         return None
+
+    @property
+    def record(self) -> UsageRecord | None:
+        """The call's usage record once it is finished (or refused), else ``None``.
+
+        Built on first access (and then kept): most calls are only ever seen through
+        their span, metrics or sink, and a call that nothing asks about costs no record.
+        """
+        record = self._record
+        if record is None and self._facts is not None:
+            with self._lock:
+                record = self._record
+                if record is None:
+                    record = self._record = self._build_record(self._facts)
+        return record
 
     # -- steps 7-9 ---------------------------------------------------------------------------
 
@@ -738,8 +836,11 @@ class Call:
         response_id: str | None = None,
         finish_reasons: Sequence[str] = (),
         partial: bool = False,
-    ) -> UsageRecord | None:
-        """Measure, price, settle and emit — once. Later calls return the first record.
+    ) -> None:
+        """Measure, price, settle and emit, once; later calls change nothing.
+
+        A later call (another thread) returns once the first has settled, so
+        :attr:`record` is then complete.
 
         Args:
             usage: what the provider reported (``source="actual"``) or what the adapter
@@ -761,7 +862,7 @@ class Call:
                     waiter = None if self._ended else self._waiter
                 if waiter is not None:
                     waiter.wait(_WAIT_FOR_FIRST_FINISH)
-            return self.record
+            return
         try:
             quote, action = self._price(fin)
             started = time.perf_counter()
@@ -769,7 +870,7 @@ class Call:
             remaining = self._remaining_after(receipt)
             if remaining is _UNSET:
                 remaining = self._read_remaining()
-            return self._complete(fin, quote, action, receipt, failed, started, remaining)
+            self._complete(fin, quote, action, receipt, failed, started, remaining)
         finally:
             self._end()
 
@@ -784,7 +885,7 @@ class Call:
         response_id: str | None = None,
         finish_reasons: Sequence[str] = (),
         partial: bool = False,
-    ) -> UsageRecord | None:
+    ) -> None:
         """Async :meth:`finish`."""
         fin = self._claim(
             usage, error, response, status, response_model, response_id, finish_reasons, partial
@@ -794,12 +895,12 @@ class Call:
             deadline = time.monotonic() + _WAIT_FOR_FIRST_FINISH
             while not self._ended and time.monotonic() < deadline:
                 await asyncio.sleep(0.001)
-            return self.record
+            return
         # Settle even if the caller's task is cancelled meanwhile (a client that went away
         # mid-settlement): the hold must be captured or released, and the record emitted.
-        return await asyncio.shield(asyncio.ensure_future(self._afinish_claimed(fin)))
+        await asyncio.shield(asyncio.ensure_future(self._afinish_claimed(fin)))
 
-    async def _afinish_claimed(self, fin: _Finish) -> UsageRecord:
+    async def _afinish_claimed(self, fin: _Finish) -> None:
         try:
             quote, action = self._price(fin)
             started = time.perf_counter()
@@ -807,7 +908,7 @@ class Call:
             remaining = self._remaining_after(receipt)
             if remaining is _UNSET:
                 remaining = await self._aread_remaining()
-            return self._complete(fin, quote, action, receipt, failed, started, remaining)
+            self._complete(fin, quote, action, receipt, failed, started, remaining)
         finally:
             self._end()
 
@@ -874,13 +975,9 @@ class Call:
         )
 
     def _hooks_allow(self, response: Any, status: int | None) -> bool:
-        hooks = [self._meter._on_response]
-        pricer = self._pricer
-        if pricer is not None and pricer.name is not None:
-            hooks.append(self._meter._route_hooks.get(pricer.name, (None, None))[1])
+        plan = self._plan
+        hooks = plan.on_response if plan is not None else ()
         for hook in hooks:
-            if hook is None:
-                continue
             try:
                 if hook(self, response) is False:
                     return False
@@ -889,7 +986,8 @@ class Call:
         return True
 
     def _price(self, fin: _Finish) -> tuple[Quote | None, Action]:
-        pricer = self._pricer
+        plan = self._plan
+        pricer = plan.pricer if plan is not None else None
         settle_partial = pricer is not None and pricer.config.settle_partial_streams
         refund = pricer is not None and pricer.config.refund_on_failure
         if fin.error is not None:
@@ -974,75 +1072,77 @@ class Call:
         failed: bool,
         settle_started: float,
         remaining: Decimal | None,
-    ) -> UsageRecord:
-        settlement_ms = (time.perf_counter() - settle_started) * 1000
+    ) -> None:
+        now = time.perf_counter()
         if receipt is not None:
-            self._alerts(receipt)
-        status = "failed" if failed else action.status
-        if receipt is not None:
+            if receipt.crossed:
+                self._alerts(receipt)
             amount = receipt.amount_nanos
         elif action.kind == "keep":
             amount = to_nanos(self.payment_required)
         else:
             amount = 0
+        status = "failed" if failed else action.status
         settled = status == "settled"
-        record = self._build_record(
-            usage=quote.usage if quote is not None and settled else fin.usage,
-            quote=quote,
-            priced=settled,
-            status=status,
-            amount_nanos=amount,
-            settlement_ms=settlement_ms,
-            policy_decision="allowed",
-            policy_reason=None,
-            error_type=type(fin.error).__name__ if fin.error is not None else None,
-            upstream_status=fin.status,
-            fin=fin,
-            remaining=remaining,
+        self._facts = (
+            quote.usage if quote is not None and settled else fin.usage,
+            quote,
+            settled,
+            status,
+            amount,
+            (now - settle_started) * 1000,
+            "allowed",
+            None,
+            type(fin.error).__name__ if fin.error is not None else None,
+            fin.status,
+            fin,
+            remaining,
+            time.time(),
+            now,
         )
         totals = _context.current_totals()
         if totals is not None and settled and quote is not None:
-            totals.add(quote.cost, record.settlement_amount)
+            totals.add(quote.cost, from_nanos(amount))
         span = self._span
         if span is not None and span.is_recording():
-            self._events.append(
+            self._event(
                 (
                     EVENT_SETTLEMENT,
                     {
                         "metered.settlement.status": status,
-                        "metered.settlement.amount.usd": float(record.settlement_amount),
+                        "metered.settlement.amount.usd": float(from_nanos(amount)),
                     },
                 )
             )
-        self._emit(record, fin.error)
-        return record
+        self._emit(fin.error)
 
-    def _build_record(
-        self,
-        *,
-        usage: Usage | None,
-        quote: Quote | None,
-        priced: bool,
-        status: str,
-        amount_nanos: int,
-        settlement_ms: float,
-        policy_decision: str,
-        policy_reason: str | None,
-        error_type: str | None,
-        upstream_status: int | None,
-        fin: _Finish | None,
-        remaining: Decimal | None,
-    ) -> UsageRecord:
+    def _build_record(self, facts: _Facts) -> UsageRecord:
+        (
+            usage,
+            quote,
+            priced,
+            status,
+            amount_nanos,
+            settlement_ms,
+            policy_decision,
+            policy_reason,
+            error_type,
+            upstream_status,
+            fin,
+            remaining,
+            timestamp,
+            ended,
+        ) = facts
         u = usage or _NO_USAGE
-        now = time.perf_counter()
         ttfc = None if self._first_chunk is None else (self._first_chunk - self._started) * 1000
         # cost, price and margin describe money that moved: a released, refunded or refused
         # call shows none (what it would have cost stays in payment_required)
         money = quote if priced else None
+        plan = self._plan
         return UsageRecord(
-            timestamp=time.time(),
+            timestamp=timestamp,
             call_id=self.id,
-            route=self.route_name if self._pricer is None else self._pricer.name,
+            route=self.route_name if plan is None else plan.pricer.name,
             provider=(quote.provider if quote is not None and quote.provider else self.provider),
             operation=_OPERATION[self.api],
             requested_model=self.model or _str_or_none(self.body.get("model")),
@@ -1066,7 +1166,7 @@ class Call:
             settlement_amount=from_nanos(amount_nanos),
             settlement_latency_ms=settlement_ms,
             upstream_status=upstream_status,
-            upstream_latency_ms=(now - self._started) * 1000 if fin is not None else None,
+            upstream_latency_ms=(ended - self._started) * 1000 if fin is not None else None,
             account=self.account,
             accounts=tuple(c.account for c in self._charges or ()),
             tier=self.tier,
@@ -1086,22 +1186,31 @@ class Call:
             catalog_version=quote.catalog_version if quote is not None else None,
         )
 
-    def _emit(self, record: UsageRecord, error: BaseException | None) -> None:
-        self.record = record
+    def _emit(self, error: BaseException | None) -> None:
+        """Hand the record to the span, metrics, capture and sink, whichever are there;
+        with none of them the record is not built until someone reads it."""
         meter = self._meter
-        if self._span is not None:
-            meter.telemetry.finish(
-                self._span,
+        span = self._span
+        telemetry = meter.telemetry
+        if span is not None and telemetry.wants_record(span):
+            record = self.record
+            assert record is not None
+            telemetry.finish(
+                span,
                 record,
                 operation=record.operation,
                 duration_s=time.perf_counter() - self._started,
-                events=self._events,
+                events=self._events or (),
                 error=error,
             )
         captured = _context.captured_records()
+        sink = meter._sink
+        if captured is None and sink is None:
+            return
+        record = self.record
+        assert record is not None
         if captured is not None:
             captured.append(record)
-        sink = meter._sink
         if sink is not None:
             try:
                 sink(record)

@@ -1,10 +1,9 @@
 """Spans and metrics: every name in one table, attributes built from the usage record.
 
-The library depends on ``opentelemetry-api`` only. With no SDK configured every span is a
-non-recording span and nothing below builds an attribute (the checks are
-``span.is_recording()`` and whether a real meter provider is installed), so metering
-costs next to nothing. Telemetry faults are logged and swallowed: they never break the
-user's call.
+The library depends on ``opentelemetry-api`` only. With no SDK configured no span is
+started and no attribute is built (the checks are whether the tracer and the metric
+instruments delegate to an SDK yet, and ``span.is_recording()``), so metering costs next
+to nothing. Telemetry faults are logged and swallowed: they never break the user's call.
 
 Span contract: one CLIENT span per call named ``"{operation} {model}"`` with the GenAI
 semantic-convention attributes (v1.41.0 names) and the ``metered.*`` attributes below.
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import operator
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -219,33 +217,6 @@ def record_attributes(record: UsageRecord) -> dict[str, Any]:
     return attrs
 
 
-class _MetricsProbe:
-    """Whether a real (SDK) meter provider is installed globally.
-
-    Asking the OTel API costs ~1 µs (it reads an environment variable), so a "no" is
-    remembered for a second; a "yes" is final (a global provider cannot be replaced).
-    """
-
-    __slots__ = ("_checked_at", "_installed")
-
-    def __init__(self) -> None:
-        self._installed = False
-        self._checked_at = -1.0
-
-    def __call__(self) -> bool:
-        if self._installed:
-            return True
-        now = time.monotonic()
-        if now - self._checked_at < 1.0:
-            return False
-        self._checked_at = now
-        provider = metrics.get_meter_provider()
-        self._installed = not isinstance(provider, metrics.NoOpMeterProvider) and (
-            type(provider).__name__ != "_ProxyMeterProvider"
-        )
-        return self._installed
-
-
 class Telemetry:
     """Starts call spans and records their outcome.
 
@@ -267,8 +238,6 @@ class Telemetry:
 
         self.enabled = enabled
         self._tracer = trace.get_tracer("metered", __version__, tracer_provider=tracer_provider)
-        self._explicit_meter = meter_provider is not None
-        self._metrics_installed = _MetricsProbe()
         meter = metrics.get_meter("metered", __version__, meter_provider=meter_provider)
         self._token_usage = meter.create_histogram(
             METRIC.TOKEN_USAGE,
@@ -294,6 +263,30 @@ class Telemetry:
             description="Metered calls by pricing source, settlement and policy",
         )
 
+    def _live_tracer(self) -> trace.Tracer | None:
+        """The tracer spans start on; ``None`` while only the no-op API is installed.
+
+        A tracer from the global provider is a ``ProxyTracer`` that hands out no-op spans
+        until an SDK is set, then delegates for good: asking it which tracer it delegates
+        to (``_tracer``) costs a property read, while starting a no-op span with its
+        attributes costs about 1 us on every call.
+        """
+        tracer = self._tracer
+        if type(tracer) is trace.ProxyTracer:
+            tracer = tracer._tracer
+        return None if type(tracer) is trace.NoOpTracer else tracer
+
+    def _metrics_live(self) -> bool:
+        """Whether metrics go anywhere. Instruments of the global provider are proxies
+        whose real instrument appears once an SDK provider is set."""
+        calls = self._calls
+        real = getattr(calls, "_real_instrument", calls)
+        return real is not None and not isinstance(real, metrics.NoOpCounter)
+
+    def wants_record(self, span: Span) -> bool:
+        """Whether :meth:`finish` has anything to do for a call with ``span``."""
+        return self.enabled and (span is not trace.INVALID_SPAN or self._metrics_live())
+
     def start(
         self,
         *,
@@ -304,7 +297,8 @@ class Telemetry:
         stream: bool,
     ) -> Span:
         """Start the CLIENT span of a call, parented to the current span."""
-        if not self.enabled:
+        tracer = self._live_tracer() if self.enabled else None
+        if tracer is None:
             return trace.INVALID_SPAN
         try:
             attrs: dict[str, Any] = {ATTR.OPERATION: operation, ATTR.REQUEST_STREAM: stream}
@@ -316,7 +310,7 @@ class Telemetry:
             if server_address:
                 attrs[ATTR.SERVER_ADDRESS] = server_address
             # attributes given at start are visible to samplers, and cost one call
-            return self._tracer.start_span(
+            return tracer.start_span(
                 f"{operation} {model}" if model else operation,
                 kind=SpanKind.CLIENT,
                 attributes=attrs,
@@ -338,6 +332,21 @@ class Telemetry:
         """Set the outcome attributes, add events, end the span and record metrics."""
         if not self.enabled:
             return
+        if span is not trace.INVALID_SPAN:
+            self._end(span, record, events, error)
+        if self._metrics_live():
+            try:
+                self._record_metrics(record, operation, duration_s)
+            except Exception:
+                logger.exception("metered: could not record metrics")
+
+    def _end(
+        self,
+        span: Span,
+        record: UsageRecord,
+        events: Sequence[tuple[str, Mapping[str, Any]]],
+        error: BaseException | None,
+    ) -> None:
         try:
             if span.is_recording():
                 span.set_attributes(record_attributes(record))
@@ -352,11 +361,6 @@ class Telemetry:
             span.end()
         except Exception:
             logger.exception("metered: could not end span")
-        if self._explicit_meter or self._metrics_installed():
-            try:
-                self._record_metrics(record, operation, duration_s)
-            except Exception:
-                logger.exception("metered: could not record metrics")
 
     def _record_metrics(self, record: UsageRecord, operation: str, duration_s: float) -> None:
         base: dict[str, Any] = {ATTR.OPERATION: operation}

@@ -150,11 +150,15 @@ class _CountCache:
 
     def count(self, text: str) -> int:
         entries = self._entries
-        with self._lock:
-            n = entries.get(text)
-            if n is not None:
+        n = entries.get(text)
+        if n is not None:
+            # A hit needs no lock: get and move_to_end are each atomic, and a text evicted
+            # in between is merely not moved (counts never change, only their recency).
+            try:
                 entries.move_to_end(text)
-                return n
+            except KeyError:
+                pass
+            return n
         # Encode outside the lock: two threads may count the same text once each, which
         # is cheaper than serialising every encode.
         n = len(self._encode(text))
@@ -547,7 +551,7 @@ class ChatCounter:
 
     def message(self, message: Mapping[str, Any]) -> int:
         """Tokens of one message or Responses input item, framing included."""
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             raise InvalidRequest(
                 f"a message must be an object, got {type(message).__name__}", param="messages"
             )
@@ -774,10 +778,16 @@ class ChatCounter:
         system: Any = None,
     ) -> int:
         """Prompt tokens of a whole request: messages, tools, system and reply priming."""
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        if type(messages) is not list and (
+            isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence)
+        ):
             raise InvalidRequest("messages must be a list of message objects", param="messages")
         message = self.message
-        n = self.reply_priming + self.tools(tools) + self.system(system)
+        n = self._tok.rules.reply_priming
+        if tools:
+            n += self.tools(tools)
+        if system:
+            n += self.system(system)
         for m in messages:
             n += message(m)
         return n
