@@ -55,7 +55,7 @@ from metered.pricing import Pricer, Quote, RoutePricer
 from metered.records import CallbackSink, JsonlSink, RecordSink, UsageRecord
 from metered.settlement import Action, SettlementMode, decide
 from metered.telemetry import EVENT_BUDGET_ALERT, EVENT_SETTLEMENT, Telemetry
-from metered.tokens import ChatCounter, Shape, count_request
+from metered.tokens import ChatCounter, count_request
 from metered.trimming import trim_messages
 from metered.usage import Usage
 

@@ -154,7 +154,7 @@ class _CountCache:
         if n is not None:
             # A hit needs no lock: get and move_to_end are each atomic, and a text evicted
             # in between is merely not moved (counts never change, only their recency).
-            try:
+            try:  # noqa: SIM105 (contextlib.suppress costs more than the hit itself)
                 entries.move_to_end(text)
             except KeyError:
                 pass
