@@ -15,10 +15,13 @@ Prompt estimation (tiktoken counting) is reported on its own: counting a 1K-toke
 never seen before (``cold``) and the same prompt again (``warm``: per-text counts are
 cached), and a metered call with a tiny prompt, whose estimation costs next to nothing.
 
-Targets: with the no-op OTel API and estimation excluded (tiny prompt) <= 15 us per call;
-with SDK tracing <= 1.5x the bare-span baseline. The table also shows what tracing adds
-on its own (traced call minus no-op call) against the bare span. When a target is missed
-the no-op call is profiled and the engine's hottest functions are printed.
+Targets: with the no-op OTel API and estimation excluded <= 15 us per call (the 1K-prompt
+call minus counting that prompt, warm; the tiny-prompt call, whose counting is next to
+nothing, is shown too); with SDK tracing <= 1.5x the bare-span baseline. The table also
+shows what tracing adds on its own (traced call minus no-op call) against the bare span,
+and a third baseline: the engine's own span (its attribute values and settlement event)
+emitted bare through the SDK. When a target is missed the no-op call is profiled and the
+engine's hottest functions are printed.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -161,6 +164,32 @@ def _bare_span(
     return make_run
 
 
+def _same_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter, like: ReadableSpan
+) -> Callable[[int], Run]:
+    """The engine's span as it is exported (start attributes, end attributes, events),
+    emitted straight through the SDK: what the span costs without any metering."""
+    tracer = provider.get_tracer("bench")
+    attrs = dict(like.attributes or {})
+    start = {k: attrs.pop(k) for k in list(attrs)[:5]}
+    events = [(e.name, dict(e.attributes or {})) for e in like.events]
+
+    def make_run(_: int) -> Run:
+        exporter.clear()
+
+        def run() -> None:
+            for _i in range(CALLS):
+                span = tracer.start_span(like.name, kind=trace.SpanKind.CLIENT, attributes=start)
+                span.set_attributes(attrs)
+                for name, event in events:
+                    span.add_event(name, event)
+                span.end()
+
+        return run
+
+    return make_run
+
+
 def _clearing(
     exporter: InMemorySpanExporter, make_run: Callable[[int], Run]
 ) -> Callable[[int], Run]:
@@ -203,15 +232,19 @@ def main() -> None:
         meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
     )
     traced.begin(tiny(0)[0]).finish(USAGE)
-    n_attrs = len(exporter.get_finished_spans()[-1].attributes or {})
+    ours = exporter.get_finished_spans()[-1]
+    n_attrs = len(ours.attributes or {})
 
     quote = _best_us(_bare_quote(noop))
     span = _best_us(_bare_span(tracer_provider, exporter, n_attrs))
+    same_span = _best_us(_same_span(tracer_provider, exporter, ours))
+    count_warm = _best_us(_counting(warm))
     rows: list[tuple[str, float, str]] = [
         ("baseline: bare quote", quote, ""),
         (f"baseline: bare SDK span ({n_attrs} attrs)", span, ""),
+        ("baseline: the engine's span, emitted bare", same_span, f"{same_span / span:.2f}x span"),
         ("estimation: count 1K prompt, cold", _best_us(_counting(_cold_bodies)), ""),
-        ("estimation: count 1K prompt, warm", _best_us(_counting(warm)), ""),
+        ("estimation: count 1K prompt, warm", count_warm, ""),
     ]
     noop_tiny = _best_us(_metered(noop, tiny))
     noop_warm = _best_us(_metered(noop, warm))
@@ -219,6 +252,8 @@ def main() -> None:
     sdk_tiny = _best_us(_clearing(exporter, _metered(traced, tiny)))
     sdk_warm = _best_us(_clearing(exporter, _metered(traced, warm)))
     sdk_metrics = _best_us(_clearing(exporter, _metered(metered_sdk, tiny)))
+    noop_excl = noop_warm - count_warm
+    tracing = sdk_tiny - noop_tiny
     rows += [
         ("no-op OTel: begin+finish, tiny prompt", noop_tiny, f"{noop_tiny / quote:.1f}x quote"),
         ("no-op OTel: begin+finish, 1K prompt warm", noop_warm, f"{noop_warm / quote:.1f}x quote"),
@@ -227,9 +262,14 @@ def main() -> None:
         ("SDK tracing: begin+finish, 1K prompt warm", sdk_warm, f"{sdk_warm / span:.2f}x span"),
         ("SDK tracing+metrics: tiny prompt", sdk_metrics, f"{sdk_metrics / span:.2f}x span"),
         (
+            "no-op OTel, estimation excluded: 1K warm - count",
+            noop_excl,
+            f"{noop_excl / quote:.1f}x quote",
+        ),
+        (
             "tracing alone: SDK tiny - no-op tiny",
-            sdk_tiny - noop_tiny,
-            f"{(sdk_tiny - noop_tiny) / span:.2f}x span",
+            tracing,
+            f"{tracing / span:.2f}x span, {tracing / same_span:.2f}x the engine's span bare",
         ),
     ]
     width = max(len(name) for name, _, _ in rows)
@@ -237,13 +277,13 @@ def main() -> None:
     for name, us, ratio in rows:
         print(f"{name:{width}s}  {us:8.2f}  {ratio}")
 
-    noop_ok = noop_tiny <= TARGET_NOOP_US
+    noop_ok = max(noop_excl, noop_tiny) <= TARGET_NOOP_US
     sdk_ok = sdk_tiny / span <= TARGET_SDK_RATIO
     print(
         f"target no-op <= {TARGET_NOOP_US:.0f} us (estimation excluded): "
-        f"{noop_tiny:.1f} us {'met' if noop_ok else 'MISSED'}; "
+        f"{noop_excl:.1f} us (tiny prompt {noop_tiny:.1f} us) {'met' if noop_ok else 'MISSED'}; "
         f"target SDK <= {TARGET_SDK_RATIO}x bare span: {sdk_tiny / span:.2f}x "
-        f"{'met' if sdk_ok else 'MISSED'}"
+        f"{'met' if sdk_ok else 'MISSED'} (tracing alone {tracing / span:.2f}x)"
     )
     if not (noop_ok and sdk_ok):
         print("\nhot spots in metered, no-op OTel, tiny prompt (cProfile, by own time):")

@@ -15,6 +15,7 @@ from openai.types.responses import Response, ResponseCompletedEvent
 from metered.usage import (
     AnthropicStreamUsage,
     Usage,
+    estimated,
     from_anthropic,
     from_openai_chat,
     from_openai_chunk,
@@ -151,6 +152,17 @@ def test_usage_is_frozen() -> None:
     usage = Usage(input_tokens=1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         usage.input_tokens = 2  # type: ignore[misc]
+
+
+def test_estimated_equals_the_checked_constructor() -> None:
+    """The engine's unchecked estimate is the same value, hash and frozenness as Usage()."""
+    fast = estimated(1200, 300)
+    slow = Usage(input_tokens=1200, output_tokens=300, source="estimated")
+    assert fast == slow
+    assert hash(fast) == hash(slow)
+    assert dataclasses.asdict(fast) == dataclasses.asdict(slow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.output_tokens = 1  # type: ignore[misc]
 
 
 def test_with_source_returns_a_relabelled_copy() -> None:

@@ -83,6 +83,8 @@ class _Vars:
     route = _route
     urgent = _urgent
     metadata = _metadata
+    totals = _totals
+    captured = _captured
 
 
 bound = _Vars

@@ -57,7 +57,7 @@ from metered.settlement import Action, SettlementMode, decide
 from metered.telemetry import EVENT_BUDGET_ALERT, EVENT_SETTLEMENT, Telemetry
 from metered.tokens import ChatCounter, count_request
 from metered.trimming import trim_messages
-from metered.usage import Usage
+from metered.usage import Usage, estimated
 
 __all__ = ["Api", "Call", "Meter"]
 
@@ -434,11 +434,7 @@ class Meter:
                 )
             # 3 fit, 4 quote
             self._fit(call, plan, urgent)
-            estimate = Usage(
-                input_tokens=call.prompt_tokens,
-                output_tokens=call.output_limit * _choices(call.body),
-                source="estimated",
-            )
+            estimate = estimated(call.prompt_tokens, call.output_limit * _choices(call.body))
             call.estimate = plan.pricer.quote(
                 plan.model, estimate, headers=call.headers, body=call.body, metadata=meta
             )
@@ -960,9 +956,10 @@ class Call:
             if self._done:
                 return None
             self._done = True
+        plan = self._plan
         vetoed = False
-        if error is None:
-            vetoed = not self._hooks_allow(response, status)
+        if error is None and plan is not None and plan.on_response:
+            vetoed = not self._hooks_allow(plan.on_response, response)
         return _Finish(
             usage,
             error,
@@ -974,9 +971,7 @@ class Call:
             vetoed,
         )
 
-    def _hooks_allow(self, response: Any, status: int | None) -> bool:
-        plan = self._plan
-        hooks = plan.on_response if plan is not None else ()
+    def _hooks_allow(self, hooks: tuple[OnResponse, ...], response: Any) -> bool:
         for hook in hooks:
             try:
                 if hook(self, response) is False:
@@ -1100,7 +1095,7 @@ class Call:
             time.time(),
             now,
         )
-        totals = _context.current_totals()
+        totals = _context.bound.totals.get()
         if totals is not None and settled and quote is not None:
             totals.add(quote.cost, from_nanos(amount))
         span = self._span
@@ -1203,7 +1198,7 @@ class Call:
                 events=self._events or (),
                 error=error,
             )
-        captured = _context.captured_records()
+        captured = _context.bound.captured.get()
         sink = meter._sink
         if captured is None and sink is None:
             return

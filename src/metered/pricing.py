@@ -319,18 +319,19 @@ class RoutePricer:
             price = plan.floor
         if plan.ceiling is not None and price > plan.ceiling:
             price = plan.ceiling
+        # positional, in field order: half the cost of keywords, on every quote
         return Quote(
-            cost=cost,
-            price=price,
-            margin=None if cost is None else price - cost,
-            pricing_source=source,
-            pricing_mode=mode,
-            requested_model=plan.resolved.requested,
-            resolved_model=entry.model_id if entry is not None else plan.model_key,
-            provider=entry.provider if entry is not None else plan.resolved.provider,
-            route=self.name,
-            usage=usage,
-            catalog_version=self._catalog.version,
+            cost,
+            price,
+            None if cost is None else price - cost,
+            source,
+            mode,
+            plan.resolved.requested,
+            entry.model_id if entry is not None else plan.model_key,
+            entry.provider if entry is not None else plan.resolved.provider,
+            self.name,
+            usage,
+            self._catalog.version,
         )
 
     def _matching_rule(

@@ -14,14 +14,17 @@ are clamped to it (a provider bug must not break the user's call).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any, Literal
 
 __all__ = [
     "AnthropicStreamUsage",
     "Usage",
     "UsageSource",
+    "estimated",
     "from_anthropic",
     "from_openai_chat",
     "from_openai_chunk",
@@ -128,12 +131,91 @@ class Usage:
         )
 
 
+# A frozen dataclass's __init__ sets every field through object.__setattr__ and then
+# validates them all: three times the cost of filling the slots. Counts the library has
+# already checked (its own estimates, provider counts after _normalised) are built here.
+# (tests compare these Usages with the checked constructor's, all fields included)
+_SETTERS: dict[str, Any] = {f.name: vars(Usage)[f.name].__set__ for f in fields(Usage)}
+_set_input = _SETTERS["input_tokens"]
+_set_output = _SETTERS["output_tokens"]
+_set_read = _SETTERS["cache_read_tokens"]
+_set_write = _SETTERS["cache_write_tokens"]
+_set_write_1h = _SETTERS["cache_write_1h_tokens"]
+_set_reasoning = _SETTERS["reasoning_tokens"]
+_set_requests = _SETTERS["requests"]
+_set_seconds = _SETTERS["seconds"]
+_set_source = _SETTERS["source"]
+
+
+def _valid(
+    input_tokens: int,
+    output_tokens: int,
+    cache_read: int,
+    cache_write: int,
+    cache_write_1h: int,
+    reasoning: int,
+    source: UsageSource,
+) -> Usage:
+    """A one-request ``Usage`` of counts that already satisfy its checks (non-negative
+    ints, details within their totals), built without running them again."""
+    usage: Usage = object.__new__(Usage)
+    _set_input(usage, input_tokens)
+    _set_output(usage, output_tokens)
+    _set_read(usage, cache_read)
+    _set_write(usage, cache_write)
+    _set_write_1h(usage, cache_write_1h)
+    _set_reasoning(usage, reasoning)
+    _set_requests(usage, 1)
+    _set_seconds(usage, _ZERO)
+    _set_source(usage, source)
+    return usage
+
+
+def estimated(input_tokens: int, output_tokens: int) -> Usage:
+    """``Usage(input_tokens=..., output_tokens=..., source="estimated")`` for counts the
+    caller computed itself (non-negative ints): the engine's pre-call estimate, built
+    without re-checking them on every call."""
+    return _valid(input_tokens, output_tokens, 0, 0, 0, 0, "estimated")
+
+
 def _get(obj: Any, name: str) -> Any:
     if obj is None:
         return None
     if isinstance(obj, dict):
         return obj.get(name)
     return getattr(obj, name, None)
+
+
+def _reader(*paths: str) -> Callable[[Any], tuple[Any, ...]]:
+    """A reader of several fields at once (dotted paths reach into details), as a tuple;
+    a missing field or step reads as ``None``.
+
+    Extraction runs on every metered call: an SDK object (a pydantic model, whose declared
+    fields are plain attributes) is read with a single ``attrgetter`` call, nested details
+    included. JSON dicts, and objects lacking a field or detail, are walked step by step.
+    """
+    getter = attrgetter(*paths)
+    steps = [path.split(".") for path in paths]
+
+    def walk(obj: Any) -> tuple[Any, ...]:
+        values = []
+        for names in steps:
+            value = obj
+            for name in names:
+                value = _get(value, name)
+            values.append(value)
+        return tuple(values)
+
+    def read(obj: Any) -> tuple[Any, ...]:
+        if obj is None or isinstance(obj, dict):
+            return walk(obj)
+        try:
+            values: tuple[Any, ...] = getter(obj)
+        except AttributeError:
+            return walk(obj)
+        return values
+
+    return read
 
 
 def _int(value: Any) -> int:
@@ -145,49 +227,67 @@ def _int(value: Any) -> int:
 
 
 def _normalised(
-    input_total: int,
-    output_total: int,
-    cache_read: int,
-    cache_write: int,
-    reasoning: int,
-    cache_write_1h: int = 0,
+    input_total: Any,
+    output_total: Any,
+    cache_read: Any,
+    cache_write: Any,
+    reasoning: Any,
+    cache_write_1h: Any = 0,
 ) -> Usage:
-    cache_read = min(cache_read, input_total)
-    cache_write = min(cache_write, input_total - cache_read)
-    return Usage(
-        input_tokens=input_total,
-        output_tokens=output_total,
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        cache_write_1h_tokens=min(cache_write_1h, cache_write),
-        reasoning_tokens=min(reasoning, output_total),
+    """The Usage of raw provider counts, each read as :func:`_int`, details clamped to totals.
+
+    Runs on every metered call, so the common case (plain non-negative ints, details
+    within totals) costs a few comparisons: no call per count, no ``min()``, and the Usage
+    is built without re-running its checks.
+    """
+    counts = (input_total, output_total, cache_read, cache_write, reasoning, cache_write_1h)
+    for count in counts:
+        if type(count) is not int or count < 0:
+            input_total, output_total, cache_read, cache_write, reasoning, cache_write_1h = map(
+                _int, counts
+            )
+            break
+    if cache_read > input_total:
+        cache_read = input_total
+    if cache_write > input_total - cache_read:
+        cache_write = input_total - cache_read
+    if cache_write_1h > cache_write:
+        cache_write_1h = cache_write
+    if reasoning > output_total:
+        reasoning = output_total
+    # every count is now a non-negative int within its total
+    return _valid(
+        input_total, output_total, cache_read, cache_write, cache_write_1h, reasoning, "actual"
     )
+
+
+_CHAT_USAGE = _reader(
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_tokens_details.cached_tokens",
+    "prompt_tokens_details.cache_write_tokens",
+    "completion_tokens_details.reasoning_tokens",
+)
+_RESPONSES_USAGE = _reader(
+    "input_tokens",
+    "output_tokens",
+    "input_tokens_details.cached_tokens",
+    "input_tokens_details.cache_write_tokens",
+    "output_tokens_details.reasoning_tokens",
+)
 
 
 def _chat_usage(usage: Any) -> Usage:
-    prompt = _get(usage, "prompt_tokens")
+    prompt, completion, cached, cache_write, reasoning = _CHAT_USAGE(usage)
     if prompt is None and _get(usage, "input_tokens") is not None:
         # some OpenAI-compatible servers answer chat calls with Responses-style names
         return _responses_usage(usage)
-    details = _get(usage, "prompt_tokens_details")
-    return _normalised(
-        _int(prompt),
-        _int(_get(usage, "completion_tokens")),
-        _int(_get(details, "cached_tokens")),
-        _int(_get(details, "cache_write_tokens")),
-        _int(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens")),
-    )
+    return _normalised(prompt, completion, cached, cache_write, reasoning)
 
 
 def _responses_usage(usage: Any) -> Usage:
-    details = _get(usage, "input_tokens_details")
-    return _normalised(
-        _int(_get(usage, "input_tokens")),
-        _int(_get(usage, "output_tokens")),
-        _int(_get(details, "cached_tokens")),
-        _int(_get(details, "cache_write_tokens")),
-        _int(_get(_get(usage, "output_tokens_details"), "reasoning_tokens")),
-    )
+    input_total, output_total, cached, cache_write, reasoning = _RESPONSES_USAGE(usage)
+    return _normalised(input_total, output_total, cached, cache_write, reasoning)
 
 
 def from_openai_chat(response: Any) -> Usage | None:
@@ -217,18 +317,28 @@ def from_openai_responses_event(event: Any) -> Usage | None:
     return None
 
 
+_ANTHROPIC_USAGE = _reader(
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "output_tokens",
+    "output_tokens_details",
+    "cache_creation",
+)
+
+
 def _anthropic_usage(usage: Any) -> Usage:
-    base = _int(_get(usage, "input_tokens"))
-    cache_read = _int(_get(usage, "cache_read_input_tokens"))
-    cache_write = _int(_get(usage, "cache_creation_input_tokens"))
+    base, cache_read, cache_write, output, output_details, cache_creation = _ANTHROPIC_USAGE(usage)
+    cache_read = _int(cache_read)
+    cache_write = _int(cache_write)
     # Anthropic reports cache tokens beside input_tokens: the total is the sum.
     return _normalised(
-        base + cache_read + cache_write,
-        _int(_get(usage, "output_tokens")),
+        _int(base) + cache_read + cache_write,
+        _int(output),
         cache_read,
         cache_write,
-        _int(_get(_get(usage, "output_tokens_details"), "thinking_tokens")),
-        _int(_get(_get(usage, "cache_creation"), "ephemeral_1h_input_tokens")),
+        _int(_get(output_details, "thinking_tokens")),
+        _int(_get(cache_creation, "ephemeral_1h_input_tokens")),
     )
 
 

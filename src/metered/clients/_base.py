@@ -127,7 +127,15 @@ class ClientContext:
         options: keyword arguments that are SDK options, not body fields.
     """
 
-    __slots__ = ("_meter", "identity", "omitted", "options", "provider", "server_address")
+    __slots__ = (
+        "_meter",
+        "begin_args",
+        "identity",
+        "omitted",
+        "options",
+        "provider",
+        "server_address",
+    )
 
     def __init__(
         self,
@@ -144,6 +152,12 @@ class ClientContext:
         self.options = options
         self.omitted = _sentinels(client)
         self.server_address = _host(client)
+        #: ``Meter.begin`` keyword arguments every call of this client shares (built once)
+        self.begin_args: dict[str, Any] = {
+            "provider": provider,
+            "server_address": self.server_address,
+            **self.identity,
+        }
 
     @property
     def meter(self) -> Meter:
@@ -223,16 +237,12 @@ def prepare(ctx: ClientContext, endpoint: Endpoint, kwargs: Mapping[str, Any]) -
     messages = body.get("messages")
     if messages is not None and not isinstance(messages, list):
         body["messages"] = list(messages)  # the SDKs take any iterable; count it once
-    begin: dict[str, Any] = {
-        "api": endpoint.api,
-        "provider": ctx.provider,
-        "server_address": ctx.server_address,
-        **ctx.identity,
-    }
-    headers = options.get("extra_headers")
-    if headers:
-        options["extra_headers"] = _split_headers(headers, begin)
-        begin["headers"] = options["extra_headers"]
+    begin = ctx.begin_args  # shared, never changed: per-call identity goes in a copy
+    if options:
+        headers = options.get("extra_headers")
+        if headers:
+            begin = dict(begin)
+            options["extra_headers"] = begin["headers"] = _split_headers(headers, begin)
     stream = body.get("stream") is True
     hide_usage = False
     if stream and endpoint.stream_usage:
@@ -262,7 +272,7 @@ def begin(
         PolicyDenied, BudgetExceeded, InvalidRequest: before anything is sent upstream.
     """
     prepared = prepare(ctx, endpoint, kwargs)
-    return ctx.meter.begin(prepared.body, **prepared.begin), prepared
+    return ctx.meter.begin(prepared.body, api=endpoint.api, **prepared.begin), prepared
 
 
 async def abegin(
@@ -270,14 +280,15 @@ async def abegin(
 ) -> tuple[Call, Prepared]:
     """Async :func:`begin`."""
     prepared = prepare(ctx, endpoint, kwargs)
-    return await ctx.meter.abegin(prepared.body, **prepared.begin), prepared
+    return await ctx.meter.abegin(prepared.body, api=endpoint.api, **prepared.begin), prepared
 
 
-def invoke(call_: Call, upstream: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run the upstream request under the call's span; a failure settles the call, re-raised."""
+def invoke(call_: Call, upstream: Callable[..., Any], options: Mapping[str, Any]) -> Any:
+    """Send the fitted body and the SDK ``options`` upstream under the call's span; a
+    failure settles the call and is re-raised."""
     token = _attach(call_)
     try:
-        return upstream(*args, **kwargs)
+        return upstream(**call_.body, **options)
     except BaseException as exc:
         call_.finish(error=exc, status=error_status(exc))
         raise
@@ -287,12 +298,12 @@ def invoke(call_: Call, upstream: Callable[..., Any], *args: Any, **kwargs: Any)
 
 
 async def ainvoke(
-    call_: Call, upstream: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    call_: Call, upstream: Callable[..., Awaitable[Any]], options: Mapping[str, Any]
 ) -> Any:
     """Async :func:`invoke`."""
     token = _attach(call_)
     try:
-        return await upstream(*args, **kwargs)
+        return await upstream(**call_.body, **options)
     except BaseException as exc:
         await call_.afinish(error=exc, status=error_status(exc))
         raise
@@ -306,8 +317,6 @@ def _deliver(
 ) -> tuple[Any, dict[str, Any] | None]:
     """What the caller gets, and the ``finish`` arguments if the response is whole."""
     outcome = endpoint.observer.outcome
-    if isinstance(result, BaseModel):  # the common case: a parsed, non-streamed response
-        return result, outcome(result)
     kind = type(result)
     if hasattr(kind, "__next__"):
         observer = endpoint.observer(hide_usage=prepared.hide_usage)
@@ -343,8 +352,12 @@ def call(
     """
     if take_route_metering():  # the gateway route serving this request meters it already
         return method(**_without_metering_headers(kwargs))
-    call_, prepared = begin(ctx, endpoint, kwargs)
-    result = invoke(call_, method, **call_.body, **prepared.options)
+    prepared = prepare(ctx, endpoint, kwargs)
+    call_ = ctx.meter.begin(prepared.body, api=endpoint.api, **prepared.begin)
+    result = invoke(call_, method, prepared.options)
+    if isinstance(result, BaseModel):  # the common case: a parsed, non-streamed response
+        call_.finish(**endpoint.observer.outcome(result))
+        return result
     delivered, outcome = _deliver(call_, endpoint, prepared, result)
     if outcome is not None:
         call_.finish(**outcome)
@@ -357,8 +370,12 @@ async def acall(
     """Async :func:`call`."""
     if take_route_metering():  # the gateway route serving this request meters it already
         return await method(**_without_metering_headers(kwargs))
-    call_, prepared = await abegin(ctx, endpoint, kwargs)
-    result = await ainvoke(call_, method, **call_.body, **prepared.options)
+    prepared = prepare(ctx, endpoint, kwargs)
+    call_ = await ctx.meter.abegin(prepared.body, api=endpoint.api, **prepared.begin)
+    result = await ainvoke(call_, method, prepared.options)
+    if isinstance(result, BaseModel):
+        await call_.afinish(**endpoint.observer.outcome(result))
+        return result
     delivered, outcome = _deliver(call_, endpoint, prepared, result)
     if outcome is not None:
         await call_.afinish(**outcome)
@@ -368,49 +385,66 @@ async def acall(
 # -- proxy tree ----------------------------------------------------------------------------
 
 
+class _Built:
+    """An attribute of a proxy, built on its first access and then kept on the proxy.
+
+    wrapt stores an attribute whose name the proxy class defines on the proxy itself, not
+    on the wrapped object; this descriptor has no ``__set__``, so once stored the value is
+    found in the proxy's own ``__dict__`` with no Python call: the
+    ``client.chat.completions`` chain of every call costs plain attribute reads.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.__doc__ = f"The SDK's ``{name}``, metered."
+
+    def build(self, node: Node) -> Any:
+        """The attribute's value for one proxy."""
+        raise NotImplementedError
+
+    def __get__(self, node: Node | None, owner: type | None = None) -> Any:
+        if node is None:
+            return self
+        value = self.build(node)
+        setattr(node, self.name, value)
+        return value
+
+
+class _Child(_Built):
+    def __init__(self, name: str, factory: Callable[[Any, ClientContext], Any]) -> None:
+        super().__init__(name)
+        self.factory = factory
+
+    def build(self, node: Node) -> Any:
+        return self.factory(getattr(node.__wrapped__, self.name), node._self_ctx)
+
+
+class _View(_Built):
+    """The SDK's ``with_raw_response`` / ``with_streaming_response`` view.
+
+    The SDK builds these views from the resource they wrap; built from the proxy, their
+    methods call the metered ones.
+    """
+
+    def build(self, node: Node) -> Any:
+        return type(getattr(node.__wrapped__, self.name))(node)
+
+
 class Node(BaseObjectProxy):
     """A proxied SDK object: metered children and methods; everything else passes through."""
 
     def __init__(self, wrapped: Any, ctx: ClientContext) -> None:
         super().__init__(wrapped)
         self._self_ctx = ctx
-        self._self_children: dict[str, Any] = {}
 
-    def _self_child(self, name: str, factory: Callable[[Any, ClientContext], Any]) -> Any:
-        children = self._self_children
-        node = children.get(name)
-        if node is None:
-            node = children[name] = factory(getattr(self.__wrapped__, name), self._self_ctx)
-        return node
-
-    def _self_view(self, name: str) -> Any:
-        # The SDK's raw/streaming views are built from the resource they wrap; built from
-        # this proxy, their methods call the metered ones.
-        children = self._self_children
-        view = children.get(name)
-        if view is None:
-            view = children[name] = type(getattr(self.__wrapped__, name))(self)
-        return view
-
-    @property
-    def with_raw_response(self) -> Any:
-        """The SDK's ``with_raw_response`` view, metered."""
-        return self._self_view("with_raw_response")
-
-    @property
-    def with_streaming_response(self) -> Any:
-        """The SDK's ``with_streaming_response`` view, metered."""
-        return self._self_view("with_streaming_response")
+    with_raw_response: Any = _View("with_raw_response")
+    with_streaming_response: Any = _View("with_streaming_response")
 
 
 def child(name: str, factory: Callable[[Any, ClientContext], Any]) -> Any:
-    """A property returning the proxied SDK attribute ``name`` (built once per proxy)."""
-
-    def get(self: Node) -> Any:
-        return self._self_child(name, factory)
-
-    get.__name__ = name
-    return property(get, doc=f"The SDK's ``{name}``, metered.")
+    """The proxied SDK attribute ``name`` (``factory(sdk_attribute, ctx)``, built once per
+    proxy)."""
+    return _Child(name, factory)
 
 
 def method(name: str, endpoint: Endpoint) -> Callable[..., Any]:

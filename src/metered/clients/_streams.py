@@ -97,11 +97,20 @@ def error_status(exc: BaseException) -> int | None:
 def chat_summary(response: Any) -> Summary:
     """Model, id and finish reasons of an OpenAI chat completion."""
     reasons = tuple(
-        reason
-        for choice in getattr(response, "choices", None) or ()
-        if isinstance(reason := getattr(choice, "finish_reason", None), str)
+        [  # a list, not a generator: this runs on every call and a list is built faster
+            reason
+            for choice in getattr(response, "choices", None) or ()
+            if isinstance(reason := getattr(choice, "finish_reason", None), str)
+        ]
     )
-    return _str(getattr(response, "model", None)), _str(getattr(response, "id", None)), reasons
+    model = getattr(response, "model", None)
+    rid = getattr(response, "id", None)
+    # inline, not _str(): this runs on every non-streamed call
+    return (
+        model if isinstance(model, str) else None,
+        rid if isinstance(rid, str) else None,
+        reasons,
+    )
 
 
 def responses_summary(response: Any) -> Summary:

@@ -96,21 +96,20 @@ class _StreamManager:
         self._manager: Any = None
         self._stream: Any = None
 
-    def _open(self, body: dict[str, Any], options: dict[str, Any]) -> Any:
-        body = dict(body)
-        body.pop("stream", None)  # the engine's marker; the SDK's stream() takes no such kwarg
-        self._manager = self._node.__wrapped__.stream(**body, **options)
+    def _open(self, kwargs: dict[str, Any]) -> Any:
+        kwargs.pop("stream", None)  # the engine's marker; the SDK's stream() takes no such kwarg
+        self._manager = self._node.__wrapped__.stream(**kwargs)
         return self._manager
 
-    def _enter(self, body: dict[str, Any], options: dict[str, Any]) -> Any:
-        return self._open(body, options).__enter__()
+    def _enter(self, **kwargs: Any) -> Any:
+        return self._open(kwargs).__enter__()
 
-    async def _aenter(self, body: dict[str, Any], options: dict[str, Any]) -> Any:
-        return await self._open(body, options).__aenter__()
+    async def _aenter(self, **kwargs: Any) -> Any:
+        return await self._open(kwargs).__aenter__()
 
     def __enter__(self) -> Any:
         call, prepared = begin(self._node._self_ctx, _MESSAGES, {**self._kwargs, "stream": True})
-        stream = invoke(call, self._enter, call.body, prepared.options)
+        stream = invoke(call, self._enter, prepared.options)
         tally = Tally(call, AnthropicSnapshotObserver(stream), close=stream.close)
         self._stream = _MessageStream(stream, tally)
         return self._stream
@@ -126,7 +125,7 @@ class _StreamManager:
     async def __aenter__(self) -> Any:
         kwargs = {**self._kwargs, "stream": True}
         call, prepared = await abegin(self._node._self_ctx, _MESSAGES, kwargs)
-        stream = await ainvoke(call, self._aenter, call.body, prepared.options)
+        stream = await ainvoke(call, self._aenter, prepared.options)
         tally = Tally(call, AnthropicSnapshotObserver(stream))
         self._stream = _AsyncMessageStream(stream, tally)
         return self._stream

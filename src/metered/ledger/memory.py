@@ -197,7 +197,7 @@ class _Payer:
 class _Plan:
     """A validated charges tuple, prepared for the hot path."""
 
-    __slots__ = ("accounts", "calendar", "charges", "payers")
+    __slots__ = ("accounts", "calendar", "charges", "payers", "watched")
 
     def __init__(
         self, charges: tuple[Charge, ...], thresholds: Sequence[tuple[Decimal, int, int]]
@@ -207,6 +207,7 @@ class _Plan:
         self.payers = tuple(_Payer(c, thresholds) for c in charges)
         # whether checking a budget needs the calendar periods of "now"
         self.calendar = any(w.calendar is not None for p in self.payers for w in p.watches)
+        self.watched = any(p.watches for p in self.payers)  # any budget to check at all
 
 
 class _Entry:
@@ -256,6 +257,7 @@ class MemoryLedger(Ledger):
         fractions = threshold_fractions(thresholds, retain_seconds)
         # Integer ratios keep threshold comparisons exact on nano-USD.
         self._thresholds = tuple((f, *f.as_integer_ratio()) for f in fractions)
+        self._alerting = bool(self._thresholds)
         self._retain = float(retain_seconds)
         self._clock = clock
         self._lock = threading.Lock()
@@ -289,7 +291,8 @@ class MemoryLedger(Ledger):
             if entry is not None:
                 _require(entry, hold=True, key=key)
                 return _hold(key, entry, replayed=True)
-            self._check(plan, amount_nanos, now)
+            if plan.watched:
+                self._check(plan, amount_nanos, now)
             expires_at = now + ttl_seconds
             entry = _Entry(plan, True, "held", amount_nanos, 0, now, expires_at)
             accounts = self._accounts
@@ -348,9 +351,8 @@ class MemoryLedger(Ledger):
             entry.state = "captured"
             entry.at = now
             entry.amount = amount_nanos
-            crossed = self._record(entry, amount_nanos, now)
+            crossed, remaining = self._record(entry, amount_nanos, now)
             self._finish(key, entry, now)
-            remaining = self._remaining(entry.plan, now)
             return Receipt(key, status, "captured", amount_nanos, amount_nanos, crossed, remaining)
 
     async def acapture(
@@ -400,13 +402,12 @@ class MemoryLedger(Ledger):
             if entry is not None:
                 _require(entry, hold=False, key=key)
                 return self._unchanged(key, entry, now)
-            if enforce:
+            if enforce and plan.watched:
                 self._check(plan, amount_nanos, now)
             entry = _Entry(plan, False, "charged", 0, amount_nanos, now, now)
             self._entries[key] = entry
-            crossed = self._record(entry, amount_nanos, now)
+            crossed, remaining = self._record(entry, amount_nanos, now)
             self._finish(key, entry, now)
-            remaining = self._remaining(plan, now)
             return Receipt(
                 key, "applied", "charged", amount_nanos, amount_nanos, crossed, remaining
             )
@@ -559,53 +560,70 @@ class MemoryLedger(Ledger):
             entry.amount = amount
             if refund:
                 entry.state = "refunded"
-            crossed = self._record(entry, delta, now)
+            crossed, remaining = self._record(entry, delta, now)
             self._finish(key, entry, now)
-            remaining = self._remaining(entry.plan, now)
             return Receipt(key, "applied", entry.state, amount, delta, crossed, remaining)
 
-    def _record(self, entry: _Entry, delta: int, now: float) -> tuple[Threshold, ...]:
-        """Add ``delta`` spend, dated ``entry.at``, to every account of the entry."""
-        if delta == 0:
-            return ()
+    def _record(
+        self, entry: _Entry, delta: int, now: float
+    ) -> tuple[tuple[Threshold, ...], tuple[int | None, ...]]:
+        """Add ``delta`` spend, dated ``entry.at``, to every account of the entry.
+
+        Returns the thresholds crossed and each account's least remaining budget (as
+        :meth:`_remaining` reports it), read in the same pass over the budgets.
+        """
         at = entry.at
         at_periods = calendar_periods(at)
         now_periods = at_periods if at == now else calendar_periods(now)
-        alerting = delta > 0 and bool(self._thresholds)
+        alerting = delta > 0 and self._alerting
         crossed: list[Threshold] = []
+        remaining: list[int | None] = []
+        accounts = self._accounts
         for payer in entry.plan.payers:
-            account = self._account(payer.name)
-            # Only rolling windows need the spend before (their thresholds re-arm).
-            before = (
-                [account.spent(w, now, now_periods) for w in payer.watches]
-                if alerting and payer.rolling
-                else None
-            )
-            account.total += delta
-            periods = account.periods
-            day, week, month = at_periods
-            if periods[0] == day.id and periods[1] == week.id and periods[2] == month.id:
-                nanos = account.nanos  # the common case: spend lands in the current periods
-                nanos[0] += delta
-                nanos[1] += delta
-                nanos[2] += delta
-            else:
-                account.land(delta, at_periods, now_periods)
-            for window in payer.rolling:
-                series = account.rolling.get(window.seconds or 0)
-                if series is None:
-                    series = account.rolling[window.seconds or 0] = _Rolling(window)
-                series.add(at, delta, now)
-            if not alerting:
+            account = accounts.get(payer.name)
+            if account is None:
+                account = accounts[payer.name] = _Account()
+            watches = payer.watches
+            if delta:
+                # Only rolling windows need the spend before (their thresholds re-arm).
+                before = (
+                    [account.spent(w, now, now_periods) for w in watches]
+                    if alerting and payer.rolling
+                    else None
+                )
+                account.total += delta
+                periods = account.periods
+                day, week, month = at_periods
+                if periods[0] == day.id and periods[1] == week.id and periods[2] == month.id:
+                    nanos = account.nanos  # the common case: spend lands in the current periods
+                    nanos[0] += delta
+                    nanos[1] += delta
+                    nanos[2] += delta
+                else:
+                    account.land(delta, at_periods, now_periods)
+                for window in payer.rolling:
+                    series = account.rolling.get(window.seconds or 0)
+                    if series is None:
+                        series = account.rolling[window.seconds or 0] = _Rolling(window)
+                    series.add(at, delta, now)
+            if not watches:
+                remaining.append(None)
                 continue
-            for i, watch in enumerate(payer.watches):
+            least = None
+            for i, watch in enumerate(watches):
                 after = account.spent(watch, now, now_periods)
-                if watch.marks and after >= watch.marks[0]:  # else no threshold is reached
+                left = watch.limit - after
+                if least is None or left < least:
+                    least = left
+                if alerting and watch.marks and after >= watch.marks[0]:
                     spent_before = before[i] if before is not None else 0
                     self._crossings(
                         payer.name, account, watch, spent_before, after, now_periods, crossed
                     )
-        return tuple(crossed)
+            assert least is not None
+            least -= account.held
+            remaining.append(least if least > 0 else 0)
+        return (tuple(crossed) if crossed else ()), tuple(remaining)
 
     def _remaining(self, plan: _Plan, now: float) -> tuple[int | None, ...]:
         """Each account's least remaining budget (as :meth:`balance` reports it)."""
