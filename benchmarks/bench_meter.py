@@ -11,6 +11,9 @@ Baselines:
   the engine's call span ends with) + ``end``, on the same SDK pipeline (simple processor,
   in-memory exporter): the least a traced call can cost.
 
+The async shells (``abegin`` + ``afinish`` on an event loop) are timed too: with the
+in-process ledger they settle inline, without a task per call.
+
 Prompt estimation (tiktoken counting) is reported on its own: counting a 1K-token prompt
 never seen before (``cold``) and the same prompt again (``warm``: per-text counts are
 cached), and a metered call with a tiny prompt, whose estimation costs next to nothing.
@@ -26,6 +29,7 @@ engine's hottest functions are printed.
 
 from __future__ import annotations
 
+import asyncio
 import cProfile
 import io
 import pstats
@@ -102,6 +106,24 @@ def _metered(meter: Meter, bodies: Callable[[int], list[dict[str, Any]]]) -> Cal
                 meter.begin(body).finish(USAGE)
 
         return run
+
+    return make_run
+
+
+def _metered_async(
+    meter: Meter, bodies: Callable[[int], list[dict[str, Any]]], loop: asyncio.AbstractEventLoop
+) -> Callable[[int], Run]:
+    """Rounds of abegin + afinish, awaited one after the other on ``loop``."""
+
+    def make_run(r: int) -> Run:
+        batch = bodies(r)
+
+        async def calls() -> None:
+            for body in batch:
+                call = await meter.abegin(body)
+                await call.afinish(USAGE)
+
+        return lambda: loop.run_until_complete(calls())
 
     return make_run
 
@@ -249,6 +271,9 @@ def main() -> None:
     noop_tiny = _best_us(_metered(noop, tiny))
     noop_warm = _best_us(_metered(noop, warm))
     noop_cold = _best_us(_metered(noop, _cold_bodies))
+    loop = asyncio.new_event_loop()
+    noop_async = _best_us(_metered_async(noop, tiny, loop))
+    loop.close()
     sdk_tiny = _best_us(_clearing(exporter, _metered(traced, tiny)))
     sdk_warm = _best_us(_clearing(exporter, _metered(traced, warm)))
     sdk_metrics = _best_us(_clearing(exporter, _metered(metered_sdk, tiny)))
@@ -258,6 +283,7 @@ def main() -> None:
         ("no-op OTel: begin+finish, tiny prompt", noop_tiny, f"{noop_tiny / quote:.1f}x quote"),
         ("no-op OTel: begin+finish, 1K prompt warm", noop_warm, f"{noop_warm / quote:.1f}x quote"),
         ("no-op OTel: begin+finish, 1K prompt cold", noop_cold, f"{noop_cold / quote:.1f}x quote"),
+        ("no-op OTel: abegin+afinish, tiny prompt", noop_async, f"{noop_async / quote:.1f}x quote"),
         ("SDK tracing: begin+finish, tiny prompt", sdk_tiny, f"{sdk_tiny / span:.2f}x span"),
         ("SDK tracing: begin+finish, 1K prompt warm", sdk_warm, f"{sdk_warm / span:.2f}x span"),
         ("SDK tracing+metrics: tiny prompt", sdk_metrics, f"{sdk_metrics / span:.2f}x span"),

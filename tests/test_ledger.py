@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -12,6 +14,7 @@ from metered.ledger import (
     Budget,
     Charge,
     MemoryLedger,
+    Receipt,
     Window,
     calendar_periods,
     parse_budget,
@@ -607,6 +610,19 @@ async def test_async_methods_share_the_sync_state(ledger: MemoryLedger) -> None:
     bal = await ledger.abalance("user")
     assert (bal.spent_nanos, bal.held_nanos) == (usd("0.30"), 0)
     await ledger.aclose()
+
+
+def test_async_methods_never_suspend_unless_a_subclass_overrides_one() -> None:
+    """MemoryLedger says its async twins run inline (the engine then settles without a
+    shielded task); a subclass whose acapture may await does not."""
+
+    class Awaiting(MemoryLedger):
+        async def acapture(self, *args: Any, **kwargs: Any) -> Receipt:
+            await asyncio.sleep(0)
+            return self.capture(*args, **kwargs)
+
+    assert MemoryLedger().async_runs_inline is True
+    assert Awaiting().async_runs_inline is False
 
 
 def test_clock_stepping_back_across_midnight_keeps_the_new_days_spend(

@@ -149,6 +149,7 @@ class Meter:
         # the Call object already makes finish() exactly-once, so the ledger only needs to
         # remember finished keys briefly (memory: ~0.5 KB per call while remembered)
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger(retain_seconds=120.0)
+        self._settles_inline = getattr(self.ledger, "async_runs_inline", False) is True
         self.policy = ModelPolicy(allow=self.config.models.allow, deny=self.config.models.deny)
         self.telemetry = Telemetry(
             tracer_provider=tracer_provider,
@@ -642,6 +643,15 @@ class Call:
         estimate: the pre-call quote (prompt counted + output limit).
         payment_required: the amount held or charged before the call.
         account: who pays first (then its parents and feature tag).
+        record: the :class:`~metered.records.UsageRecord` once the call is finished or
+            refused (``None`` before).
+
+    Example::
+
+        call = meter.begin(body)
+        response = client.chat.completions.create(**call.body)
+        call.finish(from_openai_chat(response), response=response)
+        call.record.settlement_status  # "settled"
     """
 
     __slots__ = (
@@ -891,6 +901,10 @@ class Call:
             deadline = time.monotonic() + _WAIT_FOR_FIRST_FINISH
             while not self._ended and time.monotonic() < deadline:
                 await asyncio.sleep(0.001)
+            return
+        if self._meter._settles_inline:
+            # the ledger never suspends: nothing can cancel the settlement midway
+            await self._afinish_claimed(fin)
             return
         # Settle even if the caller's task is cancelled meanwhile (a client that went away
         # mid-settlement): the hold must be captured or released, and the record emitted.

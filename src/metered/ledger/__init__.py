@@ -372,6 +372,11 @@ class Ledger(Protocol):
     Every method has an async twin (``hold``/``ahold`` ...). ``now`` (epoch seconds)
     defaults to the ledger's clock; it is explicit so a shared store computes nothing
     time-dependent itself. Amounts are integer nano-USD.
+
+    A ledger whose async methods never suspend (they run the sync ones) may say so with
+    an attribute ``async_runs_inline = True``: the engine then settles async calls inline,
+    as nothing can cancel them midway, instead of in a shielded task (~15 us less per
+    call). Without it, settlement is shielded from the caller's cancellation.
     """
 
     def hold(

@@ -54,6 +54,17 @@ _NO_PERIODS: Periods = (Period("", None), Period("", None), Period("", None))
 # Position of each calendar window in calendar_periods() and in _Account.periods.
 _CALENDAR_INDEX = {"day": 0, "week": 1, "month": 2}
 _SPENT_STATES = ("captured", "charged")
+_ASYNC_METHODS = (
+    "ahold",
+    "acapture",
+    "arelease",
+    "acharge",
+    "aadjust",
+    "arefund",
+    "abalance",
+    "asweep",
+    "aclose",
+)
 # Prepared charges tuples remembered per ledger (the engine reuses one tuple per account;
 # ~0.6 KB each; a miss costs a few microseconds).
 _PLAN_CACHE_SIZE = 4096
@@ -266,6 +277,11 @@ class MemoryLedger(Ledger):
         self._deadlines: list[tuple[float, str]] = []
         thresholds_ = self._thresholds
         self._plan = PlanCache(lambda charges: _Plan(charges, thresholds_), size=_PLAN_CACHE_SIZE)
+        # The async methods below run the sync ones and never suspend, unless a subclass
+        # overrides one of them (see Ledger: the engine then shields settlement instead).
+        self.async_runs_inline = all(
+            getattr(type(self), name) is getattr(MemoryLedger, name) for name in _ASYNC_METHODS
+        )
 
     # --- holds ------------------------------------------------------------------------
 
