@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from opentelemetry.trace import Span
 
@@ -611,26 +611,24 @@ class _Finish:
     vetoed: bool
 
 
-# What a finished (or refused) call's record is built from, in _build_record's order:
-# usage, quote, priced, settlement status, settled nanos, settlement ms, policy decision,
-# policy reason, error type, upstream status, the finish, remaining budget, epoch time,
-# perf_counter at the end.
-_Facts = tuple[
-    Usage | None,
-    Quote | None,
-    bool,
-    str,
-    int,
-    float,
-    str,
-    str | None,
-    str | None,
-    int | None,
-    _Finish | None,
-    Decimal | None,
-    float,
-    float,
-]
+class _Facts(NamedTuple):
+    """What a finished (or refused) call's record is built from, taken when it finished
+    (the record itself is built when something reads it)."""
+
+    usage: Usage | None
+    quote: Quote | None
+    priced: bool  # money moved: cost, price and margin go on the record
+    status: str  # settlement status
+    amount_nanos: int  # settled
+    settlement_ms: float
+    policy_decision: str
+    policy_reason: str | None
+    error_type: str | None
+    upstream_status: int | None
+    fin: _Finish | None
+    remaining: Decimal | None
+    timestamp: float  # epoch seconds
+    ended: float  # perf_counter
 
 
 class Call:
@@ -787,21 +785,21 @@ class Call:
             self._done = True
         reason = getattr(exc, "reason", None) or getattr(exc, "code", None) or type(exc).__name__
         decision = "denied" if isinstance(exc, MeteredError) else "error"
-        self._facts = (
-            None,
-            self.estimate,
-            False,
-            "skipped",
-            0,
-            0.0,
-            decision,
-            str(reason),
-            type(exc).__name__,
-            None,
-            None,
-            self._remaining_from(exc),
-            time.time(),
-            time.perf_counter(),
+        self._facts = _Facts(
+            usage=None,
+            quote=self.estimate,
+            priced=False,
+            status="skipped",
+            amount_nanos=0,
+            settlement_ms=0.0,
+            policy_decision=decision,
+            policy_reason=str(reason),
+            error_type=type(exc).__name__,
+            upstream_status=None,
+            fin=None,
+            remaining=self._remaining_from(exc),
+            timestamp=time.time(),
+            ended=time.perf_counter(),
         )
         try:
             self._emit(exc)
@@ -1093,21 +1091,21 @@ class Call:
             amount = 0
         status = "failed" if failed else action.status
         settled = status == "settled"
-        self._facts = (
-            quote.usage if quote is not None and settled else fin.usage,
-            quote,
-            settled,
-            status,
-            amount,
-            (now - settle_started) * 1000,
-            "allowed",
-            None,
-            type(fin.error).__name__ if fin.error is not None else None,
-            fin.status,
-            fin,
-            remaining,
-            time.time(),
-            now,
+        self._facts = _Facts(
+            usage=quote.usage if quote is not None and settled else fin.usage,
+            quote=quote,
+            priced=settled,
+            status=status,
+            amount_nanos=amount,
+            settlement_ms=(now - settle_started) * 1000,
+            policy_decision="allowed",
+            policy_reason=None,
+            error_type=type(fin.error).__name__ if fin.error is not None else None,
+            upstream_status=fin.status,
+            fin=fin,
+            remaining=remaining,
+            timestamp=time.time(),
+            ended=now,
         )
         totals = _context.bound.totals.get()
         if totals is not None and settled and quote is not None:
