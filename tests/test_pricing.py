@@ -97,10 +97,11 @@ def test_cyrillic_look_alike_is_denied_before_pricing() -> None:
     assert info.value.reason == "invalid_model_id"
 
 
-def test_non_string_model_is_an_invalid_request() -> None:
-    """A JSON body with model: 42 is a malformed request."""
+@pytest.mark.parametrize("raw", [42, ["gpt-4o"], {"model": "gpt-4o"}])
+def test_non_string_model_is_an_invalid_request(raw: object) -> None:
+    """A JSON body with model: 42, a list or an object is a malformed request."""
     with pytest.raises(InvalidRequest):
-        DEFAULT.quote(42, USAGE)  # type: ignore[arg-type]
+        DEFAULT.quote(raw, USAGE)  # type: ignore[arg-type]
 
 
 def test_default_table_is_used_for_the_default_route_name() -> None:

@@ -201,10 +201,12 @@ def test_resolution_is_cached_per_requested_id() -> None:
     assert RESOLVER.resolve("gpt-4o-2024-08-06") is RESOLVER.resolve("gpt-4o-2024-08-06")
 
 
-def test_resolve_rejects_non_strings() -> None:
-    """Resolver.resolve refuses a non-string model like normalize_model_id."""
+@pytest.mark.parametrize("raw", [42, ["gpt-4o"], {"model": "gpt-4o"}])
+def test_resolve_rejects_non_strings(raw: object) -> None:
+    """Resolver.resolve refuses a non-string model like normalize_model_id, unhashable
+    JSON values included."""
     with pytest.raises(InvalidRequest):
-        RESOLVER.resolve(42)  # type: ignore[arg-type]
+        RESOLVER.resolve(raw)  # type: ignore[arg-type]
 
 
 def test_overlong_model_id_is_refused() -> None:

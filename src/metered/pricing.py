@@ -220,10 +220,11 @@ class RoutePricer:
         return out
 
     def _plan(self, model: str) -> _Plan:
-        plan = self._plans.get(model)
+        # ids come from request bodies: a list or dict must be a 400, not a TypeError
+        plan = self._plans.get(model) if type(model) is str else None
         if plan is not None:
             return plan
-        resolved = self._resolver.resolve(model)
+        resolved = self._resolver.resolve(model)  # raises InvalidRequest for a non-string
         provider = resolved.provider or self._provider
         entry = None
         for name in resolved.cost_chain:
@@ -289,7 +290,7 @@ class RoutePricer:
             UnknownModel: no rule prices the model and the route rejects unknown models.
             InvalidRequest / PolicyDenied: the model id is not a valid id.
         """
-        plan = self._plans.get(model) or self._plan(model)
+        plan = (self._plans.get(model) if type(model) is str else None) or self._plan(model)
         entry = plan.entry
         cost = plan.cost(usage) if plan.cost is not None else None
         source: PricingSource

@@ -191,7 +191,8 @@ class Resolver:
             InvalidRequest: not a string or empty.
             PolicyDenied: non-ASCII look-alike characters.
         """
-        hit = self._cache.get(requested)
+        # ids come from request bodies: a list or dict must be a 400, not a TypeError
+        hit = self._cache.get(requested) if type(requested) is str else None
         if hit is not None:
             return hit
         resolved = self._resolve(requested)
