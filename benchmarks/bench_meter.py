@@ -48,7 +48,7 @@ from metered.meter import Meter
 from metered.tokens import count_chat
 from metered.usage import Usage
 
-ROUNDS = 5
+ROUNDS = 7
 CALLS = 2_000
 MODEL = "gpt-4o"
 CONFIG: dict[str, Any] = {"default_budgets": ["$1000000/total"]}

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COST_HEADER",
     "CREDENTIAL_HEADERS",
+    "MAX_JSON_DEPTH",
     "MAX_JSON_RESPONSE",
     "MAX_OUTPUT_TOKENS",
     "MAX_SSE_LINE",
@@ -86,6 +87,11 @@ CREDENTIAL_HEADERS: Final = frozenset(
 #: No model emits a million tokens in one call: a larger output limit is a client bug or
 #: an attempt to make the reservation absurd.
 MAX_OUTPUT_TOKENS: Final = 1_000_000
+#: Deepest nesting of arrays and objects in a gateway request: far beyond real requests
+#: (tool schemas nest a few levels), far below the interpreter's recursion limit that
+#: counting, pricing and forwarding the body rely on.
+MAX_JSON_DEPTH: Final = 100
+_TOO_DEEP = f"the request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
 #: A gateway JSON response larger than this is passed through unparsed (usage unknown).
 MAX_JSON_RESPONSE: Final = 8 * 1024 * 1024
 #: Longest SSE line kept while looking for usage (a Responses ``response.completed``
@@ -410,8 +416,14 @@ def parse_request(raw: bytes, *, max_choices: int = 1) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("the request body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidRequest(_TOO_DEEP) from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    # a body that barely decoded would raise RecursionError when counted or re-encoded;
+    # fewer brackets than the limit cannot nest that deep (the common case: no walk)
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _nests_deeper(body, MAX_JSON_DEPTH):
+        raise InvalidRequest(_TOO_DEEP)
     model = body.get("model")
     if model is None:
         raise InvalidRequest("'model' is required", param="model")
@@ -435,6 +447,18 @@ def parse_request(raw: bytes, *, max_choices: int = 1) -> dict[str, Any]:
                 f"'{name}' must be an integer from 1 to {MAX_OUTPUT_TOKENS}", param=name
             )
     return body
+
+
+def _nests_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:
+    """Whether decoded JSON nests arrays and objects more than ``limit`` levels deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if type(child) in (dict, list))
+    return False
 
 
 def prepare_stream(body: dict[str, Any], api: Api) -> bool:

@@ -322,7 +322,8 @@ def _with_length(headers: Iterable[tuple[bytes, bytes]], length: int) -> list[tu
 
 async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes | None:
     """The request body, refusing more than ``limit`` bytes; ``None`` if the client left."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # isdigit() admits "²" (latin-1 headers), which int() refuses: ASCII digits only
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(int(declared), limit)
     parts: list[bytes] = []
     size = 0

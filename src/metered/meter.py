@@ -410,14 +410,18 @@ class Meter:
             headers or {},
             meta,
         )
+        stream = call.body.get("stream")
         call._span = self.telemetry.start(
             operation=_OPERATION[api],
             model=model if isinstance(model, str) else None,
             provider=provider,
             server_address=server_address,
-            stream=call.body.get("stream") is True,
+            stream=stream is True,
         )
         try:
+            if stream is not None and type(stream) is not bool:
+                # the SDKs stream on any truthy value, metering only on True: refuse the rest
+                raise InvalidRequest("'stream' must be a boolean", param="stream")
             if plan is None:
                 if not is_mapping:
                     raise InvalidRequest("the request body must be a JSON object")
@@ -441,6 +445,11 @@ class Meter:
             )
             call.payment_required = call.estimate.price
             call._charges = plan.charges
+        except RecursionError:
+            # a body nested thousands deep (SDK kwargs may be) is malformed, not a crash
+            refused = InvalidRequest("the request nests too deeply to be counted")
+            call._reject(refused)
+            raise refused from None
         except BaseException as exc:
             call._reject(exc)
             raise
@@ -978,7 +987,7 @@ class Call:
             status,
             response_model,
             response_id,
-            tuple(finish_reasons),
+            _reasons(finish_reasons),
             partial,
             vetoed,
         )
@@ -1091,21 +1100,21 @@ class Call:
             amount = 0
         status = "failed" if failed else action.status
         settled = status == "settled"
-        self._facts = _Facts(
-            usage=quote.usage if quote is not None and settled else fin.usage,
-            quote=quote,
-            priced=settled,
-            status=status,
-            amount_nanos=amount,
-            settlement_ms=(now - settle_started) * 1000,
-            policy_decision="allowed",
-            policy_reason=None,
-            error_type=type(fin.error).__name__ if fin.error is not None else None,
-            upstream_status=fin.status,
-            fin=fin,
-            remaining=remaining,
-            timestamp=time.time(),
-            ended=now,
+        self._facts = _Facts(  # positional, in field order: this one is built on every call
+            quote.usage if quote is not None and settled else fin.usage,
+            quote,
+            settled,
+            status,
+            amount,
+            (now - settle_started) * 1000,
+            "allowed",
+            None,
+            type(fin.error).__name__ if fin.error is not None else None,
+            fin.status,
+            fin,
+            remaining,
+            time.time(),
+            now,
         )
         totals = _context.bound.totals.get()
         if totals is not None and settled and quote is not None:
@@ -1231,3 +1240,20 @@ _ZERO = Decimal(0)
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _reasons(value: object) -> tuple[str, ...]:
+    """The finish reasons a door passed, as strings. Doors read them from provider JSON:
+    ``None``, a bare string or odd items must not raise once the call is claimed (the hold
+    would then outlive the call)."""
+    if type(value) is list or type(value) is tuple:
+        reasons = tuple(value)
+        for reason in reasons:
+            if type(reason) is not str:
+                return tuple(r for r in reasons if type(r) is str)
+        return reasons
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Iterable) and not isinstance(value, Mapping):
+        return _reasons(list(value))
+    return ()

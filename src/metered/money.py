@@ -42,7 +42,6 @@ PriceUnit = Literal["request", "token", "second"]
 
 NANOS_PER_USD = 1_000_000_000
 _NANOS = Decimal(NANOS_PER_USD)
-_ONE = Decimal(1)
 
 #: Above these a price is taken as a unit mistake unless large prices are allowed.
 MAX_PER_TOKEN = Decimal("0.01")  # $10,000 per 1M tokens
@@ -184,7 +183,8 @@ def parse_rate(
 
 def to_nanos(usd: Decimal) -> int:
     """USD to integer nano-USD, rounded half-even (the one rounding rule)."""
-    return int((usd * _NANOS).quantize(_ONE, rounding=ROUND_HALF_EVEN))
+    # round() of a Decimal rounds half-even whatever the context says, and returns an int
+    return round(usd * _NANOS)
 
 
 def from_nanos(nanos: int) -> Decimal:

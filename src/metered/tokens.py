@@ -628,7 +628,8 @@ class ChatCounter:
                 self.exact = False
                 continue
             kind = part.get("type")
-            if kind in _TEXT_PART_TYPES:
+            # parts come from request bodies: a list "type" must not raise from a set lookup
+            if type(kind) is str and kind in _TEXT_PART_TYPES:
                 n += self._count(str(part.get(kind if kind == "refusal" else "text") or ""))
             elif kind in ("image_url", "input_image"):
                 n += self._openai_image(part)
@@ -656,9 +657,18 @@ class ChatCounter:
         return tiles.base + tiles.tile * n_tiles
 
     def tools(self, tools: Sequence[Mapping[str, Any]] | None) -> int:
-        """Tokens of the tool (or legacy ``functions``) definitions of a request."""
+        """Tokens of the tool (or legacy ``functions``) definitions of a request.
+
+        Raises:
+            InvalidRequest: ``tools`` is not a list.
+        """
         if not tools:
             return 0
+        if type(tools) is not list and (
+            isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence)
+        ):
+            # tools come from request bodies: `"tools": true` is a 400, not a TypeError
+            raise InvalidRequest("tools must be a list of tool definitions", param="tools")
         if self.shape == "anthropic":
             return _ANTHROPIC_TOOL_PROMPT + sum(
                 self._count(str(tool.get("name") or ""))
@@ -686,7 +696,7 @@ class ChatCounter:
             n += self._count(f"{function.get('name', '')}:{description.removesuffix('.')}")
             parameters = function.get("parameters")
             properties = parameters.get("properties") if isinstance(parameters, Mapping) else None
-            if properties:
+            if isinstance(properties, Mapping) and properties:  # a list here is not a schema
                 n += rules.prop_init + self._properties(properties)
         return n + rules.func_end
 
@@ -856,13 +866,17 @@ def _is_anthropic(body: Mapping[str, Any]) -> bool:
         isinstance(t, Mapping) and "input_schema" in t for t in tools
     ):
         return True
-    for message in body.get("messages") or ():
+    messages = body.get("messages")
+    if not isinstance(messages, Sequence) or isinstance(messages, str):
+        return False  # not messages at all: counting them refuses the body
+    for message in messages:
         content = message.get("content") if isinstance(message, Mapping) else None
         if isinstance(content, list):
             for block in content:
-                if isinstance(block, Mapping) and (
-                    block.get("type") in _ANTHROPIC_BLOCKS
-                    or (block.get("type") == "image" and "source" in block)
+                kind = block.get("type") if isinstance(block, Mapping) else None
+                # a list "type" from a request body must not raise from a set lookup
+                if type(kind) is str and (
+                    kind in _ANTHROPIC_BLOCKS or (kind == "image" and "source" in block)
                 ):
                     return True
     return False
@@ -906,6 +920,9 @@ def count_request(body_or_text: Any, *, model: str, chat: bool = True) -> TokenC
         items = body["input"]
         if isinstance(items, str):
             items = [{"role": "user", "content": items}]
+        elif not isinstance(items, Sequence) or isinstance(items, bytes):
+            # input comes from request bodies: null or 5 is a 400, not a TypeError
+            raise InvalidRequest("input must be a string or a list of items", param="input")
         instructions = body.get("instructions")
         if instructions:
             items = [{"role": "system", "content": instructions}, *items]

@@ -347,7 +347,7 @@ def _read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes."""
     stream = environ["wsgi.input"]
     declared = environ.get("CONTENT_LENGTH") or ""
-    if declared.isdigit():
+    if declared.isascii() and declared.isdigit():  # isdigit() admits "²", int() does not
         size = int(declared)
         if size > limit:
             raise RequestTooLarge(size, limit)

@@ -12,7 +12,7 @@ import inspect
 import logging
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import Token
 from dataclasses import dataclass
 from typing import Any
@@ -235,8 +235,14 @@ def prepare(ctx: ClientContext, endpoint: Endpoint, kwargs: Mapping[str, Any]) -
         elif not isinstance(value, omitted):
             body[key] = value
     messages = body.get("messages")
-    if messages is not None and not isinstance(messages, list):
-        body["messages"] = list(messages)  # the SDKs take any iterable; count it once
+    if (
+        messages is not None
+        and type(messages) is not list
+        and isinstance(messages, Iterable)
+        and not isinstance(messages, (str, bytes, Mapping))
+    ):
+        # the SDKs take any iterable; count it once (anything else the engine refuses)
+        body["messages"] = list(messages)
     begin = ctx.begin_args  # shared, never changed: per-call identity goes in a copy
     if options:
         headers = options.get("extra_headers")

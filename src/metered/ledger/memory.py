@@ -356,9 +356,13 @@ class MemoryLedger(Ledger):
                 self._entries[key] = entry
                 status = "late"
             else:
-                _require(entry, hold=True, key=key)
+                if not entry.is_hold:
+                    _require(entry, hold=True, key=key)  # raises
                 if entry.state == "held":
-                    self._unhold(entry)
+                    held = entry.held
+                    accounts = self._accounts
+                    for name in entry.plan.accounts:
+                        accounts[name].held -= held
                     status = "applied"
                 elif entry.state == "expired":
                     status = "late"
@@ -368,7 +372,8 @@ class MemoryLedger(Ledger):
             entry.at = now
             entry.amount = amount_nanos
             crossed, remaining = self._record(entry, amount_nanos, now)
-            self._finish(key, entry, now)
+            entry.forget_at = forget_at = now + self._retain  # self._finish(), inlined
+            heapq.heappush(self._deadlines, (forget_at, key))
             return Receipt(key, status, "captured", amount_nanos, amount_nanos, crossed, remaining)
 
     async def acapture(
