@@ -106,6 +106,11 @@ def test_begin_does_not_mutate_the_callers_body(make_meter: MeterFactory) -> Non
         ({"model": {"id": "gpt-4o"}, "messages": HI}, "model"),
         ({"model": "gpt-4o", "messages": "hi"}, "messages"),
         ({"model": "gpt-4o", "messages": HI, "max_tokens": 0}, "max_tokens"),
+        (
+            {"model": "gpt-4o", "messages": HI, "max_completion_tokens": 10**7},
+            "max_completion_tokens",
+        ),
+        ({"model": "gpt-4o", "messages": HI, "stream": "yes"}, "stream"),
         ({"model": "gpt-4o", "messages": HI, "n": 0}, "n"),
     ],
 )

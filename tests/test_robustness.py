@@ -629,7 +629,8 @@ def test_finish_with_odd_arguments_settles_exactly_once(
     partial: bool,
     error: BaseException | None,
 ) -> None:
-    """Whatever a door passes to finish, it never raises and settles the hold once."""
+    """Whatever a door passes to finish, it never raises, settles the hold once, and the
+    record keeps its field types."""
     meter = METERS["budgeted"]
     call = meter.begin(dict(CHAT_BODY), account=fresh_account())
     call.finish(
@@ -647,7 +648,11 @@ def test_finish_with_odd_arguments_settles_exactly_once(
     assert held(meter, call.account) == 0
     assert call.record is not None
     assert call.record.settlement_status in ("settled", "released")
-    assert all(type(reason) is str for reason in call.record.finish_reasons)
+    record = call.record
+    assert all(type(reason) is str for reason in record.finish_reasons)
+    assert record.response_model is None or type(record.response_model) is str
+    assert record.response_id is None or type(record.response_id) is str
+    assert record.upstream_status is None or type(record.upstream_status) is int
 
 
 # -- 3. usage extractors ----------------------------------------------------------------

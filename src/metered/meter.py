@@ -1162,7 +1162,8 @@ class Call:
             provider=(quote.provider if quote is not None and quote.provider else self.provider),
             operation=_OPERATION[self.api],
             requested_model=self.model or _str_or_none(self.body.get("model")),
-            response_model=fin.response_model if fin else None,
+            # doors read these from provider JSON: keep the types the record promises
+            response_model=_str_or_none(fin.response_model) if fin else None,
             resolved_model=quote.resolved_model if quote is not None else None,
             resolved_pricing_mode=quote.pricing_mode if quote is not None else None,
             pricing_source=quote.pricing_source if quote is not None else None,
@@ -1181,7 +1182,7 @@ class Call:
             settlement_status=status,
             settlement_amount=from_nanos(amount_nanos),
             settlement_latency_ms=settlement_ms,
-            upstream_status=upstream_status,
+            upstream_status=upstream_status if type(upstream_status) is int else None,
             upstream_latency_ms=(ended - self._started) * 1000 if fin is not None else None,
             account=self.account,
             accounts=tuple(c.account for c in self._charges or ()),
@@ -1197,7 +1198,7 @@ class Call:
             max_tokens_clamped_from=self.clamped_from,
             budget_remaining=remaining,
             finish_reasons=fin.finish_reasons if fin else (),
-            response_id=fin.response_id if fin else None,
+            response_id=_str_or_none(fin.response_id) if fin else None,
             server_address=self.server_address,
             catalog_version=quote.catalog_version if quote is not None else None,
         )

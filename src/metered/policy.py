@@ -21,6 +21,7 @@ from metered.resolve import PROVIDER_PREFIXES, ResolvedModel, normalize_model_id
 
 __all__ = [
     "DEFAULT_URGENT_MULTIPLIER",
+    "MAX_OUTPUT_TOKENS",
     "OUTPUT_LIMIT_PARAMS",
     "CapPolicy",
     "ModelPolicy",
@@ -107,6 +108,9 @@ CapPolicy = Literal["clamp", "reject"]
 #: older ``max_tokens``), Responses (``max_output_tokens``), Anthropic (``max_tokens``).
 OUTPUT_LIMIT_PARAMS: Final = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 DEFAULT_URGENT_MULTIPLIER: Final = Decimal("1.5")
+#: No model emits a million tokens in one call: a larger output limit is a client bug or
+#: an attempt to make the reservation absurd.
+MAX_OUTPUT_TOKENS: Final = 1_000_000
 
 # o-series and gpt-5 reasoning models reject max_tokens in chat
 _COMPLETION_TOKENS_MODELS = re.compile(r"(?:o\d|gpt-5|codex-mini)(?![a-z0-9])")
@@ -132,8 +136,11 @@ class OutputCap:
 
 def _positive_int(value: object, *, param: str) -> int:
     # bool is an int subclass; True is not a token limit
-    if type(value) is not int or value < 1:
-        raise InvalidRequest(f"{param} must be a positive integer, got {value!r}", param=param)
+    if type(value) is not int or not 1 <= value <= MAX_OUTPUT_TOKENS:
+        raise InvalidRequest(
+            f"{param} must be an integer from 1 to {MAX_OUTPUT_TOKENS}, got {value!r}",
+            param=param,
+        )
     return value
 
 
