@@ -198,6 +198,33 @@ def test_messages_iterable_is_sent_in_full(client: Any, upstream: FakeUpstream) 
     assert upstream.last_request.body["messages"] == MESSAGES
 
 
+def test_tools_iterable_is_counted_and_sent_in_full(
+    client: Any, upstream: FakeUpstream, metering: Metering
+) -> None:
+    """Tools given as a generator or dict.values() (the SDK takes any iterable) are
+    counted and sent upstream whole, not refused or used up by counting."""
+    tools = {
+        "weather": {
+            "type": "function",
+            "function": {
+                "name": "weather",
+                "description": "Get the weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    }
+    client.chat.completions.create(model="gpt-4o", messages=MESSAGES, tools=tools.values())
+    assert upstream.last_request.body["tools"] == list(tools.values())
+    client.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, tools=(t for t in tools.values())
+    )
+    assert upstream.last_request.body["tools"] == list(tools.values())
+    client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
+    as_values, as_generator, without = (r.payment_required for r in metering.records)
+    assert as_values == as_generator > without  # the tools were counted both times
+
+
 # -- who pays -------------------------------------------------------------------------
 
 

@@ -614,15 +614,23 @@ async def test_async_methods_share_the_sync_state(ledger: MemoryLedger) -> None:
 
 def test_async_methods_never_suspend_unless_a_subclass_overrides_one() -> None:
     """MemoryLedger says its async twins run inline (the engine then settles without a
-    shielded task); a subclass whose acapture may await does not."""
+    shielded task); not when a subclass or the instance replaces one, or a subclass
+    says otherwise."""
 
     class Awaiting(MemoryLedger):
         async def acapture(self, *args: Any, **kwargs: Any) -> Receipt:
             await asyncio.sleep(0)
             return self.capture(*args, **kwargs)
 
+    class Declared(MemoryLedger):
+        async_runs_inline = False  # type: ignore[assignment]
+
+    patched = MemoryLedger()
+    patched.acapture = Awaiting.acapture.__get__(patched)  # type: ignore[method-assign]
     assert MemoryLedger().async_runs_inline is True
     assert Awaiting().async_runs_inline is False
+    assert Declared().async_runs_inline is False
+    assert patched.async_runs_inline is False
 
 
 def test_clock_stepping_back_across_midnight_keeps_the_new_days_spend(

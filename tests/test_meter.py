@@ -620,15 +620,49 @@ async def test_afinish_reads_the_ledger_through_its_async_api(make_meter: MeterF
     assert record.budget_remaining == usd("1")
 
 
-async def test_cancelled_afinish_still_settles_the_call(make_meter: MeterFactory) -> None:
-    """A task cancelled while settling (the client left) still captures: nothing leaks."""
+class _SlowLedger(MemoryLedger):
+    """A subclass whose capture awaits (an audit write, say)."""
 
-    class SlowLedger(MemoryLedger):
-        async def acapture(self, *args: Any, **kwargs: Any) -> Any:
-            await asyncio.sleep(0.05)
-            return super().capture(*args, **kwargs)
+    async def acapture(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return super().capture(*args, **kwargs)
 
-    meter = make_meter({**TOKEN_ROUTE, "default_budgets": ["$1/day"]}, ledger=SlowLedger())
+
+class _ForwardingLedger:
+    """Forwards the ledger API to a MemoryLedger; its capture awaits."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryLedger()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def acapture(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return self.inner.capture(*args, **kwargs)
+
+
+def _patched_ledger() -> MemoryLedger:
+    """A MemoryLedger whose acapture was replaced on the instance (mocks, instrumentation)."""
+    ledger = MemoryLedger()
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return MemoryLedger.capture(ledger, *args, **kwargs)
+
+    ledger.acapture = slow  # type: ignore[method-assign]
+    return ledger
+
+
+@pytest.mark.parametrize(
+    "make_ledger", [_SlowLedger, _ForwardingLedger, _patched_ledger], ids=lambda f: f.__name__
+)
+async def test_cancelled_afinish_still_settles_the_call(
+    make_meter: MeterFactory, make_ledger: Callable[[], Any]
+) -> None:
+    """A task cancelled while settling (the client left) still captures: nothing leaks,
+    whether the ledger that awaits is a subclass, a wrapper or a patched instance."""
+    meter = make_meter({**TOKEN_ROUTE, "default_budgets": ["$1/day"]}, ledger=make_ledger())
     call = await meter.abegin(chat(max_tokens=10))
     task = asyncio.ensure_future(call.afinish(Usage(input_tokens=10, output_tokens=10)))
     await asyncio.sleep(0.01)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from datetime import UTC, datetime
 from decimal import Decimal
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,16 @@ def test_a_record_read_later_describes_the_call_as_it_finished(make_meter: Meter
     assert record.upstream_latency_ms <= (ended - began) * 1000
     assert record.budget_remaining == Decimal("5") - Decimal("0.009")
     assert call.record is record
+
+
+def test_an_http_status_enum_is_recorded_as_its_code(make_meter: MeterFactory) -> None:
+    """finish(status=HTTPStatus.SERVICE_UNAVAILABLE) records upstream status 503."""
+    meter = make_meter(CONFIG)
+    call = meter.begin(BODY, account="acme")
+    call.finish(error=TimeoutError(), status=HTTPStatus.SERVICE_UNAVAILABLE)
+    assert call.record is not None
+    assert call.record.upstream_status == 503
+    assert type(call.record.upstream_status) is int
 
 
 def test_record_carries_the_per_request_log_fields(

@@ -86,24 +86,24 @@ OnResponse = Callable[["Call", Any], object]
 OnBudgetAlert = Callable[[Threshold], object]
 
 
-_PlanKey = tuple[str | None, object, Api, str, str | None, str | None, bool]
+_PlanKey = tuple[str | None, object, Api, str | None, bool]
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """What steps 1-3 make of one (route, model, api, account, tier, feature, urgent):
-    planned once, so a call only counts its prompt, quotes and reserves."""
+    """What steps 1-3 make of one (route, model, api, tier, urgent): planned once, so a
+    call only identifies its payers, counts its prompt, quotes and reserves."""
 
     pricer: RoutePricer
     model: str  # the requested id as the route resolves it
     base: str  # the model it resolves to: the tokenizer's model
-    tier: str | None  # the tier that applies (an unknown name fails closed)
     tier_cfg: TierConfig | None
     cap: int | None  # the tier's output cap, urgent allowance applied
     reserve: int  # output tokens reserved when the caller sets no limit
     window: int | None  # the model's context window, if known
-    counter: ChatCounter | None  # None for the Responses API (counted per item)
-    charges: tuple[Charge, ...]
+    # None for the Responses API (counted per item). Shared by the calls of the plan: the
+    # engine reads only totals, never the counter's per-request ``exact`` flag.
+    counter: ChatCounter | None
     mode: SettlementMode
     on_request: Callable[[Call], object] | None
     on_response: tuple[OnResponse, ...]
@@ -145,12 +145,19 @@ class Meter:
         hold_ttl_seconds: float = 600.0,
     ) -> None:
         self.config = load_config(config)
-        self.pricer = Pricer(self.config)
+        self._plans: dict[_PlanKey, _Plan] = {}
+        self._pricer = Pricer(self.config)
         # the Call object already makes finish() exactly-once, so the ledger only needs to
         # remember finished keys briefly (memory: ~0.5 KB per call while remembered)
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger(retain_seconds=120.0)
-        self._settles_inline = getattr(self.ledger, "async_runs_inline", False) is True
-        self.policy = ModelPolicy(allow=self.config.models.allow, deny=self.config.models.deny)
+        # Async settlement runs in a shielded task so a caller's cancellation cannot cut it
+        # short; a MemoryLedger whose async methods are its own never suspends, so nothing
+        # can cancel it and it settles inline (~15 us less). Wrappers and other ledgers,
+        # whatever they forward, get the task.
+        self._settles_inline = (
+            isinstance(self.ledger, MemoryLedger) and self.ledger.async_runs_inline is True
+        )
+        self._policy = ModelPolicy(allow=self.config.models.allow, deny=self.config.models.deny)
         self.telemetry = Telemetry(
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
@@ -163,7 +170,9 @@ class Meter:
         self._sink = self._make_sink(sink)
         self._budgets = self._parse_budgets()
         self._charges_cache: dict[tuple[str, str | None, str | None], tuple[Charge, ...]] = {}
-        self._plans: dict[_PlanKey, _Plan] = {}
+        self._payers: dict[
+            tuple[str, str | None, str | None], tuple[str | None, tuple[Charge, ...]]
+        ] = {}
         self._route_hooks = {
             name: (
                 resolve_callable(r.hooks.on_request) if r.hooks and r.hooks.on_request else None,
@@ -171,6 +180,26 @@ class Meter:
             )
             for name, r in self.config.routes.items()
         }
+
+    @property
+    def pricer(self) -> Pricer:
+        """The prices of every route (replacing it applies to the next call)."""
+        return self._pricer
+
+    @pricer.setter
+    def pricer(self, pricer: Pricer) -> None:
+        self._pricer = pricer
+        self._plans.clear()  # plans hold a route's pricer
+
+    @property
+    def policy(self) -> ModelPolicy:
+        """The model allow/deny lists (replacing it applies to the next call)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: ModelPolicy) -> None:
+        self._policy = policy
+        self._plans.clear()  # plans hold models that passed the old lists
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> Meter:
@@ -237,6 +266,21 @@ class Meter:
             self._charges_cache.clear()
         self._charges_cache[key] = result
         return result
+
+    def _payer(
+        self, account: str, tier: str | None, feature: str | None
+    ) -> tuple[str | None, tuple[Charge, ...]]:
+        """The tier that applies to a caller and the accounts it is charged to (cached:
+        one lookup per call)."""
+        key = (account, tier, feature)
+        payer = self._payers.get(key)
+        if payer is None:
+            effective = self._effective_tier(tier or self._tier_of(account))
+            payer = (effective, self.charges_for(account, tier=effective, feature=feature))
+            if len(self._payers) > 10_000:  # account names are user input: bound it
+                self._payers.clear()
+            self._payers[key] = payer
+        return payer
 
     def _budgets_of(self, account: str, tier: str | None) -> tuple[Budget, ...]:
         own = self._budgets.get(account)
@@ -393,8 +437,9 @@ class Meter:
         # an ABC isinstance costs ~0.2 us; bodies are nearly always plain dicts
         is_mapping = type(body) is dict or isinstance(body, Mapping)
         model = body.get("model") if is_mapping else None
-        # steps 1-3 depend on the request only through the model: plan them once
-        key = (route, model, api, account, tier, feature, urgent)
+        tier, charges = self._payer(account, tier, feature)
+        # steps 2-3 depend on the request only through its model: plan them once
+        key = (route, model, api, tier, urgent)
         plan = self._plans.get(key) if type(model) is str else None
         call = Call(
             self,
@@ -404,7 +449,7 @@ class Meter:
             provider,
             server_address,
             account,
-            plan.tier if plan is not None else self._effective_tier(tier or self._tier_of(account)),
+            tier,
             feature,
             route,
             headers or {},
@@ -427,7 +472,7 @@ class Meter:
                     raise InvalidRequest("the request body must be a JSON object")
                 if model is None:
                     raise InvalidRequest("'model' is required", param="model")
-                plan = self._plan(key, model, call.tier)
+                plan = self._plan(key, model)
                 call._plan = plan
             call.model = plan.model
             # 2 policy: the model passed the lists when the plan was made; hooks run per call
@@ -444,7 +489,7 @@ class Meter:
                 plan.model, estimate, headers=call.headers, body=call.body, metadata=meta
             )
             call.payment_required = call.estimate.price
-            call._charges = plan.charges
+            call._charges = charges
         except RecursionError:
             # a body nested thousands deep (SDK kwargs may be) is malformed, not a crash
             refused = InvalidRequest("the request nests too deeply to be counted")
@@ -455,9 +500,9 @@ class Meter:
             raise
         return call
 
-    def _plan(self, key: _PlanKey, model: str, tier: str | None) -> _Plan:
-        """Plan the model-dependent part of steps 1-3 (raises as those steps would)."""
-        route, _, api, account, _, feature, urgent = key
+    def _plan(self, key: _PlanKey, model: str) -> _Plan:
+        """Plan the model-dependent part of steps 2-3 (raises as those steps would)."""
+        route, _, api, tier, urgent = key
         # an unknown route name is a 400, never a silent fall back to other prices
         pricer = self.pricer.route(route)
         resolved = pricer.resolve(model)
@@ -481,7 +526,6 @@ class Meter:
             pricer=pricer,
             model=resolved.requested,
             base=base,
-            tier=tier,
             tier_cfg=tier_cfg,
             cap=cap,
             reserve=(entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS,
@@ -489,12 +533,11 @@ class Meter:
             counter=None
             if api == "responses"
             else ChatCounter(base, shape="anthropic" if api == "anthropic" else "openai"),
-            charges=self.charges_for(account, tier=tier, feature=feature),
             mode=pricer.config.settlement,
             on_request=hooks[0],
             on_response=tuple(h for h in (self._on_response, hooks[1]) if h is not None),
         )
-        if len(self._plans) > 4096:  # model ids and account names are user input: bound it
+        if len(self._plans) > 4096:  # model ids are user input: bound the cache
             self._plans.clear()
         self._plans[key] = plan
         return plan
@@ -635,7 +678,7 @@ class _Facts(NamedTuple):
     error_type: str | None
     upstream_status: int | None
     fin: _Finish | None
-    remaining: Decimal | None
+    remaining_nanos: int | None  # the payer's least remaining budget
     timestamp: float  # epoch seconds
     ended: float  # perf_counter
 
@@ -806,7 +849,7 @@ class Call:
             error_type=type(exc).__name__,
             upstream_status=None,
             fin=None,
-            remaining=self._remaining_from(exc),
+            remaining_nanos=self._remaining_from(exc),
             timestamp=time.time(),
             ended=time.perf_counter(),
         )
@@ -816,9 +859,9 @@ class Call:
             self._end()
 
     @staticmethod
-    def _remaining_from(exc: BaseException) -> Decimal | None:
+    def _remaining_from(exc: BaseException) -> int | None:
         if isinstance(exc, BudgetExceeded):
-            return max(exc.limit - exc.spent, Decimal(0))
+            return max(to_nanos(exc.limit - exc.spent), 0)
         return None
 
     @property
@@ -937,27 +980,26 @@ class Call:
         if waiter is not None:
             waiter.set()
 
-    def _remaining_after(self, receipt: Receipt | None) -> Decimal | None:
-        """The remaining budget as the settlement receipt reports it; ``_UNSET`` when the
-        ledger must be asked (a release, or a ledger that does not report it)."""
+    def _remaining_after(self, receipt: Receipt | None) -> int | None:
+        """The remaining budget (nano-USD) as the settlement receipt reports it; ``_UNSET``
+        when the ledger must be asked (a release, or a ledger that does not report it)."""
         if receipt is not None and receipt.remaining_nanos:
             # the first charge is this account, with the budgets remaining() reads
-            left = receipt.remaining_nanos[0]
-            return None if left is None else from_nanos(left)
+            return receipt.remaining_nanos[0]
         if not self._meter._budgets_of(self.account, self.tier):
             return None
         return _UNSET  # type: ignore[no-any-return]
 
-    def _read_remaining(self) -> Decimal | None:
+    def _read_remaining(self) -> int | None:
         try:
-            return self._meter.remaining(self.account, tier=self.tier)
+            return _nanos_or_none(self._meter.remaining(self.account, tier=self.tier))
         except Exception:
             logger.exception("metered: could not read the remaining budget")
             return None
 
-    async def _aread_remaining(self) -> Decimal | None:
+    async def _aread_remaining(self) -> int | None:
         try:
-            return await self._meter.aremaining(self.account, tier=self.tier)
+            return _nanos_or_none(await self._meter.aremaining(self.account, tier=self.tier))
         except Exception:
             logger.exception("metered: could not read the remaining budget")
             return None
@@ -1087,7 +1129,7 @@ class Call:
         receipt: Receipt | None,
         failed: bool,
         settle_started: float,
-        remaining: Decimal | None,
+        remaining: int | None,
     ) -> None:
         now = time.perf_counter()
         if receipt is not None:
@@ -1145,7 +1187,7 @@ class Call:
             error_type,
             upstream_status,
             fin,
-            remaining,
+            remaining_nanos,
             timestamp,
             ended,
         ) = facts
@@ -1182,7 +1224,7 @@ class Call:
             settlement_status=status,
             settlement_amount=from_nanos(amount_nanos),
             settlement_latency_ms=settlement_ms,
-            upstream_status=upstream_status if type(upstream_status) is int else None,
+            upstream_status=_status_or_none(upstream_status),
             upstream_latency_ms=(ended - self._started) * 1000 if fin is not None else None,
             account=self.account,
             accounts=tuple(c.account for c in self._charges or ()),
@@ -1196,7 +1238,7 @@ class Call:
             time_to_first_chunk_ms=ttfc,
             trimmed_messages=self.trimmed,
             max_tokens_clamped_from=self.clamped_from,
-            budget_remaining=remaining,
+            budget_remaining=None if remaining_nanos is None else from_nanos(remaining_nanos),
             finish_reasons=fin.finish_reasons if fin else (),
             response_id=_str_or_none(fin.response_id) if fin else None,
             server_address=self.server_address,
@@ -1241,6 +1283,17 @@ _ZERO = Decimal(0)
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _nanos_or_none(usd: Decimal | None) -> int | None:
+    return None if usd is None else to_nanos(usd)
+
+
+def _status_or_none(value: object) -> int | None:
+    # an HTTPStatus is an int too; a bool is not a status
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    return None
 
 
 def _reasons(value: object) -> tuple[str, ...]:

@@ -273,7 +273,9 @@ class Telemetry:
         """
         tracer = self._tracer
         if type(tracer) is trace.ProxyTracer:
-            tracer = tracer._tracer
+            # a private property of the API: should it ever go, spans are started on the
+            # proxy itself (correct, just not skipped while no SDK is installed)
+            tracer = getattr(tracer, "_tracer", tracer)
         return None if type(tracer) is trace.NoOpTracer else tracer
 
     def _metrics_live(self) -> bool:

@@ -24,7 +24,6 @@ __all__ = [
     "AnthropicStreamUsage",
     "Usage",
     "UsageSource",
-    "estimated",
     "from_anthropic",
     "from_openai_chat",
     "from_openai_chunk",
@@ -172,9 +171,9 @@ def _valid(
 
 
 def estimated(input_tokens: int, output_tokens: int) -> Usage:
-    """``Usage(input_tokens=..., output_tokens=..., source="estimated")`` for counts the
-    caller computed itself (non-negative ints): the engine's pre-call estimate, built
-    without re-checking them on every call."""
+    """``Usage(input_tokens=..., output_tokens=..., source="estimated")`` built WITHOUT
+    Usage's checks: for the engine's pre-call estimate, whose counts it computed itself
+    (non-negative ints). Not exported; anything else should build ``Usage(...)``."""
     return _valid(input_tokens, output_tokens, 0, 0, 0, 0, "estimated")
 
 

@@ -64,6 +64,8 @@ SDK_OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"
 #: Per-call identity headers: ``x-metered-account`` ... (stripped before sending).
 HEADER_PREFIX = "x-metered-"
 _IDENTITY = ("account", "tier", "feature", "route", "urgent")
+# body parameters the SDKs type as Iterable: counted by the engine, then sent upstream
+_ITERABLE_PARAMS = ("messages", "tools", "functions", "input", "system")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _AZURE_CLIENTS = frozenset({"AzureOpenAI", "AsyncAzureOpenAI"})
 
@@ -234,15 +236,17 @@ def prepare(ctx: ClientContext, endpoint: Endpoint, kwargs: Mapping[str, Any]) -
             options[key] = value
         elif not isinstance(value, omitted):
             body[key] = value
-    messages = body.get("messages")
-    if (
-        messages is not None
-        and type(messages) is not list
-        and isinstance(messages, Iterable)
-        and not isinstance(messages, (str, bytes, Mapping))
-    ):
-        # the SDKs take any iterable; count it once (anything else the engine refuses)
-        body["messages"] = list(messages)
+    for name in _ITERABLE_PARAMS:
+        value = body.get(name)
+        if (
+            value is not None
+            and type(value) is not list
+            and isinstance(value, Iterable)
+            and not isinstance(value, (str, bytes, Mapping))
+        ):
+            # the SDKs take any iterable (a generator, dict.values()): make it a list that
+            # is counted and sent alike (anything else the engine refuses)
+            body[name] = list(value)
     begin = ctx.begin_args  # shared, never changed: per-call identity goes in a copy
     if options:
         headers = options.get("extra_headers")

@@ -373,10 +373,9 @@ class Ledger(Protocol):
     defaults to the ledger's clock; it is explicit so a shared store computes nothing
     time-dependent itself. Amounts are integer nano-USD.
 
-    A ledger whose async methods never suspend (they run the sync ones) may say so with
-    an attribute ``async_runs_inline = True``: the engine then settles async calls inline,
-    as nothing can cancel them midway, instead of in a shielded task (~15 us less per
-    call). Without it, settlement is shielded from the caller's cancellation.
+    The engine settles async calls in a task shielded from the caller's cancellation,
+    except on a :class:`MemoryLedger` whose async methods are its own (they never
+    suspend, so nothing can interrupt them).
     """
 
     def hold(

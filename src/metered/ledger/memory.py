@@ -277,10 +277,18 @@ class MemoryLedger(Ledger):
         self._deadlines: list[tuple[float, str]] = []
         thresholds_ = self._thresholds
         self._plan = PlanCache(lambda charges: _Plan(charges, thresholds_), size=_PLAN_CACHE_SIZE)
-        # The async methods below run the sync ones and never suspend, unless a subclass
-        # overrides one of them (see Ledger: the engine then shields settlement instead).
-        self.async_runs_inline = all(
-            getattr(type(self), name) is getattr(MemoryLedger, name) for name in _ASYNC_METHODS
+
+    @property
+    def async_runs_inline(self) -> bool:
+        """Whether the async methods are this class's own, which run the sync ones and
+        never suspend: the engine then settles async calls inline rather than in a
+        shielded task. False when a subclass or this instance replaces one of them (it
+        may await); a subclass may also set it to ``False`` outright."""
+        cls = type(self)
+        own = vars(self)
+        return all(
+            name not in own and getattr(cls, name) is getattr(MemoryLedger, name)
+            for name in _ASYNC_METHODS
         )
 
     # --- holds ------------------------------------------------------------------------
