@@ -26,6 +26,7 @@ from metered.exceptions import (
 from metered.ledger import Balance, MemoryLedger
 from metered.meter import Call, Meter
 from metered.money import to_nanos
+from metered.policy import ModelPolicy
 from metered.records import UsageRecord
 from metered.telemetry import ATTR
 from metered.usage import Usage
@@ -125,6 +126,17 @@ def test_begin_refuses_malformed_requests(
     assert http_error(caught.value)[0] == 400
     assert meter.ledger.balance("anonymous").held_nanos == 0
     assert [r.policy_decision for r in records] == ["denied"]
+
+
+def test_a_replaced_policy_applies_to_callers_seen_before(make_meter: MeterFactory) -> None:
+    """Swapping meter.policy (a kill switch) refuses the model for every caller from the
+    next call, including callers whose calls were planned under the old lists."""
+    meter = make_meter({"default_budgets": ["$1/total"]})
+    meter.begin(chat(), account="alice").finish()
+    meter.policy = ModelPolicy(deny=["gpt-4o"])
+    for account in ("alice", "bob"):
+        with pytest.raises(PolicyDenied):
+            meter.begin(chat(), account=account)
 
 
 def test_unknown_model_is_refused_before_anything_is_held(
