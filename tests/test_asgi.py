@@ -433,6 +433,19 @@ async def test_gateway_prices_an_unknown_model_with_the_fallback(
     assert record.resolved_price == Decimal("0.02")
 
 
+async def test_gateway_forwards_the_clients_own_bytes_when_nothing_is_fitted(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    """A request metering leaves as it is goes upstream byte for byte (spacing, key order,
+    escapes), not re-encoded."""
+    raw = '{ "messages": [{"content": "h\\u00e9llo", "role": "user"}],  "model": "gpt-4o" }'
+    response = await client.post(
+        "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert upstream.last_request.content == raw.encode()
+
+
 async def test_gateway_trims_history_and_fixes_the_content_length(
     client: httpx.AsyncClient, upstream: FakeUpstream, records: list[UsageRecord]
 ) -> None:

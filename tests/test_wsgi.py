@@ -200,6 +200,18 @@ def test_gateway_json_route_settles_the_reported_usage(
     assert meter.spent("alice") == Decimal("0.05")
 
 
+def test_gateway_forwards_the_clients_own_bytes_when_nothing_is_fitted(
+    client: FlaskClient, upstream: FakeUpstream
+) -> None:
+    """A request metering leaves as it is goes upstream byte for byte, not re-encoded."""
+    raw = '{ "messages": [{"content": "h\\u00e9llo", "role": "user"}],  "model": "gpt-4o" }'
+    response = client.post(
+        "/v1/chat/completions", data=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert upstream.last_request.content == raw.encode()
+
+
 def test_gateway_stream_strips_the_usage_chunk_it_asked_for(
     client: FlaskClient, upstream: FakeUpstream, records: list[UsageRecord]
 ) -> None:

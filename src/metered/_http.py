@@ -74,6 +74,7 @@ __all__ = [
     "prepare_stream",
     "public_headers",
     "total_headers",
+    "upstream_bytes",
 ]
 
 #: Response header with the upstream cost (USD) of the metered calls a request made.
@@ -464,6 +465,20 @@ def prepare_stream(body: dict[str, Any], api: Api) -> bool:
         return False
     body["stream_options"] = {**(options or {}), "include_usage": True}
     return True
+
+
+def upstream_bytes(raw: bytes, sent: Mapping[str, Any], fitted: Mapping[str, Any]) -> bytes:
+    """The request bytes to forward upstream: the client's own when metering changed
+    nothing in the body (no re-encoding, which costs most for the longest histories),
+    else the fitted body as JSON.
+
+    ``fitted`` is the engine's copy of ``sent`` (``call.body``): whatever fitting or
+    :func:`prepare_stream` changed (a clamped or filled-in limit, a trimmed history,
+    ``stream_options``) is a different object under its key, or a different key set.
+    """
+    if fitted.keys() == sent.keys() and all(fitted[key] is value for key, value in sent.items()):
+        return raw
+    return json.dumps(fitted, separators=(",", ":")).encode()
 
 
 def error_parts(exc: MeteredError) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -36,7 +36,6 @@ The middleware is pure ASGI and stateless: per-request state lives in the call.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from typing import Any, Literal
@@ -63,6 +62,7 @@ from metered._http import (
     prepare_stream,
     public_headers,
     total_headers,
+    upstream_bytes,
 )
 from metered.context import RequestTotals, bind, metering_by_route
 from metered.exceptions import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
@@ -195,7 +195,7 @@ class MeteredMiddleware:
             await _respond(send, *error_parts(exc))
             return
         strip = prepare_stream(call.body, route.api)
-        upstream_body = json.dumps(call.body, separators=(",", ":")).encode()
+        upstream_body = upstream_bytes(raw, body, call.body)
         pending = [upstream_body]
 
         async def replay() -> Message:

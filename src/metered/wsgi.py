@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextvars
 import io
-import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from http import HTTPStatus
@@ -43,6 +42,7 @@ from metered._http import (
     prepare_stream,
     public_headers,
     total_headers,
+    upstream_bytes,
 )
 from metered.context import RequestTotals, bind, mark_route_metered
 from metered.exceptions import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
@@ -160,7 +160,7 @@ class MeteredWSGIMiddleware:
         except MeteredError as exc:
             return _respond(start_response, *error_parts(exc))
         strip = prepare_stream(call.body, route.api)
-        data = json.dumps(call.body, separators=(",", ":")).encode()
+        data = upstream_bytes(raw, body, call.body)
         inner = {**environ, "wsgi.input": io.BytesIO(data), "CONTENT_LENGTH": str(len(data))}
         response = GatewayResponse(call, route.api, strip_usage=strip)
         return _Relay(response, start_response, totals, self._totals).run(self.app, inner)
