@@ -24,6 +24,7 @@ the proxy alone aims at <= 1.01x. A missed target prints a profile of the metere
 
 from __future__ import annotations
 
+import asyncio
 import cProfile
 import gc
 import io
@@ -37,12 +38,12 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import httpx2
-from openai import OpenAI
+from openai import AsyncOpenAI, OpenAI
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from metered.clients import MeteredOpenAI
+from metered.clients import MeteredAsyncOpenAI, MeteredOpenAI
 from metered.meter import Meter
 from metered.testing import FakeUpstream
 from metered.usage import Usage
@@ -212,6 +213,39 @@ def _profile(call: Call, exporter: InMemorySpanExporter, top: int = 30) -> str:
     return out.getvalue()
 
 
+def _async_ratio(upstream: FakeUpstream, meter: Meter) -> tuple[float, float]:
+    """Bare ``AsyncOpenAI`` vs ``MeteredAsyncOpenAI`` (no-op API) on one event loop, each
+    batch ``CALLS`` awaited calls, alternating like the sync variants: (bare us/call,
+    median ratio)."""
+    loop = asyncio.new_event_loop()
+    bare = AsyncOpenAI(
+        api_key="sk-bench",
+        base_url="http://fake-upstream.test/v1",
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=upstream.async_httpx2_transport()),
+    )
+    clients = {"bare": bare, "metered": MeteredAsyncOpenAI(bare, meter=meter, account="bench")}
+
+    async def calls(client: Any, n: int) -> float:
+        gc.collect()
+        start = time.perf_counter()
+        for _ in range(n):
+            await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        return (time.perf_counter() - start) / n
+
+    times: dict[str, list[float]] = {name: [] for name in clients}
+    try:
+        for client in clients.values():
+            loop.run_until_complete(calls(client, WARMUP))
+        for r in range(ROUNDS):
+            for name in clients if r % 2 == 0 else reversed(list(clients)):
+                times[name].append(loop.run_until_complete(calls(clients[name], CALLS)))
+        loop.run_until_complete(bare.close())
+    finally:
+        loop.close()
+    return min(times["bare"]) * 1e6, _ratio(times, "metered")
+
+
 def main() -> int:
     upstream = FakeUpstream()
     provider, exporter = _sdk_tracing()
@@ -264,6 +298,12 @@ def main() -> int:
                 f" us/call               {ratio:.3f}x  (subprocess, own bare {own_bare:.1f} us;"
                 f" {official['spans']:.0f} span traced)"
             )
+        async_bare, async_ratio = _async_ratio(upstream, noop)
+        print(
+            f"  {'async: MeteredAsyncOpenAI, no-op API':<36} {(async_ratio - 1) * async_bare:+7.1f}"
+            f" us/call               {async_ratio:.3f}x  (own bare AsyncOpenAI"
+            f" {async_bare:.1f} us; reported)"
+        )
         print(
             f"  of which the engine alone (begin + finish, no HTTP): "
             f"{_engine_us(traced, exporter):.1f} us with the OTel SDK, "
