@@ -17,6 +17,8 @@ round), which keeps a noisy machine's slow phases out of the comparison.
   same SDK pipeline. It patches the ``openai`` classes globally, so it runs in a
   subprocess against its own bare baseline, instrumenting and uninstrumenting between
   batches. Skipped when the package is not installed.
+* **async** — ``MeteredAsyncOpenAI`` vs the bare ``AsyncOpenAI`` (no-op API), awaited
+  one after the other on one event loop: reported, no target.
 
 Targets: metered + OTel SDK <= 1.10x the bare call; metered with the no-op API <= 1.03x;
 the proxy alone aims at <= 1.01x. A missed target prints a profile of the metered call.
