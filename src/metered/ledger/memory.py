@@ -350,7 +350,6 @@ class MemoryLedger(Ledger):
     ) -> Receipt:
         if type(amount_nanos) is not int or amount_nanos < 0:
             raise _bad_amount(amount_nanos)
-        fallback = None if charges is None else self._plan(charges)
         now = self._clock() if now is None else now
         with self._lock:
             if self._deadlines and self._deadlines[0][0] <= now:
@@ -358,9 +357,11 @@ class MemoryLedger(Ledger):
             entry = self._entries.get(key)
             status: ReceiptStatus
             if entry is None:
-                if fallback is None:
+                if charges is None:
                     return Receipt(key, "unknown", None)
-                entry = _Entry(fallback, True, "captured", 0, 0, now, now)
+                # a hold this ledger forgot (expired long ago, or held elsewhere): the
+                # charges are only needed, and checked, on this path
+                entry = _Entry(self._plan(charges), True, "captured", 0, 0, now, now)
                 self._entries[key] = entry
                 status = "late"
             else:
