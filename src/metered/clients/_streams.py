@@ -678,6 +678,22 @@ class _RawBase(BaseObjectProxy):
         """A non-streamed call whose body is still to be settled."""
         return not self._self_stream and not self._self_tally.done
 
+    # plain methods on both response kinds: they return (async) iterators
+    def iter_bytes(self, *args: Any, **kwargs: Any) -> Any:
+        """The SDK's ``iter_bytes()``; a streamed body read this way settles the estimate."""
+        self._self_raw()
+        return self.__wrapped__.iter_bytes(*args, **kwargs)
+
+    def iter_text(self, *args: Any, **kwargs: Any) -> Any:
+        """The SDK's ``iter_text()``; a streamed body read this way settles the estimate."""
+        self._self_raw()
+        return self.__wrapped__.iter_text(*args, **kwargs)
+
+    def iter_lines(self, *args: Any, **kwargs: Any) -> Any:
+        """The SDK's ``iter_lines()``; a streamed body read this way settles the estimate."""
+        self._self_raw()
+        return self.__wrapped__.iter_lines(*args, **kwargs)
+
 
 class RawResponse(_RawBase):
     """A raw SDK response (``with_raw_response`` / ``with_streaming_response``).
@@ -722,21 +738,6 @@ class RawResponse(_RawBase):
         data = self.__wrapped__.json(**kwargs)
         self._self_settle()
         return data
-
-    def iter_bytes(self, *args: Any, **kwargs: Any) -> Any:
-        """The SDK's ``iter_bytes()``; a streamed body read this way settles the estimate."""
-        self._self_raw()
-        return self.__wrapped__.iter_bytes(*args, **kwargs)
-
-    def iter_text(self, *args: Any, **kwargs: Any) -> Any:
-        """The SDK's ``iter_text()``; a streamed body read this way settles the estimate."""
-        self._self_raw()
-        return self.__wrapped__.iter_text(*args, **kwargs)
-
-    def iter_lines(self, *args: Any, **kwargs: Any) -> Any:
-        """The SDK's ``iter_lines()``; a streamed body read this way settles the estimate."""
-        self._self_raw()
-        return self.__wrapped__.iter_lines(*args, **kwargs)
 
     def close(self) -> None:
         """Close the response and settle the call if nothing else did."""
@@ -787,21 +788,6 @@ class AsyncRawResponse(_RawBase):
         data = await self.__wrapped__.json(**kwargs)
         await self._self_settle()
         return data
-
-    def iter_bytes(self, *args: Any, **kwargs: Any) -> Any:
-        """The SDK's ``iter_bytes()``; a streamed body read this way settles the estimate."""
-        self._self_raw()
-        return self.__wrapped__.iter_bytes(*args, **kwargs)
-
-    def iter_text(self, *args: Any, **kwargs: Any) -> Any:
-        """The SDK's ``iter_text()``; a streamed body read this way settles the estimate."""
-        self._self_raw()
-        return self.__wrapped__.iter_text(*args, **kwargs)
-
-    def iter_lines(self, *args: Any, **kwargs: Any) -> Any:
-        """The SDK's ``iter_lines()``; a streamed body read this way settles the estimate."""
-        self._self_raw()
-        return self.__wrapped__.iter_lines(*args, **kwargs)
 
     async def close(self) -> None:
         """Close the response and settle the call if nothing else did."""
