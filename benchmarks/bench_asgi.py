@@ -35,8 +35,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from metered.asgi import ApiKeys, MeteredMiddleware
-from metered.meter import Meter
+from metered.engine.meter import Meter
+from metered.http.asgi import ApiKeys, MeteredMiddleware
 
 ROUNDS = 5
 IN_PROCESS_CALLS = 5_000

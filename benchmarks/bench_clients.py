@@ -46,7 +46,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from metered.clients import MeteredAsyncOpenAI, MeteredOpenAI
-from metered.meter import Meter
+from metered.engine.meter import Meter
 from metered.testing import FakeUpstream
 from metered.usage import Usage
 

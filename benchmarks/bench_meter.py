@@ -44,7 +44,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from metered.meter import Meter
+from metered.engine.meter import Meter
 from metered.telemetry import ATTR
 from metered.tokens import count_chat
 from metered.usage import Usage

@@ -23,7 +23,7 @@ from decimal import Decimal
 import genai_prices
 
 from metered.config import Config
-from metered.pricing import Pricer, RoutePricer
+from metered.pricing.route import Pricer, RoutePricer
 from metered.usage import Usage
 
 TARGET_US = 5.0

@@ -31,8 +31,8 @@ from importlib import resources
 from typing import Any
 
 from metered import tokens
+from metered.fitting.trimming import trim_messages
 from metered.tokens import count_chat, get_encoding
-from metered.trimming import trim_messages
 
 ROUNDS = 3
 MODEL = "gpt-4o"

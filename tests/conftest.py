@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from metered.config import Config
-from metered.meter import Meter
+from metered.engine.meter import Meter
 from metered.records import UsageRecord
 
 MeterFactory = Callable[..., Meter]

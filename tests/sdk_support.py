@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from metered.meter import Meter
+from metered.engine.meter import Meter
 from metered.records import UsageRecord
 from metered.testing import FakeUpstream
 

@@ -24,10 +24,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from harness import Recorder, serve_asgi
-from metered.asgi import ApiKeys, MeteredMiddleware
 from metered.clients import MeteredAsyncOpenAI
 from metered.context import CallerContext, current
-from metered.meter import Meter
+from metered.engine.meter import Meter
+from metered.http.asgi import ApiKeys, MeteredMiddleware
 from metered.records import UsageRecord
 from metered.testing import FakeUpstream
 

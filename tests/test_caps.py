@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from metered.exceptions import ConfigError, InvalidRequest, PolicyDenied
-from metered.policy import (
+from metered.errors import ConfigError, InvalidRequest, PolicyDenied
+from metered.fitting.policy import (
     OutputCap,
     apply_output_cap,
     cap_output,

@@ -13,8 +13,8 @@ from genai_prices.data_snapshot import get_snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metered.catalog import Catalog, CostRates, TieredRates, TimedRates
 from metered.config import ModelOverride
+from metered.pricing.catalog import Catalog, CostRates, TieredRates, TimedRates
 from metered.usage import Usage, from_anthropic, from_openai_chat
 
 MTOK = 10**6
@@ -531,7 +531,7 @@ def test_per_mtok_shows_rates_as_written() -> None:
 
 def test_lookup_cache_is_bounded() -> None:
     """Model ids are user input: the catalog's lookup cache never grows without bound."""
-    from metered.catalog import _CACHE_LIMIT
+    from metered.pricing.catalog import _CACHE_LIMIT
 
     catalog = Catalog(source="none")
     for i in range(_CACHE_LIMIT * 2 + 10):

@@ -13,7 +13,7 @@ import pytest
 
 from metered.cli import main
 from metered.config import load_yaml
-from metered.exceptions import ConfigError
+from metered.errors import ConfigError
 
 CONFIGS = Path(__file__).parent / "configs"
 BAD_FILES = sorted((CONFIGS / "bad").glob("*.yaml"))

@@ -23,7 +23,7 @@ from metered.clients._streams import (
     ResponsesObserver,
     Tally,
 )
-from metered.meter import Call, Meter
+from metered.engine.meter import Call, Meter
 from metered.records import UsageRecord
 
 MESSAGES = [{"role": "user", "content": "Say something."}]

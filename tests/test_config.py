@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from metered.config import Config, RouteConfig, format_key, load_config, load_yaml
-from metered.exceptions import ConfigError
+from metered.errors import ConfigError
 from metered.money import Rate
 
 CONFIGS = Path(__file__).parent / "configs"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from metered.context import CallerContext, RequestTotals, bind, current, current_totals
-from metered.meter import Meter
+from metered.engine.meter import Meter
 from metered.usage import Usage
 
 MeterFactory = Callable[..., Meter]

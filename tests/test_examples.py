@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from metered.config import load_yaml
-from metered.meter import Meter
+from metered.engine.meter import Meter
 from metered.records import UsageRecord
 
 MeterFactory = Callable[..., Meter]

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-import metered.exceptions as exceptions_module
-from metered.exceptions import (
+import metered.errors as exceptions_module
+from metered.errors import (
     BudgetExceeded,
     ConfigError,
     ContextOverflow,

@@ -23,10 +23,12 @@ def test_every_exported_name_resolves() -> None:
 
 def test_public_classes_are_exported() -> None:
     """Every public class of the modules the README shows is reachable from ``metered``."""
-    from metered import asgi, clients, exceptions, meter, wsgi
+    from metered import clients, errors
+    from metered.engine import meter
+    from metered.http import asgi, wsgi
 
     expected = {
-        *exceptions.__all__,
+        *errors.__all__,
         "Meter",
         "Call",
         *[n for n in clients.__all__ if n.startswith("Metered")],
@@ -49,8 +51,8 @@ def test_import_is_cheap() -> None:
     """``import metered`` loads neither the SDKs, tiktoken, pydantic nor the engine."""
     code = (
         "import sys, metered; "
-        "heavy = [m for m in ('openai', 'anthropic', 'tiktoken', 'pydantic', 'metered.meter', "
-        "'genai_prices', 'starlette') if m in sys.modules]; "
+        "heavy = [m for m in ('openai', 'anthropic', 'tiktoken', 'pydantic', "
+        "'metered.engine.meter', 'genai_prices', 'starlette') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -16,8 +16,8 @@ import openai
 import pytest
 
 from harness import Recorder, serve_asgi
-from metered.asgi import ApiKeys, MeteredMiddleware
-from metered.exceptions import ConfigError, UpstreamError
+from metered.engine.meter import Meter
+from metered.errors import ConfigError, UpstreamError
 from metered.gateway import (
     DEFAULT_ROUTES,
     GatewayProxy,
@@ -26,7 +26,7 @@ from metered.gateway import (
     create_app,
     resolve_upstream,
 )
-from metered.meter import Meter
+from metered.http.asgi import ApiKeys, MeteredMiddleware
 from metered.records import UsageRecord
 from metered.testing import FakeUpstream
 

@@ -1,4 +1,4 @@
-"""Tests for metered._http: what the ASGI and WSGI doors share (caller keys, request checks,
+"""Tests for metered.http._doors: what the ASGI and WSGI doors share (caller keys, request checks,
 usage read from responses as they pass through)."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metered import _http
-from metered._http import ApiKeys, StreamMeter, caller_of, gateway_routes, parse_request
 from metered.context import CallerContext
-from metered.exceptions import ConfigError, InvalidRequest
-from metered.meter import Meter
+from metered.engine.meter import Meter
+from metered.errors import ConfigError, InvalidRequest
+from metered.http import _doors as _http
+from metered.http._doors import ApiKeys, StreamMeter, caller_of, gateway_routes, parse_request
 from metered.testing import FakeUpstream
 
 HI = [{"role": "user", "content": "hi"}]
@@ -246,7 +246,7 @@ def test_caller_of_normalises_resolver_results() -> None:
 
 def test_unknown_key_named_by_secret_is_tracked_but_not_identified() -> None:
     """With a secret, an unlisted key gets a stable account but still counts as unidentified."""
-    from metered._http import is_unidentified
+    from metered.http._doors import is_unidentified
 
     keys = ApiKeys({"sk-known": "acme"}, secret="s3cret")
     known = keys.account("sk-known")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from metered.exceptions import BudgetExceeded, ConfigError
+from metered.errors import BudgetExceeded, ConfigError
 from metered.ledger import (
     Budget,
     Charge,

@@ -19,7 +19,7 @@ from types import TracebackType
 
 import pytest
 
-from metered.exceptions import BudgetExceeded
+from metered.errors import BudgetExceeded
 from metered.ledger import Budget, Charge, MemoryLedger, Window
 
 NOW = 1_800_000_000.0

@@ -24,10 +24,10 @@ import redis.asyncio.cluster
 import redis.cluster
 
 import tests.test_ledger as memory_suite
-from metered.exceptions import BudgetExceeded, LedgerError
+from metered.engine.meter import Meter
+from metered.errors import BudgetExceeded, LedgerError
 from metered.ledger import Balance, Budget, Charge, Window
 from metered.ledger.redis import RedisLedger
-from metered.meter import Meter
 from metered.usage import Usage
 from tests.redis_server import (  # the *_fixture imports provide redis_server, redis_cluster
     RedisServer,

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from metered.exceptions import (
+from metered.engine.meter import Call, Meter
+from metered.errors import (
     BudgetExceeded,
     ContextOverflow,
     InvalidRequest,
@@ -23,10 +24,9 @@ from metered.exceptions import (
     UnknownModel,
     http_error,
 )
+from metered.fitting.policy import ModelPolicy
 from metered.ledger import Balance, MemoryLedger
-from metered.meter import Call, Meter
 from metered.money import to_nanos
-from metered.policy import ModelPolicy
 from metered.records import UsageRecord
 from metered.telemetry import ATTR
 from metered.usage import Usage

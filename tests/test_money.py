@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metered.exceptions import ConfigError
+from metered.errors import ConfigError
 from metered.money import (
     MAX_PER_TOKEN,
     NANOS_PER_USD,

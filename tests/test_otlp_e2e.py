@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from harness import OtlpReceiver, ReceivedSpan
-from metered.asgi import MeteredMiddleware
-from metered.meter import Meter
+from metered.engine.meter import Meter
+from metered.http.asgi import MeteredMiddleware
 from metered.telemetry import ATTR
 from metered.testing import FakeUpstream
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from metered.exceptions import ConfigError, PolicyDenied
-from metered.policy import ModelPolicy
-from metered.resolve import ResolvedModel, Resolver
+from metered.errors import ConfigError, PolicyDenied
+from metered.fitting.policy import ModelPolicy
+from metered.pricing.resolve import ResolvedModel, Resolver
 
 RESOLVER = Resolver(aliases={"my-bot": "gpt-4o"}, deployments={"prod-4o": "gpt-4o"})
 

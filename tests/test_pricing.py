@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from metered.config import Config, load_config, load_yaml
-from metered.exceptions import ConfigError, InvalidRequest, PolicyDenied, UnknownModel
-from metered.pricing import Pricer, Quote, RoutePricer
+from metered.errors import ConfigError, InvalidRequest, PolicyDenied, UnknownModel
+from metered.pricing.route import Pricer, Quote, RoutePricer
 from metered.usage import Usage
 from tests import pricefns
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from metered.exceptions import PolicyDenied
-from metered.meter import Meter
+from metered.engine.meter import Meter
+from metered.errors import PolicyDenied
 from metered.records import CallbackSink, JsonlSink, UsageRecord
 from metered.usage import Usage
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
+from metered.analysis import add_report_parsers
 from metered.config import load_config
-from metered.exceptions import BudgetExceeded, PolicyDenied
-from metered.meter import Meter
+from metered.engine.meter import Meter
+from metered.errors import BudgetExceeded, PolicyDenied
 from metered.records import JsonlSink, UsageRecord
-from metered.reports import add_report_parsers
 from metered.usage import Usage
 
 CHAT = "POST /v1/chat/completions"

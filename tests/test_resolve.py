@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from metered.exceptions import ConfigError, InvalidRequest, PolicyDenied
-from metered.resolve import Resolver, normalize_model_id
+from metered.errors import ConfigError, InvalidRequest, PolicyDenied
+from metered.pricing.resolve import Resolver, normalize_model_id
 
 # --- normalisation -----------------------------------------------------------------------
 
@@ -211,7 +211,7 @@ def test_resolve_rejects_non_strings(raw: object) -> None:
 
 def test_overlong_model_id_is_refused() -> None:
     """A model id longer than MAX_MODEL_ID_LENGTH is a 400, not a cache or span entry."""
-    from metered.resolve import MAX_MODEL_ID_LENGTH
+    from metered.pricing.resolve import MAX_MODEL_ID_LENGTH
 
     with pytest.raises(InvalidRequest, match="at most") as info:
         normalize_model_id("m" * (MAX_MODEL_ID_LENGTH + 1))

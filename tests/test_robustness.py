@@ -1,7 +1,7 @@
 """Property tests: bad input never escapes as a traceback.
 
 Whatever a caller, a provider or an HTTP client sends, the library answers with a typed
-:class:`~metered.exceptions.MeteredError` (a JSON error body over HTTP), never a
+:class:`~metered.errors.MeteredError` (a JSON error body over HTTP), never a
 ``TypeError``/``KeyError``/... from deep inside, never a charge for a refused call and
 never a hold left behind.
 """
@@ -23,11 +23,12 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
-from metered.asgi import MeteredMiddleware
 from metered.clients import MeteredOpenAI
-from metered.exceptions import InvalidRequest, MeteredError, UpstreamError
+from metered.engine.meter import Api, Call, Meter
+from metered.errors import InvalidRequest, MeteredError, UpstreamError
 from metered.gateway import GatewayProxy, Upstream
-from metered.meter import Api, Call, Meter
+from metered.http.asgi import MeteredMiddleware
+from metered.http.wsgi import MeteredWSGIMiddleware
 from metered.money import to_nanos
 from metered.records import UsageRecord
 from metered.testing import FakeUpstream
@@ -40,7 +41,6 @@ from metered.usage import (
     from_openai_responses,
     from_openai_responses_event,
 )
-from metered.wsgi import MeteredWSGIMiddleware
 
 # -- strategies -------------------------------------------------------------------------
 

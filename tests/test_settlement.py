@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from metered.engine.meter import Call, Meter
 from metered.ledger import MemoryLedger
-from metered.meter import Call, Meter
 from metered.money import to_nanos
 from metered.records import UsageRecord
 from metered.settlement import Action, decide

@@ -18,9 +18,9 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from metered.exceptions import BudgetExceeded, PolicyDenied
+from metered.engine.meter import Call, Meter
+from metered.errors import BudgetExceeded, PolicyDenied
 from metered.ledger import Threshold
-from metered.meter import Call, Meter
 from metered.records import UsageRecord
 from metered.telemetry import ATTR, METRIC
 from metered.tokens import count_chat
@@ -609,7 +609,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from metered.meter import Meter
+from metered.engine.meter import Meter
 from metered.usage import Usage
 
 meter = Meter()

@@ -1065,7 +1065,7 @@ def test_capture_spend_collects_calls_finished_in_the_block() -> None:
     """capture_spend() sees every call finished inside it, and none outside."""
     from decimal import Decimal
 
-    from metered.meter import Meter
+    from metered.engine.meter import Meter
     from metered.testing import capture_spend
     from metered.usage import Usage
 
@@ -1085,7 +1085,7 @@ async def test_capture_spend_follows_asyncio_tasks() -> None:
     """Calls finished in tasks started inside the block are captured too."""
     import asyncio
 
-    from metered.meter import Meter
+    from metered.engine.meter import Meter
     from metered.testing import capture_spend
     from metered.usage import Usage
 

@@ -24,7 +24,7 @@ import tiktoken.model
 from tiktoken_ext import openai_public
 
 from metered import tokens
-from metered.exceptions import InvalidRequest, MeteredError
+from metered.errors import InvalidRequest, MeteredError
 from metered.tokens import (
     ChatCounter,
     TokenCount,

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metered.exceptions import ContextOverflow, InvalidRequest
+from metered.errors import ContextOverflow, InvalidRequest
+from metered.fitting.trimming import TrimResult, trim_messages
 from metered.tokens import ChatCounter, count_anthropic, count_chat
-from metered.trimming import TrimResult, trim_messages
 
 MODEL = "gpt-4o"
 CLAUDE = "claude-sonnet-4-5"

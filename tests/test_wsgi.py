@@ -22,10 +22,10 @@ from flask.testing import FlaskClient
 from harness import Recorder, serve_wsgi
 from metered.clients import MeteredOpenAI
 from metered.context import current
-from metered.meter import Meter
+from metered.engine.meter import Meter
+from metered.http.wsgi import ApiKeys, MeteredWSGIMiddleware
 from metered.records import UsageRecord
 from metered.testing import FakeUpstream
-from metered.wsgi import ApiKeys, MeteredWSGIMiddleware
 
 MeterFactory = Callable[..., Meter]
 CHAT = "POST /v1/chat/completions"

@@ -21,11 +21,11 @@ from typing import Any
 from fastapi import Body, FastAPI
 from fastapi.responses import StreamingResponse
 
-from metered.asgi import ApiKeys, MeteredMiddleware
 from metered.clients import MeteredAsyncOpenAI
 from metered.context import current
+from metered.engine.meter import Meter
 from metered.gateway import GatewayProxy, resolve_upstream
-from metered.meter import Meter
+from metered.http.asgi import ApiKeys, MeteredMiddleware
 
 HERE = Path(__file__).parent
 MODEL = os.environ.get("EXAMPLE_MODEL", "gpt-4o-mini")

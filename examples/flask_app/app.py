@@ -26,9 +26,9 @@ from flask import Flask, Response, request, stream_with_context
 
 from metered.clients import MeteredOpenAI
 from metered.context import current
-from metered.meter import Meter
+from metered.engine.meter import Meter
+from metered.http.wsgi import ApiKeys, MeteredWSGIMiddleware
 from metered.testing import FakeUpstream
-from metered.wsgi import ApiKeys, MeteredWSGIMiddleware
 
 HERE = Path(__file__).parent
 MODEL = os.environ.get("EXAMPLE_MODEL", "gpt-4o-mini")

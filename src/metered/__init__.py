@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from metered.exceptions import (
+from metered.errors import (
     BudgetExceeded,
     ConfigError,
     ContextOverflow,
@@ -37,7 +37,6 @@ from metered.exceptions import (
 from metered.usage import Usage
 
 if TYPE_CHECKING:
-    from metered.asgi import ApiKeys, MeteredMiddleware
     from metered.clients import (
         MeteredAnthropic,
         MeteredAsyncAnthropic,
@@ -45,11 +44,12 @@ if TYPE_CHECKING:
         MeteredOpenAI,
     )
     from metered.context import bind
+    from metered.engine.meter import Call, Meter
+    from metered.http.asgi import ApiKeys, MeteredMiddleware
+    from metered.http.wsgi import MeteredWSGIMiddleware
     from metered.ledger import Budget, MemoryLedger, RedisLedger
-    from metered.meter import Call, Meter
-    from metered.pricing import Quote
+    from metered.pricing.route import Quote
     from metered.records import UsageRecord
-    from metered.wsgi import MeteredWSGIMiddleware
 
 __version__ = "0.1.0"
 
@@ -89,18 +89,18 @@ __all__ = [
 
 # public name -> module that defines it (imported on first access)
 _LAZY = {
-    "ApiKeys": "metered.asgi",
+    "ApiKeys": "metered.http.asgi",
     "Budget": "metered.ledger",
-    "Call": "metered.meter",
+    "Call": "metered.engine.meter",
     "MemoryLedger": "metered.ledger",
-    "Meter": "metered.meter",
+    "Meter": "metered.engine.meter",
     "MeteredAnthropic": "metered.clients",
     "MeteredAsyncAnthropic": "metered.clients",
     "MeteredAsyncOpenAI": "metered.clients",
-    "MeteredMiddleware": "metered.asgi",
+    "MeteredMiddleware": "metered.http.asgi",
     "MeteredOpenAI": "metered.clients",
-    "MeteredWSGIMiddleware": "metered.wsgi",
-    "Quote": "metered.pricing",
+    "MeteredWSGIMiddleware": "metered.http.wsgi",
+    "Quote": "metered.pricing.route",
     "RedisLedger": "metered.ledger",
     "UsageRecord": "metered.records",
     "bind": "metered.context",

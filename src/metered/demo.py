@@ -1,6 +1,6 @@
 """``make demo`` (``python -m metered.demo``): a metered session, offline, in a few seconds.
 
-A FastAPI app runs in process with :class:`~metered.asgi.MeteredMiddleware` in front:
+A FastAPI app runs in process with :class:`~metered.http.asgi.MeteredMiddleware` in front:
 one handler answers support questions through ``MeteredAsyncOpenAI`` (attributed to the
 caller by the middleware), and ``POST /v1/chat/completions`` is a metered gateway route
 forwarded by :class:`~metered.gateway.GatewayProxy`. Both talk to the fake upstream
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from opentelemetry.sdk.trace import TracerProvider
 
-    from metered.meter import Meter
+    from metered.engine.meter import Meter
     from metered.records import UsageRecord
 
 __all__ = ["CONFIG", "KEYS", "build_app", "main"]
@@ -81,9 +81,9 @@ def build_app(meter: Meter, *, tracer_provider: TracerProvider | None = None) ->
     """The demo app: a support handler calling the LLM, and the metered gateway route."""
     from fastapi import Body, FastAPI
 
-    from metered.asgi import ApiKeys, MeteredMiddleware
     from metered.clients import MeteredAsyncOpenAI
     from metered.gateway import GatewayProxy, resolve_upstream
+    from metered.http.asgi import ApiKeys, MeteredMiddleware
     from metered.testing import FakeUpstream
 
     llm = MeteredAsyncOpenAI(
@@ -285,7 +285,7 @@ def _tracing() -> tuple[TracerProvider, Any, str | None]:
 
 def main() -> int:
     """Run the demo session and print its table; returns the exit code."""
-    from metered.meter import Meter
+    from metered.engine.meter import Meter
 
     started = time.perf_counter()
     provider, memory, endpoint = _tracing()

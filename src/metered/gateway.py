@@ -2,7 +2,7 @@
 
 ``metered gateway --config metered.yaml`` serves the config's ``"METHOD /path"`` routes
 (``POST /v1/chat/completions`` and ``POST /v1/responses`` when the config names none),
-each metered by :class:`~metered.asgi.MeteredMiddleware` (allowlist, caps, trimming,
+each metered by :class:`~metered.http.asgi.MeteredMiddleware` (allowlist, caps, trimming,
 budgets → 400/402, price, settlement) and forwarded to its upstream; responses stream
 back chunk by chunk. ``GET /v1/models`` is passed through unmetered; any other path is a
 404 in OpenAI's error shape.
@@ -21,7 +21,7 @@ a URL          that server (``/v1`` may end    ``METERED_UPSTREAM_API_KEY``, els
 =============  ==============================  ==========================================
 
 Callers' own credentials are never forwarded: callers authenticate to the gateway
-(``METERED_API_KEYS="sk-a=acme,..."``, see :class:`~metered.asgi.ApiKeys`), the gateway
+(``METERED_API_KEYS="sk-a=acme,..."``, see :class:`~metered.http.asgi.ApiKeys`), the gateway
 to the upstream. An upstream timeout before the response answers 504, a connection
 failure 502 (both release the call's hold: nothing charged); a failure mid-stream cuts
 the stream (the call is settled as failed). Responses carry ``x-metered-price`` (the
@@ -38,16 +38,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from metered._http import (
+from metered.engine.meter import Meter
+from metered.errors import ConfigError, MeteredError, NotFound, UpstreamError, UpstreamTimeout
+from metered.http._doors import (
     CREDENTIAL_HEADERS,
     ApiKeys,
     TotalHeader,
     error_parts,
     gateway_routes,
 )
-from metered.asgi import ASGIApp, Message, MeteredMiddleware, Receive, Scope, Send
-from metered.exceptions import ConfigError, MeteredError, NotFound, UpstreamError, UpstreamTimeout
-from metered.meter import Meter
+from metered.http.asgi import ASGIApp, Message, MeteredMiddleware, Receive, Scope, Send
 
 if TYPE_CHECKING:
     import httpx
@@ -153,7 +153,7 @@ def resolve_upstream(name: str | None, *, environ: Mapping[str, str] | None = No
 class GatewayProxy:
     """ASGI app forwarding requests to their upstream, streaming responses back.
 
-    Serve it behind :class:`~metered.asgi.MeteredMiddleware` (as :func:`create_app`
+    Serve it behind :class:`~metered.http.asgi.MeteredMiddleware` (as :func:`create_app`
     does): the proxy itself meters nothing.
 
     Args:

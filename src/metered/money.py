@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Literal
 
-from metered.exceptions import ConfigError
+from metered.errors import ConfigError
 
 __all__ = [
     "MAX_PER_REQUEST",

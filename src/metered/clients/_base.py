@@ -35,7 +35,7 @@ from metered.clients._streams import (
     error_status,
 )
 from metered.context import take_route_metering
-from metered.meter import Api, Call, Meter
+from metered.engine.meter import Api, Call, Meter
 
 __all__ = [
     "HEADER_PREFIX",

@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from metered import tokens
-from metered.meter import Call
+from metered.engine.meter import Call
 from metered.usage import (
     AnthropicStreamUsage,
     Usage,

@@ -31,8 +31,8 @@ counted (``metered.tokens.source = estimated``). A raw response whose streamed b
 with ``iter_lines()``/``iter_bytes()`` cannot be seen by metered and settles the pre-call
 estimate. ``extra_body`` is sent as is but not metered.
 
-A refused call (:class:`~metered.exceptions.PolicyDenied`,
-:class:`~metered.exceptions.BudgetExceeded`) raises before any HTTP request; an upstream
+A refused call (:class:`~metered.errors.PolicyDenied`,
+:class:`~metered.errors.BudgetExceeded`) raises before any HTTP request; an upstream
 error settles the call as failed and is re-raised unchanged.
 """
 

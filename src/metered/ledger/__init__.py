@@ -67,7 +67,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, runtime_checkable
 
-from metered.exceptions import ConfigError
+from metered.errors import ConfigError
 from metered.money import format_usd, from_nanos, parse_amount, to_nanos
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 
-from metered.exceptions import BudgetExceeded
+from metered.errors import BudgetExceeded
 from metered.ledger import (
     DEFAULT_THRESHOLDS,
     Balance,

@@ -50,7 +50,7 @@ nano-USD (~$9M per call), and balances stay exact while each counter is below th
 (about $9M of spend per account and window); Redis itself keeps counters as exact
 64-bit integers.
 
-Connection and server failures raise :class:`~metered.exceptions.LedgerError` (the
+Connection and server failures raise :class:`~metered.errors.LedgerError` (the
 engine answers 503, or records the settlement as ``failed``); never a raw redis error.
 """
 
@@ -71,7 +71,7 @@ import redis.cluster
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import RedisClusterException, RedisError
 
-from metered.exceptions import BudgetExceeded, LedgerError
+from metered.errors import BudgetExceeded, LedgerError
 from metered.ledger import (
     DEFAULT_THRESHOLDS,
     Balance,

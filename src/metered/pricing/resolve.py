@@ -26,7 +26,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from metered.exceptions import ConfigError, InvalidRequest, PolicyDenied
+from metered.errors import ConfigError, InvalidRequest, PolicyDenied
 
 __all__ = [
     "MAX_MODEL_ID_LENGTH",

@@ -8,8 +8,8 @@
 4. quote     — prompt counted locally + the output limit → the call's maximum price
 5. reserve   — hold (``after-response``) or charge (``before-response``) on every account
 
-A refused call raises :class:`~metered.exceptions.PolicyDenied` /
-:class:`~metered.exceptions.BudgetExceeded` (or ``InvalidRequest``) before anything is
+A refused call raises :class:`~metered.errors.PolicyDenied` /
+:class:`~metered.errors.BudgetExceeded` (or ``InvalidRequest``) before anything is
 sent upstream or charged; its span is still emitted with the reason.
 
 ``Call.finish`` runs steps 7-9 exactly once (idempotent, thread-safe): measure (the
@@ -36,27 +36,27 @@ from opentelemetry.trace import Span
 
 from metered import context as _context
 from metered.config import Config, TierConfig, load_config, load_yaml, resolve_callable
-from metered.exceptions import (
+from metered.errors import (
     BudgetExceeded,
     InvalidRequest,
     MeteredError,
     PolicyDenied,
 )
-from metered.ledger import Budget, Charge, Ledger, MemoryLedger, Receipt, Threshold, parse_budget
-from metered.money import from_nanos, to_nanos
-from metered.policy import (
+from metered.fitting.policy import (
     ModelPolicy,
     apply_output_cap,
     cap_output,
     output_limit_param,
     requested_output_limit,
 )
-from metered.pricing import Pricer, Quote, RoutePricer
+from metered.fitting.trimming import trim_messages
+from metered.ledger import Budget, Charge, Ledger, MemoryLedger, Receipt, Threshold, parse_budget
+from metered.money import from_nanos, to_nanos
+from metered.pricing.route import Pricer, Quote, RoutePricer
 from metered.records import CallbackSink, JsonlSink, RecordSink, UsageRecord
 from metered.settlement import Action, SettlementMode, decide
 from metered.telemetry import EVENT_BUDGET_ALERT, EVENT_SETTLEMENT, Telemetry
 from metered.tokens import ChatCounter, count_request
-from metered.trimming import trim_messages
 from metered.usage import Usage, estimated
 
 __all__ = ["Api", "Call", "Meter"]

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from metered.exceptions import ContextOverflow, InvalidRequest
+from metered.errors import ContextOverflow, InvalidRequest
 from metered.tokens import ChatCounter, Shape
 
 __all__ = ["Summarizer", "TrimResult", "trim_messages"]

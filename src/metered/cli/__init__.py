@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from metered.catalog import TieredRates
 from metered.config import Config, load_config, load_yaml
-from metered.exceptions import MeteredError
+from metered.errors import MeteredError
 from metered.money import format_usd
-from metered.pricing import Pricer, Quote
+from metered.pricing.catalog import TieredRates
+from metered.pricing.route import Pricer, Quote
 from metered.usage import Usage
 
 __all__ = ["main"]
@@ -316,8 +316,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_cmd_tokens)
 
+    from metered.analysis import add_report_parsers
     from metered.gateway import add_gateway_parser
-    from metered.reports import add_report_parsers
 
     add_gateway_parser(sub)
     add_report_parsers(sub)

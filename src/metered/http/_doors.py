@@ -1,7 +1,7 @@
 """What the ASGI and WSGI doors share: who is calling, gateway-route request checks, and
 usage read from JSON and server-sent-event responses as they pass through.
 
-Both :mod:`metered.asgi` and :mod:`metered.wsgi` are thin shells over this module, so the
+Both :mod:`metered.http.asgi` and :mod:`metered.http.wsgi` are thin shells over this module, so the
 two servers identify callers, refuse bad requests and settle streams the same way.
 """
 
@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from metered.context import CallerContext, RequestTotals
-from metered.exceptions import (
+from metered.errors import (
     ConfigError,
     InvalidRequest,
     MeteredError,
@@ -26,7 +26,7 @@ from metered.exceptions import (
     UpstreamError,
     http_error,
 )
-from metered.policy import MAX_OUTPUT_TOKENS
+from metered.fitting.policy import MAX_OUTPUT_TOKENS
 from metered.telemetry import ATTR
 from metered.usage import (
     AnthropicStreamUsage,
@@ -39,7 +39,7 @@ from metered.usage import (
 )
 
 if TYPE_CHECKING:
-    from metered.meter import Api, Call, Meter
+    from metered.engine.meter import Api, Call, Meter
 
 __all__ = [
     "COST_HEADER",
@@ -139,7 +139,8 @@ class ApiKeys:
     Raw keys never reach spans, records or logs.
 
     Instances are resolvers for both doors: pass one as ``identify=`` to
-    :class:`~metered.asgi.MeteredMiddleware` or :class:`~metered.wsgi.MeteredWSGIMiddleware`.
+    :class:`~metered.http.asgi.MeteredMiddleware` or
+    :class:`~metered.http.wsgi.MeteredWSGIMiddleware`.
 
     Args:
         keys: ``{api key: account}``. Keep keys out of YAML: build this from a secret

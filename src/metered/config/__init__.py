@@ -1,6 +1,6 @@
 """Typed configuration and the YAML loader.
 
-Every validation problem becomes one :class:`~metered.exceptions.ConfigError` naming the
+Every validation problem becomes one :class:`~metered.errors.ConfigError` naming the
 key path and the bad value, e.g.
 ``routes."POST /v1/chat/completions".models.gpt-4o: '5 dollars' is not a price``.
 Unknown keys are errors: a typo must never silently disable a guardrail.
@@ -38,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from metered.exceptions import ConfigError
+from metered.errors import ConfigError
 from metered.money import PriceUnit, Rate, parse_amount, parse_rate
 
 __all__ = [
@@ -486,7 +486,7 @@ def _check_references(config: Config) -> None:
         for i, parent in enumerate(account.parents):
             if parent == name:
                 raise ConfigError(f"accounts.{name}.parents[{i}]", "is the account itself", parent)
-    from metered.resolve import Resolver
+    from metered.pricing.resolve import Resolver
 
     Resolver(aliases=config.models.aliases, deployments=config.models.deployments)
 

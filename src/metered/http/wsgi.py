@@ -2,7 +2,7 @@
 
     app.wsgi_app = MeteredWSGIMiddleware(app.wsgi_app, meter=meter, identify=ApiKeys(keys))
 
-Same options, same behaviour (see :mod:`metered.asgi`): each request's caller is bound
+Same options, same behaviour (see :mod:`metered.http.asgi`): each request's caller is bound
 into :mod:`metered.context` while the app runs *and* while its response body is
 iterated, so calls made by streamed responses (generators) are attributed too;
 non-streamed responses get the ``x-metered-cost`` / ``x-metered-price`` headers; routes
@@ -21,7 +21,10 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
-from metered._http import (
+from metered.context import RequestTotals, bind, mark_route_metered
+from metered.engine.meter import Meter
+from metered.errors import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
+from metered.http._doors import (
     COST_HEADER,
     PRICE_HEADER,
     ApiKeys,
@@ -44,9 +47,6 @@ from metered._http import (
     total_headers,
     upstream_bytes,
 )
-from metered.context import RequestTotals, bind, mark_route_metered
-from metered.exceptions import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
-from metered.meter import Meter
 
 __all__ = ["COST_HEADER", "PRICE_HEADER", "ApiKeys", "MeteredWSGIMiddleware"]
 

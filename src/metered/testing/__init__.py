@@ -59,7 +59,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from metered import context as _context_vars
-from metered.exceptions import InvalidRequest
+from metered.errors import InvalidRequest
 from metered.records import UsageRecord
 from metered.tokens import count_anthropic, count_chat, count_request, encoding_for_model
 

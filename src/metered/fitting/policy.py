@@ -1,7 +1,7 @@
 """Policy: which models may be called (allow/deny lists) and how much output a tier gets.
 
 Allow and deny lists fail closed. Entries are normalised like requested ids (see
-:mod:`metered.resolve`) and may use ``*`` wildcards (``gpt-4o*``). A request is checked
+:mod:`metered.pricing.resolve`) and may use ``*`` wildcards (``gpt-4o*``). A request is checked
 by every name in its resolution chain, so ``GPT-4o ``, ``openai/gpt-4o``, a dated snapshot
 or an alias of a denied model is denied too; a fine-tune of a denied base model is denied.
 An allowlist admits a request when the id it sent, or a name it resolves to, is listed.
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Final, Literal
 
-from metered.exceptions import ConfigError, InvalidRequest, PolicyDenied
-from metered.resolve import PROVIDER_PREFIXES, ResolvedModel, normalize_model_id
+from metered.errors import ConfigError, InvalidRequest, PolicyDenied
+from metered.pricing.resolve import PROVIDER_PREFIXES, ResolvedModel, normalize_model_id
 
 __all__ = [
     "DEFAULT_URGENT_MULTIPLIER",

@@ -45,7 +45,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from metered.exceptions import InvalidRequest, MeteredError
+from metered.errors import InvalidRequest, MeteredError
 from metered.usage import Usage
 
 if TYPE_CHECKING:
@@ -955,7 +955,7 @@ def estimate_usage(
         InvalidRequest: no model, or an invalid output limit.
     """
     # policy owns the parameter names; imported here so policy may import tokens freely
-    from metered.policy import requested_output_limit
+    from metered.fitting.policy import requested_output_limit
 
     name = model if model is not None else body.get("model")
     if not isinstance(name, str) or not name:

@@ -57,11 +57,11 @@ from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation
 from functools import partial
 from typing import Any, Literal, NamedTuple
 
-from metered.catalog import CostRates
 from metered.config import Config, ModelPrice, load_yaml
-from metered.exceptions import ConfigError, MeteredError
+from metered.errors import ConfigError, MeteredError
 from metered.money import NANOS_PER_USD, Rate, format_usd, from_nanos, to_nanos
-from metered.pricing import Pricer, RoutePricer
+from metered.pricing.catalog import CostRates
+from metered.pricing.route import Pricer, RoutePricer
 from metered.usage import Usage
 
 __all__ = [

@@ -40,7 +40,10 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from typing import Any, Literal
 
-from metered._http import (
+from metered.context import RequestTotals, bind, metering_by_route
+from metered.engine.meter import Meter
+from metered.errors import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
+from metered.http._doors import (
     COST_HEADER,
     PRICE_HEADER,
     ApiKeys,
@@ -64,9 +67,6 @@ from metered._http import (
     total_headers,
     upstream_bytes,
 )
-from metered.context import RequestTotals, bind, metering_by_route
-from metered.exceptions import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
-from metered.meter import Meter
 
 __all__ = ["COST_HEADER", "PRICE_HEADER", "ApiKeys", "MeteredMiddleware"]
 

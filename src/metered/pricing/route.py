@@ -5,7 +5,7 @@
   wins: ``match`` rules → ``price.fn`` → ``route.models`` (the name the user sent, then
   the resolved names) → ``default-table`` (catalog cost x the route's markup; used when the
   route sets a markup or lists no models) → ``fallback`` (if the route's unknown-model
-  policy is ``fallback``) → :class:`~metered.exceptions.UnknownModel`.
+  policy is ``fallback``) → :class:`~metered.errors.UnknownModel`.
   Per-model floors and ceilings bound the result. With no rules at all the price is the
   cost (an app tracking its own spend).
 * **margin** — price − cost.
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
-from metered.catalog import Catalog, CatalogEntry, CostRates
 from metered.config import Config, ModelPrice, RouteConfig, resolve_callable
-from metered.exceptions import ConfigError, InvalidRequest, UnknownModel
+from metered.errors import ConfigError, InvalidRequest, UnknownModel
 from metered.money import parse_amount
-from metered.resolve import ResolvedModel, Resolver
+from metered.pricing.catalog import Catalog, CatalogEntry, CostRates
+from metered.pricing.resolve import ResolvedModel, Resolver
 from metered.usage import Usage
 
 __all__ = [
