@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from metered.context import CallerContext
 from metered.engine.meter import Meter
 from metered.errors import ConfigError, InvalidRequest
-from metered.http import _doors as _http
+from metered.http import wire
 from metered.http._doors import ApiKeys, StreamMeter, caller_of, gateway_routes, parse_request
 from metered.testing import FakeUpstream
 
@@ -88,7 +88,7 @@ def test_a_line_over_the_limit_is_skipped_without_losing_the_rest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An oversized line is forwarded but not held; the lines after it are read normally."""
-    monkeypatch.setattr(_http, "MAX_SSE_LINE", 64)
+    monkeypatch.setattr(wire, "MAX_SSE_LINE", 64)
     meter = StreamMeter("chat", model="gpt-4o", strip_usage=True)
     huge = b"data: " + b"x" * 200 + b"\n\n"
     out = feed(meter, [huge[:100], huge[100:], CHAT])
