@@ -24,7 +24,6 @@ from metered.errors import (
     UnknownModel,
     http_error,
 )
-from metered.fitting.policy import ModelPolicy
 from metered.ledger import Balance, MemoryLedger
 from metered.money import to_nanos
 from metered.records import UsageRecord
@@ -128,15 +127,28 @@ def test_begin_refuses_malformed_requests(
     assert [r.policy_decision for r in records] == ["denied"]
 
 
-def test_a_replaced_policy_applies_to_callers_seen_before(make_meter: MeterFactory) -> None:
-    """Swapping meter.policy (a kill switch) refuses the model for every caller from the
-    next call, including callers whose calls were planned under the old lists."""
+@pytest.mark.parametrize("name", ["config", "ledger", "pricer", "policy", "telemetry"])
+def test_a_meter_is_immutable(make_meter: MeterFactory, name: str) -> None:
+    """What the engine plans from cannot be swapped under it (its plans would go stale)."""
+    meter = make_meter()
+    with pytest.raises(AttributeError):
+        setattr(meter, name, getattr(meter, name))
+
+
+def test_a_new_meter_over_the_same_ledger_applies_new_lists(make_meter: MeterFactory) -> None:
+    """A kill switch is a new meter on the same ledger: it refuses the model for callers
+    the old meter planned, and their spend carries over."""
     meter = make_meter({"default_budgets": ["$1/total"]})
-    meter.begin(chat(), account="alice").finish()
-    meter.policy = ModelPolicy(deny=["gpt-4o"])
+    meter.begin(chat(), account="alice").finish(Usage(input_tokens=10, output_tokens=10))
+    spent = meter.spent("alice")
+    assert spent > 0
+    killed = make_meter(
+        {"default_budgets": ["$1/total"], "models": {"deny": ["gpt-4o"]}}, ledger=meter.ledger
+    )
     for account in ("alice", "bob"):
         with pytest.raises(PolicyDenied):
-            meter.begin(chat(), account=account)
+            killed.begin(chat(), account=account)
+    assert killed.spent("alice") == spent
 
 
 def test_unknown_model_is_refused_before_anything_is_held(

@@ -1,0 +1,222 @@
+"""Steps 2-3 of the pipeline, policy and fit, and the part of step 4 they decide.
+
+What a call may do depends on the request only through ``(route, model, api, tier,
+urgent)``: the route's prices, the resolved model that passed the allow/deny lists, the
+tier's output cap, the model's context window and tokenizer. :class:`Planner` works that
+out once per key (a :class:`Plan`); each call then only fits its own body to the plan
+(:func:`fit`): clamp its output limit, count its prompt, trim its history.
+
+A :class:`Planner` belongs to one :class:`~metered.engine.meter.Meter`, whose config,
+prices and lists never change, so a plan can never be stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from metered.config import Config, TierConfig, resolve_callable
+from metered.errors import InvalidRequest
+from metered.fitting.policy import (
+    ModelPolicy,
+    apply_output_cap,
+    cap_output,
+    output_limit_param,
+    requested_output_limit,
+)
+from metered.fitting.trimming import trim_messages
+from metered.pricing.resolve import normalize_model_id
+from metered.pricing.route import Pricer, RoutePricer
+from metered.settlement import SettlementMode
+from metered.tokens import ChatCounter, count_request
+
+if TYPE_CHECKING:
+    from metered.engine.call import Call
+
+__all__ = ["DEFAULT_OUTPUT_TOKENS", "Api", "Fit", "OnResponse", "Plan", "Planner", "fit"]
+
+Api = Literal["chat", "responses", "anthropic"]
+OnResponse = Callable[["Call", Any], object]
+OnRequest = Callable[["Call"], object]
+
+#: Output tokens assumed for the maximum price when neither the caller nor a tier sets a
+#: limit and the catalog names none (the hold may then be below the actual price; the
+#: capture still records the actual).
+DEFAULT_OUTPUT_TOKENS = 4096
+_MAX_PLANS = 4096
+
+PlanKey = tuple[str | None, str, Api, str | None, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What steps 2-3 make of one ``(route, model, api, tier, urgent)``."""
+
+    pricer: RoutePricer
+    model: str  # the requested id as the route resolves it
+    base: str  # the model it resolves to: the tokenizer's model
+    tier_cfg: TierConfig | None
+    cap: int | None  # the tier's output cap, urgent allowance applied
+    reserve: int  # output tokens reserved when the caller sets no limit
+    window: int | None  # the model's context window, if known
+    # None for the Responses API (counted per item). Shared by the plan's calls, which
+    # read only totals from it.
+    counter: ChatCounter | None
+    mode: SettlementMode
+    on_request: OnRequest | None
+    on_response: tuple[OnResponse, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """A request body fitted to its plan (step 3)."""
+
+    body: dict[str, Any]  # what goes upstream: output-capped, trimmed
+    prompt_tokens: int
+    output_limit: int  # the most the call may output (what the estimate reserves)
+    clamped_from: int | None  # the caller's limit, when the tier's cap lowered it
+    trimmed: int  # history messages dropped to fit the context window
+
+
+class Planner:
+    """Plans per ``(route, model, api, tier, urgent)``, made once and kept (bounded)."""
+
+    def __init__(
+        self,
+        config: Config,
+        pricer: Pricer,
+        policy: ModelPolicy,
+        on_response: OnResponse | None,
+    ) -> None:
+        self._config = config
+        self._pricer = pricer
+        self._policy = policy
+        self._on_response = on_response
+        self._hooks = {
+            name: (
+                resolve_callable(r.hooks.on_request) if r.hooks and r.hooks.on_request else None,
+                resolve_callable(r.hooks.on_response) if r.hooks and r.hooks.on_response else None,
+            )
+            for name, r in config.routes.items()
+        }
+        self._plans: dict[PlanKey, Plan] = {}
+
+    def plan(
+        self, route: str | None, model: object, api: Api, tier: str | None, urgent: bool
+    ) -> Plan:
+        """The plan of a request (raises as steps 2-3 would: unknown route or model, a
+        model the lists deny)."""
+        if type(model) is not str:
+            if model is None:
+                raise InvalidRequest("'model' is required", param="model")
+            normalize_model_id(model)  # raises the 400 for a JSON list, object, number
+            raise AssertionError("unreachable: a non-string model id is refused")
+        key = (route, model, api, tier, urgent)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._make(*key)
+            if len(self._plans) >= _MAX_PLANS:  # model ids are user input: bound the cache
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _make(
+        self, route: str | None, model: str, api: Api, tier: str | None, urgent: bool
+    ) -> Plan:
+        # an unknown route name is a 400, never a silent fall back to other prices
+        pricer = self._pricer.route(route)
+        resolved = pricer.resolve(model)
+        self._policy.check(resolved)
+        base = resolved.base
+        entry = pricer.entry(resolved.requested or base)
+        tier_cfg = self._config.tiers.get(tier) if tier is not None else None
+        cap = None
+        if tier_cfg is not None and tier_cfg.max_tokens is not None:
+            # the tier's cap with the urgent allowance applied, as cap_output applies it
+            cap = cap_output(
+                None,
+                cap=tier_cfg.max_tokens,
+                urgent=urgent,
+                urgent_multiplier=tier_cfg.urgent_multiplier,
+                model=base,
+                api=api,
+            ).limit
+        on_request, on_response = self._hooks.get(pricer.name or "", (None, None))
+        return Plan(
+            pricer=pricer,
+            model=resolved.requested,
+            base=base,
+            tier_cfg=tier_cfg,
+            cap=cap,
+            reserve=(entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS,
+            window=entry.context_window if entry is not None else None,
+            counter=None
+            if api == "responses"
+            else ChatCounter(base, shape="anthropic" if api == "anthropic" else "openai"),
+            mode=pricer.config.settlement,
+            on_request=on_request,
+            on_response=tuple(h for h in (self._on_response, on_response) if h is not None),
+        )
+
+
+def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool) -> Fit:
+    """Step 3: the tier's output cap and history trimming, for one request body."""
+    requested = requested_output_limit(body)
+    cap = plan.cap
+    limit = requested
+    clamped_from = None
+    if cap is not None and (requested is None or requested > cap):
+        # clamp, reject or fill in the cap: the uncommon case goes through the policy
+        tier_cfg = plan.tier_cfg
+        assert tier_cfg is not None  # a cap comes from a tier
+        capped = cap_output(
+            requested,
+            cap=tier_cfg.max_tokens,
+            policy=tier_cfg.cap_policy,
+            urgent=urgent,
+            urgent_multiplier=tier_cfg.urgent_multiplier,
+            model=plan.base,
+            api=api,
+            param=None if api != "chat" else output_limit_param(plan.base, "chat", body=body),
+        )
+        body = apply_output_cap(body, capped)
+        limit = capped.limit
+        clamped_from = capped.clamped_from
+    # the maximum the call may output: its limit, else the model's cap, else a default
+    reserved = limit or plan.reserve
+    counter = plan.counter
+    if counter is None:  # the Responses API
+        prompt = count_request(body, model=plan.base).tokens
+        return Fit(body, prompt, reserved, clamped_from, 0)
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidRequest("'messages' must be a list of messages", param="messages")
+    tools = body.get("tools") or body.get("functions")
+    system = body.get("system")
+    prompt = counter.total(messages, tools=tools, system=system)
+    window = plan.window
+    if window is None or prompt + min(reserved, window) <= window:
+        return Fit(body, prompt, reserved, clamped_from, 0)
+    result = trim_messages(
+        messages,
+        model=plan.base,
+        context_window=window,
+        reserved_output=min(reserved, window),
+        tools=tools,
+        system=system,
+        shape=counter.shape,
+    )
+    if result.trimmed:
+        body["messages"] = result.messages
+    return Fit(body, result.prompt_tokens, reserved, clamped_from, len(result.dropped))
+
+
+def choices(body: Mapping[str, Any]) -> int:
+    """How many completions the request asks for (``n``): each may use the output limit."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if type(n) is not int or n < 1:
+        raise InvalidRequest("'n' must be a positive integer", param="n")
+    return n

@@ -1,0 +1,160 @@
+"""Money moves here: the ledger side of steps 5 and 9, written once for sync and async.
+
+Each step is a *flow*: a generator that yields the ledger operations it needs
+(:class:`Op`) and receives their results, with no I/O of its own. Two small drivers run a
+flow, :func:`run` against the ledger's sync API and :func:`arun` against its async API, the
+way httpx drives ``Auth.auth_flow``. A failing operation is thrown back into the flow, so
+each flow decides in one place what a ledger error means.
+
+:func:`protected` is how async settlement survives its caller: a client that disconnects
+while a call settles cancels the request task, but the hold must still be captured or
+released and the record emitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine, Generator, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+from metered.errors import LedgerError
+from metered.ledger import Budget, Charge, Ledger, Receipt
+from metered.settlement import Action, SettlementMode
+
+__all__ = ["Flow", "Op", "arun", "protected", "remaining", "reserve", "run", "settle"]
+
+logger = logging.getLogger("metered")
+
+T = TypeVar("T")
+
+
+class Op(NamedTuple):
+    """One ledger operation a flow needs: ``ledger.<method>(*args, **kwargs)``; the async
+    driver calls ``ledger.a<method>`` with the same arguments."""
+
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+Flow = Generator[Op, Any, T]
+
+
+def run(flow: Flow[T], ledger: Ledger) -> T:
+    """Run ``flow`` against the ledger's sync API; returns what the flow returns."""
+    try:
+        op = next(flow)
+        while True:
+            try:
+                result = getattr(ledger, op.method)(*op.args, **op.kwargs)
+            except BaseException as exc:  # the flow decides; it re-raises what it can't handle
+                op = flow.throw(exc)
+            else:
+                op = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def arun(flow: Flow[T], ledger: Ledger) -> T:
+    """Run ``flow`` against the ledger's async API; returns what the flow returns."""
+    try:
+        op = next(flow)
+        while True:
+            try:
+                result = await getattr(ledger, "a" + op.method)(*op.args, **op.kwargs)
+            except BaseException as exc:  # a cancelled reservation is refused like a failed one
+                op = flow.throw(exc)
+            else:
+                op = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+# Python 3.12+ can start a task eagerly: a ledger that never suspends (the in-process one)
+# settles within this step, and only a ledger that awaits I/O costs a trip round the loop.
+_EAGER = sys.version_info >= (3, 12)
+
+
+def protected(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+    """``coro`` as a task that the caller's cancellation cannot interrupt.
+
+    Await the result with ``await asyncio.shield(task)``: a cancelled caller stops
+    waiting, the task runs to its end. Whatever the ledger is (in-process, Redis, a
+    wrapper), settlement is protected the same way.
+    """
+    loop = asyncio.get_running_loop()
+    if _EAGER:
+        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    return loop.create_task(coro)
+
+
+def reserve(
+    key: str,
+    charges: tuple[Charge, ...],
+    amount_nanos: int,
+    mode: SettlementMode,
+    ttl_seconds: float,
+) -> Flow[Receipt | None]:
+    """Step 5: hold the maximum price (``after-response``) or charge it (``before-response``).
+
+    Raises:
+        BudgetExceeded: an account cannot pay (from the ledger).
+        LedgerError: the ledger reports the call id as already held or charged. Ids are
+            unique per call, so that is another call's entry (a replay): going ahead would
+            let this call run unbudgeted, so it is refused.
+    """
+    if mode == "after-response":
+        hold = yield Op("hold", (key, charges, amount_nanos), {"ttl_seconds": ttl_seconds})
+        if hold.replayed:
+            raise LedgerError(f"call id {key!r} is already held by another call")
+        return None
+    receipt: Receipt = yield Op("charge", (key, charges, amount_nanos), {})
+    if receipt.status != "applied":
+        raise LedgerError(f"call id {key!r} is already charged by another call")
+    return receipt
+
+
+def settle(
+    key: str, charges: tuple[Charge, ...], action: Action, amount_nanos: int
+) -> Flow[tuple[Receipt | None, bool]]:
+    """Step 9: apply the settlement decision; returns ``(receipt, failed)``.
+
+    A ledger failure here is logged and reported as ``failed``, never raised: the upstream
+    call already happened, and accounting must not break the user's call (a hold that
+    could not be settled expires at its TTL).
+    """
+    try:
+        if action.kind == "capture":
+            op = Op("capture", (key, amount_nanos), {"charges": charges})
+        elif action.kind == "adjust":
+            op = Op("adjust", (key, amount_nanos), {})
+        elif action.kind == "refund":
+            op = Op("refund", (key,), {})
+        elif action.kind == "release":
+            yield Op("release", (key,), {})
+            return None, False
+        else:
+            return None, False
+        receipt: Receipt = yield op
+    except Exception:
+        logger.exception("metered: settlement failed for call %s", key)
+        return None, True
+    return receipt, False
+
+
+def remaining(account: str, budgets: Sequence[Budget]) -> Flow[int | None]:
+    """The least remaining (nano-USD) of ``account``'s budgets; ``None`` if unlimited or
+    unreadable (a record is still emitted when the ledger cannot be read)."""
+    least: int | None = None
+    try:
+        for budget in budgets:
+            balance = yield Op("balance", (account, budget), {})
+            left = balance.remaining_nanos
+            if left is not None and (least is None or left < least):
+                least = left
+    except Exception:
+        logger.exception("metered: could not read the remaining budget")
+        return None
+    return least
