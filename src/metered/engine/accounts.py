@@ -8,13 +8,15 @@ input, so the cache is bounded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from metered.config import Config
+from metered.engine.plan import Api
 from metered.ledger import Budget, Charge, parse_budget
 
-__all__ = ["Accounts", "Payer"]
+__all__ = ["Accounts", "Payer", "Request"]
 
 _MAX_CACHED = 10_000
 
@@ -117,3 +119,21 @@ def _parse_budgets(config: Config) -> dict[str, tuple[Budget, ...]]:
     for name, account in config.accounts.items():
         out[name] = parse(account.budgets, f"accounts.{name}.budgets")
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An identified request (step 1): the body and who makes the call."""
+
+    body: dict[str, Any]
+    is_mapping: bool  # the door passed a mapping (anything else is refused in step 2)
+    api: Api
+    provider: str | None
+    server_address: str | None
+    account: str
+    payer: Payer
+    feature: str | None
+    route: str | None
+    urgent: bool
+    headers: Mapping[str, str]
+    metadata: Mapping[str, Any]

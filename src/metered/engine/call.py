@@ -13,33 +13,49 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 from opentelemetry.trace import Span
 
 from metered import context as _context
-from metered.engine.accounts import Payer
-from metered.engine.plan import Api, OnResponse, Plan, Planner, choices, fit
-from metered.engine.record import Facts, Finish, build_record, reasons
-from metered.engine.settle import Flow, arun, protected, remaining, reserve, run, settle
-from metered.errors import BudgetExceeded, InvalidRequest, MeteredError, PolicyDenied
-from metered.ledger import Charge, Ledger, Receipt, Threshold
+from metered.engine.accounts import Request
+from metered.engine.plan import Plan, Planner, admit, check_request, responses_allowed
+from metered.engine.record import (
+    Facts,
+    Finish,
+    alert_events,
+    build_record,
+    emit,
+    finished_facts,
+    reasons,
+    refused_facts,
+)
+from metered.engine.settle import (
+    Flow,
+    Once,
+    Runtime,
+    arun,
+    outcome,
+    remaining,
+    reserve,
+    run,
+    settle,
+)
+from metered.errors import InvalidRequest
+from metered.ledger import Charge, Receipt
 from metered.money import from_nanos, to_nanos
 from metered.pricing.route import Quote
-from metered.records import RecordSink, UsageRecord
-from metered.settlement import Action, SettlementMode, decide
-from metered.telemetry import EVENT_BUDGET_ALERT, EVENT_SETTLEMENT, Telemetry
-from metered.usage import Usage, estimated
+from metered.records import UsageRecord
+from metered.settlement import Action, SettlementMode
+from metered.telemetry import EVENT_SETTLEMENT
+from metered.usage import Usage
 
-__all__ = ["Call", "Request", "Runtime", "aopen_call", "open_call"]
+__all__ = ["Call", "aopen_call", "open_call"]
 
 logger = logging.getLogger("metered")
 
-# a second finish() (another thread) waits at most this long for the first to settle
-_WAIT_FOR_FIRST_FINISH = 30.0
 _ZERO = Decimal(0)
 
 
@@ -48,35 +64,6 @@ def _new_id() -> str:
     # multiprocessing) cannot repeat its parent's ids, which a shared ledger would take
     # as replays of the parent's calls.
     return os.urandom(12).hex()
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """What a call needs from its meter, fixed when the meter is built."""
-
-    ledger: Ledger
-    telemetry: Telemetry
-    sink: RecordSink | None
-    on_budget_alert: Callable[[Threshold], object] | None
-    hold_ttl_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """An identified request (step 1): the body and who makes the call."""
-
-    body: dict[str, Any]
-    is_mapping: bool  # the door passed a mapping (anything else is refused in step 2)
-    api: Api
-    provider: str | None
-    server_address: str | None
-    account: str
-    payer: Payer
-    feature: str | None
-    route: str | None
-    urgent: bool
-    headers: Mapping[str, str]
-    metadata: Mapping[str, Any]
 
 
 def open_call(runtime: Runtime, planner: Planner, request: Request) -> Call:
@@ -116,20 +103,17 @@ class Call:
 
     __slots__ = (
         "_charges",
-        "_done",
-        "_ended",
         "_events",
         "_facts",
         "_first_chunk",
         "_lock",
+        "_once",
         "_plan",
         "_record",
         "_request",
         "_runtime",
         "_span",
         "_started",
-        "_task",
-        "_waiter",
         "account",
         "api",
         "body",
@@ -179,10 +163,7 @@ class Call:
         self._first_chunk: float | None = None
         self._events: list[tuple[str, Mapping[str, Any]]] | None = None  # span events
         self._lock = threading.Lock()
-        self._done = False  # claimed by a finish (or refused)
-        self._ended = False  # the first finish is over
-        self._waiter: threading.Event | None = None  # made only when a 2nd finish waits
-        self._task: asyncio.Future[None] | None = None  # an async first finish
+        self._once = Once()  # the first finish (or the refusal) settles and emits
         model = self.body.get("model")
         self._span = runtime.telemetry.start(
             operation="chat",
@@ -233,37 +214,18 @@ class Call:
 
     def _open(self, planner: Planner, request: Request) -> Flow[None]:
         try:
-            stream = self.body.get("stream")
-            if stream is not None and type(stream) is not bool:
-                # the SDKs stream on any truthy value, metering only on True: refuse the rest
-                raise InvalidRequest("'stream' must be a boolean", param="stream")
-            if not request.is_mapping:
-                raise InvalidRequest("the request body must be a JSON object")
-            tier = request.payer.tier
-            plan = planner.plan(
-                request.route, self.body.get("model"), self.api, tier, request.urgent
+            check_request(request)
+            plan = self._plan = planner.plan(
+                request.route, self.body.get("model"), self.api, request.payer.tier, request.urgent
             )
-            self._plan = plan
             self.model = plan.model
             self.route_name = plan.pricer.name
-            # 2 policy: the model passed the lists when the plan was made; hooks run per call
-            if plan.on_request is not None and plan.on_request(self) is False:
-                raise PolicyDenied(
-                    f"model {plan.model!r} was refused by the route's onRequest hook",
-                    model=plan.model,
-                    reason="hook",
-                )
-            # 3 fit, 4 quote
-            fitted = fit(plan, self.body, self.api, request.urgent)
+            fitted, self.estimate = admit(plan, self, request.urgent)  # steps 2 (hooks), 3, 4
             self.body = fitted.body
             self.prompt_tokens = fitted.prompt_tokens
             self.output_limit = fitted.output_limit
             self.clamped_from = fitted.clamped_from
             self.trimmed = fitted.trimmed
-            usage = estimated(fitted.prompt_tokens, fitted.output_limit * choices(self.body))
-            self.estimate = plan.pricer.quote(
-                plan.model, usage, headers=self.headers, body=self.body, metadata=self.metadata
-            )
             self.payment_required = self.estimate.price
             # 5 reserve
             self._charges = request.payer.charges
@@ -288,33 +250,13 @@ class Call:
 
     def _refuse(self, exc: BaseException) -> None:
         """Emit the span and record of a call refused in steps 1-5."""
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-        reason = getattr(exc, "reason", None) or getattr(exc, "code", None) or type(exc).__name__
-        remaining_nanos = None
-        if isinstance(exc, BudgetExceeded):
-            remaining_nanos = max(to_nanos(exc.limit - exc.spent), 0)
-        self._facts = Facts(
-            usage=None,
-            quote=self.estimate,
-            priced=False,
-            status="skipped",
-            amount_nanos=0,
-            settlement_ms=0.0,
-            policy_decision="denied" if isinstance(exc, MeteredError) else "error",
-            policy_reason=str(reason),
-            error_type=type(exc).__name__,
-            fin=None,
-            remaining_nanos=remaining_nanos,
-            timestamp=time.time(),
-            ended=time.perf_counter(),
-        )
+        if not self._once.claim():
+            return
+        self._facts = refused_facts(exc, self.estimate)
         try:
             self._emit(exc)
         finally:
-            self._end()
+            self._once.end()
 
     # -- steps 7-9 ---------------------------------------------------------------------
 
@@ -348,15 +290,12 @@ class Call:
             usage, error, response, status, response_model, response_id, finish_reasons, partial
         )
         if fin is None:
-            waiter = self._second_finisher()
-            # never block a thread running an event loop: it may be the one settling
-            if waiter is not None and not _on_event_loop():
-                waiter.wait(_WAIT_FOR_FIRST_FINISH)
+            self._once.wait()
             return
         try:
             run(self._settle(fin), self._runtime.ledger)
         finally:
-            self._end()
+            self._once.end()
 
     async def afinish(
         self,
@@ -377,42 +316,15 @@ class Call:
             usage, error, response, status, response_model, response_id, finish_reasons, partial
         )
         if fin is None:
-            await self._await_first()
+            await self._once.await_first()
             return
-        task = self._task = protected(self._asettle(fin))
-        await asyncio.shield(task)
+        await asyncio.shield(self._once.start(self._asettle(fin)))
 
     async def _asettle(self, fin: Finish) -> None:
         try:
             await arun(self._settle(fin), self._runtime.ledger)
         finally:
-            self._end()
-
-    async def _await_first(self) -> None:
-        task = self._task
-        if task is not None and task.get_loop() is asyncio.get_running_loop():
-            await asyncio.shield(task)
-            return
-        waiter = self._second_finisher()
-        if waiter is not None:  # the first finish runs in another thread or loop
-            await asyncio.to_thread(waiter.wait, _WAIT_FOR_FIRST_FINISH)
-
-    def _second_finisher(self) -> threading.Event | None:
-        """The event a later finish waits on; ``None`` when the first is already over."""
-        with self._lock:
-            if self._ended:
-                return None
-            if self._waiter is None:
-                self._waiter = threading.Event()
-            return self._waiter
-
-    def _end(self) -> None:
-        """The first finish is over (settled, or failed trying): release any waiters."""
-        with self._lock:
-            self._ended = True
-            waiter = self._waiter
-        if waiter is not None:
-            waiter.set()
+            self._once.end()
 
     def _claim(
         self,
@@ -425,14 +337,12 @@ class Call:
         finish_reasons: Sequence[str],
         partial: bool,
     ) -> Finish | None:
-        with self._lock:
-            if self._done:
-                return None
-            self._done = True
+        if not self._once.claim():
+            return None
         plan = self._plan
         vetoed = False
         if error is None and plan is not None and plan.on_response:
-            vetoed = not self._hooks_allow(plan.on_response, response)
+            vetoed = not responses_allowed(plan.on_response, self, response)
         return Finish(
             usage,
             error,
@@ -443,15 +353,6 @@ class Call:
             partial,
             vetoed,
         )
-
-    def _hooks_allow(self, hooks: tuple[OnResponse, ...], response: Any) -> bool:
-        for hook in hooks:
-            try:
-                if hook(self, response) is False:
-                    return False
-            except Exception:
-                logger.exception("metered: on_response hook failed; settling normally")
-        return True
 
     def _settle(self, fin: Finish) -> Flow[None]:
         quote, action = self._price(fin)
@@ -476,36 +377,12 @@ class Call:
         self._complete(fin, quote, action, receipt, failed, started, left)
 
     def _price(self, fin: Finish) -> tuple[Quote | None, Action]:
-        plan = self._plan
-        pricer = plan.pricer if plan is not None else None
-        settle_partial = pricer is not None and pricer.config.settle_partial_streams
-        refund = pricer is not None and pricer.config.refund_on_failure
-        if fin.error is not None:
-            # an upstream failure, even after some chunks, is the provider's fault: refund
-            # protection wins over the tokens already delivered
-            succeeded = False
-        elif fin.partial:
-            # a stream the caller cut short (break, close, GC) pays for what was delivered,
-            # or, with settle_partial_streams off, for nothing at all
-            succeeded = settle_partial
-            refund = refund or not settle_partial
-        else:
-            succeeded = True
-        action = decide(self.mode, succeeded=succeeded, vetoed=fin.vetoed, refund_on_failure=refund)
-        if pricer is None or self.model is None:
-            return None, action
-        usage = fin.usage
-        if usage is None:
-            # no usage reported: settle the pre-call estimate (the maximum), marked estimated
-            usage = self.estimate.usage if self.estimate is not None else Usage(source="unknown")
-        try:
-            quote = pricer.quote(
-                self.model, usage, headers=self.headers, body=self.body, metadata=self.metadata
-            )
-        except Exception:
-            logger.exception("metered: pricing failed after the call; settling the estimate")
-            return self.estimate, action
-        return quote, action
+        return outcome(
+            self._plan, self.model, self.estimate, fin, self.mode, self._pricing_context()
+        )
+
+    def _pricing_context(self) -> dict[str, Any]:
+        return {"headers": self.headers, "body": self.body, "metadata": self.metadata}
 
     def _complete(
         self,
@@ -527,20 +404,8 @@ class Call:
             amount = 0
         status = "failed" if failed else action.status
         settled = status == "settled"
-        self._facts = Facts(
-            usage=quote.usage if quote is not None and settled else fin.usage,
-            quote=quote,
-            priced=settled,
-            status=status,
-            amount_nanos=amount,
-            settlement_ms=(now - settle_started) * 1000,
-            policy_decision="allowed",
-            policy_reason=None,
-            error_type=type(fin.error).__name__ if fin.error is not None else None,
-            fin=fin,
-            remaining_nanos=remaining_nanos,
-            timestamp=time.time(),
-            ended=now,
+        self._facts = finished_facts(
+            fin, quote, status, amount, (now - settle_started) * 1000, remaining_nanos, now
         )
         totals = _context.bound.totals.get()
         if totals is not None and settled and quote is not None:
@@ -564,60 +429,17 @@ class Call:
         self._events.append((name, attributes))
 
     def _alerts(self, receipt: Receipt) -> None:
-        callback = self._runtime.on_budget_alert
-        for threshold in receipt.crossed:
-            budget = threshold.budget
-            self._event(
-                EVENT_BUDGET_ALERT,
-                {
-                    "metered.account": threshold.account,
-                    "metered.budget.window": str(budget.window),
-                    "metered.budget.fraction": float(threshold.fraction),
-                    "metered.budget.spent.usd": float(from_nanos(threshold.spent_nanos)),
-                    "metered.budget.limit.usd": float(budget.limit),
-                },
-            )
-            if callback is not None:
-                try:
-                    callback(threshold)
-                except Exception:
-                    logger.exception("metered: on_budget_alert callback failed")
+        for name, attributes in alert_events(receipt.crossed, self._runtime.on_budget_alert):
+            self._event(name, attributes)
 
     def _emit(self, error: BaseException | None) -> None:
-        """Hand the record to the span, metrics, capture and sink, whichever are there;
-        with none of them the record is not built until someone reads it."""
         runtime = self._runtime
-        span = self._span
-        telemetry = runtime.telemetry
-        if span is not None and telemetry.wants_record(span):
-            record = self.record
-            assert record is not None  # facts are set before _emit
-            telemetry.finish(
-                span,
-                record,
-                operation=record.operation,
-                duration_s=time.perf_counter() - self._started,
-                events=self._events or (),
-                error=error,
-            )
-        captured = _context.bound.captured.get()
-        sink = runtime.sink
-        if captured is None and sink is None:
-            return
-        record = self.record
-        assert record is not None
-        if captured is not None:
-            captured.append(record)
-        if sink is not None:
-            try:
-                sink(record)
-            except Exception:
-                logger.exception("metered: usage record sink failed")
-
-
-def _on_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+        emit(
+            lambda: self.record,
+            runtime.telemetry,
+            runtime.sink,
+            self._span,
+            events=self._events or (),
+            error=error,
+            started=self._started,
+        )

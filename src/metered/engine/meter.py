@@ -32,10 +32,10 @@ from typing import Any
 
 from metered import context as _context
 from metered.config import Config, load_config, load_yaml
-from metered.engine.accounts import Accounts
-from metered.engine.call import Call, Request, Runtime, aopen_call, open_call
+from metered.engine.accounts import Accounts, Request
+from metered.engine.call import Call, aopen_call, open_call
 from metered.engine.plan import Api, OnResponse, Planner
-from metered.engine.settle import arun, remaining, run
+from metered.engine.settle import Runtime, arun, remaining, run
 from metered.fitting.policy import ModelPolicy
 from metered.ledger import Charge, Ledger, MemoryLedger, Threshold, parse_budget
 from metered.money import from_nanos

@@ -12,12 +12,13 @@ prices and lists never change, so a plan can never be stale.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from metered.config import Config, TierConfig, resolve_callable
-from metered.errors import InvalidRequest
+from metered.errors import InvalidRequest, PolicyDenied
 from metered.fitting.policy import (
     ModelPolicy,
     apply_output_cap,
@@ -27,14 +28,30 @@ from metered.fitting.policy import (
 )
 from metered.fitting.trimming import trim_messages
 from metered.pricing.resolve import normalize_model_id
-from metered.pricing.route import Pricer, RoutePricer
+from metered.pricing.route import Pricer, Quote, RoutePricer
 from metered.settlement import SettlementMode
 from metered.tokens import ChatCounter, count_request
+from metered.usage import estimated
 
 if TYPE_CHECKING:
+    from metered.engine.accounts import Request
     from metered.engine.call import Call
 
-__all__ = ["DEFAULT_OUTPUT_TOKENS", "Api", "Fit", "OnResponse", "Plan", "Planner", "fit"]
+__all__ = [
+    "DEFAULT_OUTPUT_TOKENS",
+    "Api",
+    "Fit",
+    "OnResponse",
+    "Plan",
+    "Planner",
+    "admit",
+    "check_request",
+    "choices",
+    "fit",
+    "responses_allowed",
+]
+
+logger = logging.getLogger("metered")
 
 Api = Literal["chat", "responses", "anthropic"]
 OnResponse = Callable[["Call", Any], object]
@@ -160,6 +177,33 @@ class Planner:
         )
 
 
+def check_request(request: Request) -> None:
+    """What no plan can fix: a body that is not an object, a ``stream`` that is not a bool."""
+    if not request.is_mapping:
+        raise InvalidRequest("the request body must be a JSON object")
+    stream = request.body.get("stream")
+    if stream is not None and type(stream) is not bool:
+        # the SDKs stream on any truthy value, metering only on True: refuse the rest
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+
+
+def admit(plan: Plan, call: Call, urgent: bool) -> tuple[Fit, Quote]:
+    """The per-call part of steps 2-4: the route's ``onRequest`` hook, the fit, and the
+    estimate (the prompt counted, every choice at its output limit)."""
+    if plan.on_request is not None and plan.on_request(call) is False:
+        raise PolicyDenied(
+            f"model {plan.model!r} was refused by the route's onRequest hook",
+            model=plan.model,
+            reason="hook",
+        )
+    fitted = fit(plan, call.body, call.api, urgent)
+    usage = estimated(fitted.prompt_tokens, fitted.output_limit * choices(fitted.body))
+    estimate = plan.pricer.quote(
+        plan.model, usage, headers=call.headers, body=fitted.body, metadata=call.metadata
+    )
+    return fitted, estimate
+
+
 def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool) -> Fit:
     """Step 3: the tier's output cap and history trimming, for one request body."""
     requested = requested_output_limit(body)
@@ -210,6 +254,18 @@ def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool) -> Fit:
     if result.trimmed:
         body["messages"] = result.messages
     return Fit(body, result.prompt_tokens, reserved, clamped_from, len(result.dropped))
+
+
+def responses_allowed(hooks: tuple[OnResponse, ...], call: Call, response: Any) -> bool:
+    """Whether the ``on_response`` hooks let ``call`` settle; a failing hook is logged and
+    does not veto (accounting must not break the user's call)."""
+    for hook in hooks:
+        try:
+            if hook(call, response) is False:
+                return False
+        except Exception:
+            logger.exception("metered: on_response hook failed; settling normally")
+    return True
 
 
 def choices(body: Mapping[str, Any]) -> int:

@@ -8,19 +8,39 @@ that moment.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from metered.money import from_nanos
+from opentelemetry.trace import Span
+
+from metered import context as _context
+from metered.errors import BudgetExceeded, MeteredError
+from metered.ledger import Threshold
+from metered.money import from_nanos, to_nanos
 from metered.pricing.route import Quote
-from metered.records import UsageRecord
+from metered.records import RecordSink, UsageRecord
+from metered.telemetry import EVENT_BUDGET_ALERT, Telemetry
 from metered.usage import Usage
 
 if TYPE_CHECKING:
     from metered.engine.call import Call
 
-__all__ = ["OPERATION", "Facts", "Finish", "build_record", "reasons"]
+__all__ = [
+    "OPERATION",
+    "Facts",
+    "Finish",
+    "alert_events",
+    "build_record",
+    "emit",
+    "finished_facts",
+    "reasons",
+    "refused_facts",
+]
+
+logger = logging.getLogger("metered")
 
 #: The GenAI operation of each wire format.
 OPERATION: dict[str, str] = {"chat": "chat", "responses": "chat", "anthropic": "chat"}
@@ -57,6 +77,57 @@ class Facts(NamedTuple):
     remaining_nanos: int | None  # the payer's least remaining budget
     timestamp: float  # epoch seconds
     ended: float  # perf_counter
+
+
+def finished_facts(
+    fin: Finish,
+    quote: Quote | None,
+    status: str,
+    amount_nanos: int,
+    settlement_ms: float,
+    remaining_nanos: int | None,
+    ended: float,
+) -> Facts:
+    """The facts of a call that reached the upstream, once settled (or failed to)."""
+    settled = status == "settled"
+    return Facts(
+        usage=quote.usage if quote is not None and settled else fin.usage,
+        quote=quote,
+        priced=settled,
+        status=status,
+        amount_nanos=amount_nanos,
+        settlement_ms=settlement_ms,
+        policy_decision="allowed",
+        policy_reason=None,
+        error_type=type(fin.error).__name__ if fin.error is not None else None,
+        fin=fin,
+        remaining_nanos=remaining_nanos,
+        timestamp=time.time(),
+        ended=ended,
+    )
+
+
+def refused_facts(exc: BaseException, estimate: Quote | None) -> Facts:
+    """The facts of a call refused in steps 1-5 (nothing moved; the estimate is kept)."""
+    reason = getattr(exc, "reason", None) or getattr(exc, "code", None) or type(exc).__name__
+    remaining_nanos = None
+    if isinstance(exc, BudgetExceeded):
+        remaining_nanos = max(to_nanos(exc.limit - exc.spent), 0)
+    return Facts(
+        usage=None,
+        quote=estimate,
+        priced=False,
+        status="skipped",
+        amount_nanos=0,
+        settlement_ms=0.0,
+        policy_decision="denied" if isinstance(exc, MeteredError) else "error",
+        policy_reason=str(reason),
+        error_type=type(exc).__name__,
+        fin=None,
+        remaining_nanos=remaining_nanos,
+        timestamp=time.time(),
+        ended=time.perf_counter(),
+    )
 
 
 def build_record(
@@ -146,3 +217,69 @@ def _status_or_none(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return int(value)
     return None
+
+
+def alert_events(
+    crossed: Sequence[Threshold], callback: Callable[[Threshold], object] | None
+) -> list[tuple[str, dict[str, Any]]]:
+    """Span events for the budget thresholds a spend crossed; ``callback`` is told of each
+    (its failure is logged: an alert must not break the call)."""
+    events = []
+    for threshold in crossed:
+        budget = threshold.budget
+        events.append(
+            (
+                EVENT_BUDGET_ALERT,
+                {
+                    "metered.account": threshold.account,
+                    "metered.budget.window": str(budget.window),
+                    "metered.budget.fraction": float(threshold.fraction),
+                    "metered.budget.spent.usd": float(from_nanos(threshold.spent_nanos)),
+                    "metered.budget.limit.usd": float(budget.limit),
+                },
+            )
+        )
+        if callback is not None:
+            try:
+                callback(threshold)
+            except Exception:
+                logger.exception("metered: on_budget_alert callback failed")
+    return events
+
+
+def emit(
+    record: Callable[[], UsageRecord | None],
+    telemetry: Telemetry,
+    sink: RecordSink | None,
+    span: Span | None,
+    *,
+    events: Sequence[tuple[str, Mapping[str, Any]]],
+    error: BaseException | None,
+    started: float,
+) -> None:
+    """Hand a finished call's record to its span and metrics, ``capture_spend()`` and the
+    sink, whichever are there. ``record`` builds it on demand: with none of them, it is
+    not built until someone reads it."""
+    if span is not None and telemetry.wants_record(span):
+        built = record()
+        assert built is not None  # called once the call's facts are set
+        telemetry.finish(
+            span,
+            built,
+            operation=built.operation,
+            duration_s=time.perf_counter() - started,
+            events=events,
+            error=error,
+        )
+    captured = _context.bound.captured.get()
+    if captured is None and sink is None:
+        return
+    built = record()
+    assert built is not None
+    if captured is not None:
+        captured.append(built)
+    if sink is not None:
+        try:
+            sink(built)
+        except Exception:
+            logger.exception("metered: usage record sink failed")

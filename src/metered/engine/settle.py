@@ -16,18 +16,52 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Coroutine, Generator, Sequence
+import threading
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
+from metered.engine.plan import Plan
+from metered.engine.record import Finish
 from metered.errors import LedgerError
-from metered.ledger import Budget, Charge, Ledger, Receipt
-from metered.settlement import Action, SettlementMode
+from metered.ledger import Budget, Charge, Ledger, Receipt, Threshold
+from metered.pricing.route import Quote
+from metered.records import RecordSink
+from metered.settlement import Action, SettlementMode, decide
+from metered.telemetry import Telemetry
+from metered.usage import Usage
 
-__all__ = ["Flow", "Op", "arun", "protected", "remaining", "reserve", "run", "settle"]
+__all__ = [
+    "Flow",
+    "Once",
+    "Op",
+    "Runtime",
+    "arun",
+    "outcome",
+    "protected",
+    "remaining",
+    "reserve",
+    "run",
+    "settle",
+]
 
 logger = logging.getLogger("metered")
 
 T = TypeVar("T")
+
+# a later finisher (another thread) waits at most this long for the first to settle
+_WAIT_FOR_FIRST = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What a call needs from its meter, fixed when the meter is built."""
+
+    ledger: Ledger
+    telemetry: Telemetry
+    sink: RecordSink | None
+    on_budget_alert: Callable[[Threshold], object] | None
+    hold_ttl_seconds: float
 
 
 class Op(NamedTuple):
@@ -158,3 +192,113 @@ def remaining(account: str, budgets: Sequence[Budget]) -> Flow[int | None]:
         logger.exception("metered: could not read the remaining budget")
         return None
     return least
+
+
+def outcome(
+    plan: Plan | None,
+    model: str | None,
+    estimate: Quote | None,
+    fin: Finish,
+    mode: SettlementMode,
+    context: Mapping[str, Any],
+) -> tuple[Quote | None, Action]:
+    """What a finished call costs and what settlement does about it (step 8 and the
+    decision of step 9); ``context`` is what price rules may match on."""
+    pricer = plan.pricer if plan is not None else None
+    settle_partial = pricer is not None and pricer.config.settle_partial_streams
+    refund = pricer is not None and pricer.config.refund_on_failure
+    if fin.error is not None:
+        # an upstream failure, even after some chunks, is the provider's fault: refund
+        # protection wins over the tokens already delivered
+        succeeded = False
+    elif fin.partial:
+        # a stream the caller cut short (break, close, GC) pays for what was delivered,
+        # or, with settle_partial_streams off, for nothing at all
+        succeeded = settle_partial
+        refund = refund or not settle_partial
+    else:
+        succeeded = True
+    action = decide(mode, succeeded=succeeded, vetoed=fin.vetoed, refund_on_failure=refund)
+    if pricer is None or model is None:
+        return None, action
+    usage = fin.usage
+    if usage is None:
+        # no usage reported: settle the pre-call estimate (the maximum), marked estimated
+        usage = estimate.usage if estimate is not None else Usage(source="unknown")
+    try:
+        return pricer.quote(model, usage, **context), action
+    except Exception:
+        logger.exception("metered: pricing failed after the call; settling the estimate")
+        return estimate, action
+
+
+class Once:
+    """Exactly once: the first :meth:`claim` wins; later claimers wait for it to end.
+
+    A call is finished by whoever gets there first (the stream's end, an error, ``close``,
+    garbage collection, another thread); the others must not settle again, and should
+    return only once the first has settled, so the record is complete.
+    """
+
+    __slots__ = ("_claimed", "_ended", "_lock", "_task", "_waiter")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._claimed = False
+        self._ended = False
+        self._waiter: threading.Event | None = None  # made only when someone waits
+        self._task: asyncio.Future[None] | None = None  # the first, when it runs async
+
+    def claim(self) -> bool:
+        """Whether the caller is the first (and must then call :meth:`end`)."""
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+    def end(self) -> None:
+        """The first is over (done, or failed trying): release the waiters."""
+        with self._lock:
+            self._ended = True
+            waiter = self._waiter
+        if waiter is not None:
+            waiter.set()
+
+    def start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """Run the first's work as a :func:`protected` task later claimers can await."""
+        task = self._task = protected(coro)
+        return task
+
+    def wait(self) -> None:
+        """Block until the first is over; never blocks a thread running an event loop (it
+        may be the loop the first runs on)."""
+        waiter = self._event()
+        if waiter is not None and not _on_event_loop():
+            waiter.wait(_WAIT_FOR_FIRST)
+
+    async def await_first(self) -> None:
+        """Async :meth:`wait`."""
+        task = self._task
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            await asyncio.shield(task)
+            return
+        waiter = self._event()
+        if waiter is not None:  # the first runs in another thread (or loop)
+            await asyncio.to_thread(waiter.wait, _WAIT_FOR_FIRST)
+
+    def _event(self) -> threading.Event | None:
+        with self._lock:
+            if self._ended:
+                return None
+            if self._waiter is None:
+                self._waiter = threading.Event()
+            return self._waiter
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
