@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Generic, Protocol, TypeVar
 
-from metered.ledger import Charge
+from metered.ledger.types import Charge
 
 
 def validate_charges(charges: Sequence[Charge]) -> tuple[Charge, ...]:

@@ -26,23 +26,20 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 
+from metered.config.budgets import Budget, Period, Window, calendar_periods
 from metered.errors import BudgetExceeded
-from metered.ledger import (
+from metered.ledger._common import PlanCache, threshold_fractions
+from metered.ledger.protocol import Ledger
+from metered.ledger.types import (
     DEFAULT_THRESHOLDS,
     Balance,
-    Budget,
     Charge,
     EntryState,
     Hold,
-    Ledger,
-    Period,
     Receipt,
     ReceiptStatus,
     Threshold,
-    Window,
-    calendar_periods,
 )
-from metered.ledger._common import PlanCache, threshold_fractions
 from metered.money import from_nanos
 
 __all__ = ["MemoryLedger"]

@@ -71,23 +71,20 @@ import redis.cluster
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import RedisClusterException, RedisError
 
+from metered.config.budgets import Budget, Window, WindowKind, calendar_periods
 from metered.errors import BudgetExceeded, LedgerError
-from metered.ledger import (
+from metered.ledger._common import PlanCache, threshold_fractions
+from metered.ledger.protocol import Ledger
+from metered.ledger.types import (
     DEFAULT_THRESHOLDS,
     Balance,
-    Budget,
     Charge,
     EntryState,
     Hold,
-    Ledger,
     Receipt,
     ReceiptStatus,
     Threshold,
-    Window,
-    WindowKind,
-    calendar_periods,
 )
-from metered.ledger._common import PlanCache, threshold_fractions
 from metered.money import from_nanos
 
 __all__ = ["RedisLedger"]
