@@ -101,8 +101,8 @@ class Threshold:
 class Receipt(NamedTuple):
     """What a capture, charge, adjust or refund did.
 
-    A named tuple (immutable; ~2.5x cheaper to build than a frozen dataclass): one is
-    built on every metered call.
+    A named tuple (immutable, and cheaper to build than a frozen dataclass): one is built
+    on every metered call.
 
     Attributes:
         key: the idempotency key.
