@@ -13,11 +13,22 @@ __all__ = ["Ledger"]
 
 @runtime_checkable
 class Ledger(Protocol):
-    """The store of holds and charges (see the module docstring for the rules).
+    """The store of holds and charges (see :mod:`metered.ledger` for the rules).
 
     Every method has an async twin (``hold``/``ahold`` ...). ``now`` (epoch seconds)
     defaults to the ledger's clock; it is explicit so a shared store computes nothing
     time-dependent itself. Amounts are integer nano-USD.
+
+    Every ledger checks its arguments the same way, before reading or writing anything,
+    and raises :class:`ValueError` for a bad one: a key that is not a non-empty ``str``;
+    an amount that is not an ``int`` (``bool`` is not one) from 0 to 2**53 - 1; charges
+    that are not a non-empty sequence of :class:`Charge` naming each account once
+    (``capture``'s fallback charges too, whether or not the key is known); a
+    ``ttl_seconds`` that is not a finite positive number; a ``now`` that is not finite
+    epoch seconds; a ``balance`` account that is not a non-empty ``str`` or a budget
+    that is not a :class:`Budget`, :class:`Window` or ``None``. Using a key for the other
+    kind of entry (capturing a charge, adjusting a live hold) is a :class:`ValueError`
+    too.
 
     The engine settles async calls in a task shielded from the caller's cancellation,
     except on a :class:`MemoryLedger` whose async methods are its own (they never
