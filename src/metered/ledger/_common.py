@@ -1,23 +1,110 @@
-"""What both ledgers share: argument checks and the cache of prepared charges."""
+"""What both ledgers share: argument checks and the cache of prepared charges.
+
+Every ledger runs the same checks, in the same order (key, charges, amount, ttl, now), so
+a bad argument raises the same :class:`ValueError` whichever store is configured, before
+anything is read or written. Charges are checked when a tuple is first prepared
+(:class:`PlanCache`): a tuple of frozen charges cannot change afterwards.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Generic, Protocol, TypeVar
 
-from metered.ledger import Charge
+from metered.config.budgets import Budget, Window
+from metered.ledger.types import Charge
+
+#: The largest amount an operation takes. Redis scripts compute in doubles, exact below
+#: 2**53 (~$9M per call); the in-memory ledger refuses the same, so the stores stay
+#: interchangeable.
+MAX_AMOUNT_NANOS = 2**53 - 1
+
+
+def check_key(key: object) -> str:
+    """The idempotency key, checked.
+
+    Raises:
+        ValueError: not a non-empty ``str``.
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"key must be a non-empty str, got {key!r}")
+    return key
+
+
+def check_amount(amount: object) -> int:
+    """An amount in nano-USD, checked.
+
+    Raises:
+        ValueError: not an ``int`` (``bool`` is not an amount), negative, or above
+            :data:`MAX_AMOUNT_NANOS`.
+    """
+    if type(amount) is not int or amount < 0:
+        raise ValueError(f"amounts are int nano-USD >= 0, got {amount!r}")
+    if amount > MAX_AMOUNT_NANOS:
+        raise ValueError(f"amounts are at most 2**53 - 1 nano-USD, got {amount}")
+    return amount
+
+
+def check_ttl(ttl: object) -> float:
+    """A hold's time to live in seconds, checked.
+
+    Raises:
+        ValueError: not a finite positive number.
+    """
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
+        raise ValueError(f"ttl_seconds must be a positive number, got {ttl!r}")
+    return ttl
+
+
+def check_now(now: float | None, clock: Callable[[], float]) -> float:
+    """``now`` as given, or the ledger's clock.
+
+    Raises:
+        ValueError: a ``now`` that is not a finite number of epoch seconds.
+    """
+    if now is None:
+        return clock()
+    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+        raise ValueError(f"now must be epoch seconds, got {now!r}")
+    return now
+
+
+def check_balance_args(account: object, budget: object) -> tuple[Window, int | None]:
+    """The window and limit :meth:`~metered.ledger.Ledger.balance` reports on.
+
+    Raises:
+        ValueError: an account that is not a non-empty ``str``, or a budget that is not a
+            :class:`Budget`, a :class:`Window` or ``None``.
+    """
+    if not isinstance(account, str) or not account:
+        raise ValueError(f"account must be a non-empty str, got {account!r}")
+    if budget is None:
+        return Window("total"), None
+    if isinstance(budget, Window):
+        return budget, None
+    if isinstance(budget, Budget):
+        return budget.window, budget.limit_nanos
+    raise ValueError(f"budget must be a Budget, a Window or None, got {budget!r}")
 
 
 def validate_charges(charges: Sequence[Charge]) -> tuple[Charge, ...]:
     """The charges as a tuple, each account at most once.
 
     Raises:
-        ValueError: no account, or an account named twice.
+        ValueError: not a sequence of :class:`Charge`, no account, or an account named
+            twice.
     """
-    result = tuple(charges)
+    try:
+        result = tuple(charges)
+    except TypeError:
+        raise ValueError(f"charges must be a sequence of Charge, got {charges!r}") from None
     if not result:
         raise ValueError("charges must name at least one account")
+    for charge in result:
+        if not isinstance(charge, Charge):
+            raise ValueError(f"charges must be a sequence of Charge, got {charge!r} in it")
     if len(result) > 1 and len({c.account for c in result}) != len(result):
         raise ValueError(f"each account may appear once in charges, got {result!r}")
     return result

@@ -2,7 +2,7 @@
 
 Thread-safe and asyncio-safe: every operation is one short critical section under a
 :class:`threading.Lock`. The async methods call the sync ones: nothing awaits inside
-the lock, and it is held for microseconds, so an event loop is never stalled for long.
+the lock, and no I/O happens under it, so an event loop is never stalled for long.
 
 Each operation costs O(1) in the common case plus O(accounts x budgets) of the call
 itself. Expired holds and forgotten keys come off a heap of deadlines lazily, at the start
@@ -10,49 +10,55 @@ of every operation; rolling spend sits in at most ~60 buckets per window with a 
 total. State lives in this process only: replicas that share budgets need a shared
 ledger (Redis).
 
-This sits on every metered call, so the per-call path avoids repeated work: a charges
-tuple is validated and prepared once (its budgets' threshold amounts, alert keys and
-rolling windows) and reused while the same tuple comes back, which is what the engine
-does for every call of an account.
+This sits on every metered call, so a charges tuple is validated and prepared once (its
+budgets' threshold amounts, alert keys and rolling windows) and reused while the same
+tuple comes back, as the engine does for every call of an account.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 import threading
 import time
-from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from decimal import Decimal
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from metered.errors import BudgetExceeded
-from metered.ledger import (
+from metered.config.budgets import Budget, Window, calendar_periods
+from metered.ledger._common import (
+    PlanCache,
+    check_amount,
+    check_balance_args,
+    check_key,
+    check_now,
+    check_ttl,
+    threshold_fractions,
+)
+from metered.ledger._memory_state import (
+    Account,
+    Entry,
+    Plan,
+    Rolling,
+    Where,
+    check_budgets,
+    crossings,
+    least_remaining,
+    replayed_hold,
+    require_kind,
+)
+from metered.ledger.protocol import Ledger
+from metered.ledger.types import (
     DEFAULT_THRESHOLDS,
     Balance,
-    Budget,
     Charge,
-    EntryState,
     Hold,
-    Ledger,
-    Period,
     Receipt,
     ReceiptStatus,
     Threshold,
-    Window,
-    calendar_periods,
 )
-from metered.ledger._common import PlanCache, threshold_fractions
-from metered.money import from_nanos
 
 __all__ = ["MemoryLedger"]
 
-Periods = tuple[Period, Period, Period]
-# stands in for calendar_periods(now) where no calendar budget needs it
-_NO_PERIODS: Periods = (Period("", None), Period("", None), Period("", None))
-
-# Position of each calendar window in calendar_periods() and in _Account.periods.
-_CALENDAR_INDEX = {"day": 0, "week": 1, "month": 2}
 _SPENT_STATES = ("captured", "charged")
 _ASYNC_METHODS = (
     "ahold",
@@ -65,185 +71,31 @@ _ASYNC_METHODS = (
     "asweep",
     "aclose",
 )
-# Prepared charges tuples remembered per ledger (the engine reuses one tuple per account;
-# ~0.6 KB each; a miss costs a few microseconds).
+# Prepared charges tuples remembered per ledger: the engine reuses one tuple per account,
+# and each costs ~0.6 KB.
 _PLAN_CACHE_SIZE = 4096
 
-
-class _Rolling:
-    """Spend of one account over one rolling window, bucketed, with a running total."""
-
-    __slots__ = ("buckets", "span", "total", "width")
-
-    def __init__(self, window: Window) -> None:
-        self.width = window.granule
-        self.span = window.seconds or 0
-        # Insertion order is time order (oldest first) because spend lands at "now".
-        self.buckets: dict[int, int] = {}
-        self.total = 0
-
-    def prune(self, now: float) -> None:
-        # A bucket counts while any part of it is inside (now - span, now].
-        horizon = now - self.span - self.width
-        buckets = self.buckets
-        while buckets:
-            first = next(iter(buckets))
-            if first > horizon:
-                return
-            self.total -= buckets.pop(first)
-
-    def add(self, at: float, delta: int, now: float) -> None:
-        start = int(at // self.width) * self.width
-        current = self.buckets.get(start)
-        if current is not None:
-            self.buckets[start] = current + delta
-            self.total += delta
-        elif delta > 0 and start > now - self.span - self.width:
-            self.buckets[start] = delta
-            self.total += delta
-        # Otherwise the bucket has aged out: the correction falls outside the window.
-
-    def retry_after(self, need: int, now: float) -> int | None:
-        """Seconds until at least ``need`` nanos of spend have aged out, if ever."""
-        freed = 0
-        for start, nanos in self.buckets.items():
-            freed += nanos
-            if freed >= need:
-                return max(1, math.ceil(start + self.width + self.span - now))
-        return None
+S = TypeVar("S", bound="MemoryLedger")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-class _Account:
-    __slots__ = ("alerts", "held", "nanos", "periods", "rolling", "total")
+def _inline(
+    method: Callable[Concatenate[S, P], R],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    """The async twin of a sync method: it runs ``self.<method>`` and never suspends.
 
-    def __init__(self) -> None:
-        self.held = 0
-        self.total = 0
-        # Current day, week and month period ids and their spend; older periods are dropped.
-        self.periods: list[str | None] = [None, None, None]
-        self.nanos = [0, 0, 0]
-        self.rolling: dict[int, _Rolling] = {}
-        # budget (_Watch.key) -> (period id, number of thresholds already fired in it)
-        self.alerts: dict[tuple[int, str, int | None], tuple[str, int]] = {}
+    Dispatch is by name, so a subclass that overrides the sync method changes its twin too.
+    """
+    name = method.__name__
 
-    def spent(self, where: _Where, now: float, now_periods: Periods) -> int:
-        """Spend in the current period of a window, given ``calendar_periods(now)``."""
-        i = where.calendar
-        if i is not None:
-            return self.nanos[i] if self.periods[i] == now_periods[i].id else 0
-        if where.rolling is None:
-            return self.total
-        series = self.rolling.get(where.rolling)
-        if series is None:
-            return 0
-        series.prune(now)
-        return series.total
+    async def twin(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = getattr(self, name)(*args, **kwargs)
+        return result
 
-    def land(self, delta: int, at_periods: Periods, now_periods: Periods) -> None:
-        """Add ``delta`` to the calendar periods spend dated ``at_periods`` landed in."""
-        periods, nanos = self.periods, self.nanos
-        for i in range(3):
-            period = at_periods[i].id
-            if periods[i] == period:
-                nanos[i] += delta
-            elif (
-                delta > 0
-                and period == now_periods[i].id
-                and (
-                    periods[i] is None or period > periods[i]  # type: ignore[operator]
-                )
-            ):
-                # Period ids sort by time: a clock that stepped back across midnight must
-                # not wipe the spend of the day that has already begun.
-                periods[i] = period
-                nanos[i] = delta
-            # Otherwise the spend's period has closed: a correction to it is dropped.
-
-
-class _Where:
-    """Where an account keeps the spend of a window."""
-
-    __slots__ = ("calendar", "rolling")
-
-    def __init__(self, window: Window) -> None:
-        self.calendar = _CALENDAR_INDEX.get(window.kind)  # None: total or rolling
-        self.rolling = window.seconds if window.kind == "rolling" else None
-
-
-class _Watch(_Where):
-    """One budget of a charge, prepared: where its spend is read, its alert amounts."""
-
-    __slots__ = ("budget", "key", "limit", "marks", "period")
-
-    def __init__(self, budget: Budget, thresholds: Sequence[tuple[Decimal, int, int]]) -> None:
-        super().__init__(budget.window)
-        window = budget.window
-        limit = budget.limit_nanos
-        self.budget = budget
-        self.limit = limit
-        # The period id of a total or rolling window never changes (calendar: per call).
-        self.period = "" if self.calendar is not None else window.period(0).id
-        # Alert state is per budget value (what Budget equality compares), not per object.
-        self.key = (limit, window.kind, window.seconds)
-        # Spend reaches fraction n/d of the limit when spent * d >= limit * n, that is
-        # spent >= ceil(limit * n / d): the comparison stays exact and becomes a bisect.
-        self.marks = tuple(-(-limit * n // d) for _, n, d in thresholds)
-
-    def level(self, spent: int) -> int:
-        """How many thresholds ``spent`` has reached."""
-        return bisect_right(self.marks, spent) if spent > 0 else 0
-
-
-class _Payer:
-    """One :class:`Charge`, prepared."""
-
-    __slots__ = ("name", "rolling", "watches")
-
-    def __init__(self, charge: Charge, thresholds: Sequence[tuple[Decimal, int, int]]) -> None:
-        self.name = charge.account
-        self.watches = tuple(_Watch(b, thresholds) for b in charge.budgets)
-        self.rolling = tuple({b.window for b in charge.budgets if b.window.kind == "rolling"})
-
-
-class _Plan:
-    """A validated charges tuple, prepared for the hot path."""
-
-    __slots__ = ("accounts", "calendar", "charges", "payers", "watched")
-
-    def __init__(
-        self, charges: tuple[Charge, ...], thresholds: Sequence[tuple[Decimal, int, int]]
-    ) -> None:
-        self.charges = charges
-        self.accounts = tuple(c.account for c in charges)
-        self.payers = tuple(_Payer(c, thresholds) for c in charges)
-        # whether checking a budget needs the calendar periods of "now"
-        self.calendar = any(w.calendar is not None for p in self.payers for w in p.watches)
-        self.watched = any(p.watches for p in self.payers)  # any budget to check at all
-
-
-class _Entry:
-    """One hold or charge, remembered by key."""
-
-    __slots__ = ("amount", "at", "expires_at", "forget_at", "held", "is_hold", "plan", "state")
-
-    def __init__(
-        self,
-        plan: _Plan,
-        is_hold: bool,
-        state: EntryState,
-        held: int,
-        amount: int,
-        at: float,
-        expires_at: float,
-    ) -> None:
-        self.plan = plan
-        self.is_hold = is_hold
-        self.state: EntryState = state
-        self.held = held  # nanos held (holds only)
-        self.amount = amount  # nanos spent
-        self.at = at  # when the spend was first recorded: the periods it lands in
-        self.expires_at = expires_at
-        self.forget_at = math.inf
+    twin.__name__ = twin.__qualname__ = "a" + name
+    twin.__doc__ = f"Async :meth:`{name}`."
+    return twin
 
 
 class MemoryLedger(Ledger):
@@ -272,11 +124,11 @@ class MemoryLedger(Ledger):
         self._retain = float(retain_seconds)
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
-        self._accounts: dict[str, _Account] = {}
+        self._entries: dict[str, Entry] = {}
+        self._accounts: dict[str, Account] = {}
         self._deadlines: list[tuple[float, str]] = []
         thresholds_ = self._thresholds
-        self._plan = PlanCache(lambda charges: _Plan(charges, thresholds_), size=_PLAN_CACHE_SIZE)
+        self._plan = PlanCache(lambda charges: Plan(charges, thresholds_), size=_PLAN_CACHE_SIZE)
 
     @property
     def async_runs_inline(self) -> bool:
@@ -302,43 +154,31 @@ class MemoryLedger(Ledger):
         ttl_seconds: float,
         now: float | None = None,
     ) -> Hold:
+        check_key(key)
         plan = self._plan(charges)
-        if type(amount_nanos) is not int or amount_nanos < 0:
-            raise _bad_amount(amount_nanos)
-        if not 0 < ttl_seconds < math.inf:
-            raise ValueError(f"ttl_seconds must be a positive number, got {ttl_seconds!r}")
-        now = self._clock() if now is None else now
+        check_amount(amount_nanos)
+        check_ttl(ttl_seconds)
+        now = check_now(now, self._clock)
         with self._lock:
             if self._deadlines and self._deadlines[0][0] <= now:
                 self._expire(now)
             entry = self._entries.get(key)
             if entry is not None:
-                _require(entry, hold=True, key=key)
-                return _hold(key, entry, replayed=True)
+                require_kind(entry, hold=True, key=key)
+                return replayed_hold(key, entry)
             if plan.watched:
-                self._check(plan, amount_nanos, now)
+                check_budgets(self._accounts, plan, amount_nanos, now)
             expires_at = now + ttl_seconds
-            entry = _Entry(plan, True, "held", amount_nanos, 0, now, expires_at)
+            entry = Entry(plan, True, "held", amount_nanos, 0, now, expires_at)
             accounts = self._accounts
             for name in plan.accounts:
                 account = accounts.get(name)
                 if account is None:
-                    account = accounts[name] = _Account()
+                    account = accounts[name] = Account()
                 account.held += amount_nanos
             self._entries[key] = entry
             heapq.heappush(self._deadlines, (expires_at, key))
             return Hold(key, "held", amount_nanos, plan.accounts, expires_at)
-
-    async def ahold(
-        self,
-        key: str,
-        charges: Sequence[Charge],
-        amount_nanos: int,
-        *,
-        ttl_seconds: float,
-        now: float | None = None,
-    ) -> Hold:
-        return self.hold(key, charges, amount_nanos, ttl_seconds=ttl_seconds, now=now)
 
     def capture(
         self,
@@ -348,30 +188,28 @@ class MemoryLedger(Ledger):
         charges: Sequence[Charge] | None = None,
         now: float | None = None,
     ) -> Receipt:
-        if type(amount_nanos) is not int or amount_nanos < 0:
-            raise _bad_amount(amount_nanos)
-        now = self._clock() if now is None else now
+        check_key(key)
+        # Checked even when the key is known and they go unused: the same call must not
+        # pass or fail depending on what the ledger happens to remember.
+        plan = None if charges is None else self._plan(charges)
+        check_amount(amount_nanos)
+        now = check_now(now, self._clock)
         with self._lock:
             if self._deadlines and self._deadlines[0][0] <= now:
                 self._expire(now)
             entry = self._entries.get(key)
             status: ReceiptStatus
             if entry is None:
-                if charges is None:
+                if plan is None:
                     return Receipt(key, "unknown", None)
-                # a hold this ledger forgot (expired long ago, or held elsewhere): the
-                # charges are only needed, and checked, on this path
-                entry = _Entry(self._plan(charges), True, "captured", 0, 0, now, now)
+                # a hold this ledger forgot (expired long ago, or held elsewhere)
+                entry = Entry(plan, True, "captured", 0, 0, now, now)
                 self._entries[key] = entry
                 status = "late"
             else:
-                if not entry.is_hold:
-                    _require(entry, hold=True, key=key)  # raises
+                require_kind(entry, hold=True, key=key)
                 if entry.state == "held":
-                    held = entry.held
-                    accounts = self._accounts
-                    for name in entry.plan.accounts:
-                        accounts[name].held -= held
+                    self._unhold(entry)
                     status = "applied"
                 elif entry.state == "expired":
                     status = "late"
@@ -381,35 +219,22 @@ class MemoryLedger(Ledger):
             entry.at = now
             entry.amount = amount_nanos
             crossed, remaining = self._record(entry, amount_nanos, now)
-            entry.forget_at = forget_at = now + self._retain  # self._finish(), inlined
-            heapq.heappush(self._deadlines, (forget_at, key))
+            self._finish(key, entry, now)
             return Receipt(key, status, "captured", amount_nanos, amount_nanos, crossed, remaining)
 
-    async def acapture(
-        self,
-        key: str,
-        amount_nanos: int,
-        *,
-        charges: Sequence[Charge] | None = None,
-        now: float | None = None,
-    ) -> Receipt:
-        return self.capture(key, amount_nanos, charges=charges, now=now)
-
     def release(self, key: str, *, now: float | None = None) -> None:
-        now = self._clock() if now is None else now
+        check_key(key)
+        now = check_now(now, self._clock)
         with self._lock:
             self._expire(now)
             entry = self._entries.get(key)
             if entry is None:
                 return
-            _require(entry, hold=True, key=key)
+            require_kind(entry, hold=True, key=key)
             if entry.state == "held":
                 self._unhold(entry)
                 entry.state = "released"
                 self._finish(key, entry, now)
-
-    async def arelease(self, key: str, *, now: float | None = None) -> None:
-        self.release(key, now=now)
 
     # --- charges ----------------------------------------------------------------------
 
@@ -422,19 +247,20 @@ class MemoryLedger(Ledger):
         enforce: bool = True,
         now: float | None = None,
     ) -> Receipt:
+        check_key(key)
         plan = self._plan(charges)
-        _validate_nanos(amount_nanos)
-        now = self._clock() if now is None else now
+        check_amount(amount_nanos)
+        now = check_now(now, self._clock)
         with self._lock:
             if self._deadlines and self._deadlines[0][0] <= now:
                 self._expire(now)
             entry = self._entries.get(key)
             if entry is not None:
-                _require(entry, hold=False, key=key)
+                require_kind(entry, hold=False, key=key)
                 return self._unchanged(key, entry, now)
             if enforce and plan.watched:
-                self._check(plan, amount_nanos, now)
-            entry = _Entry(plan, False, "charged", 0, amount_nanos, now, now)
+                check_budgets(self._accounts, plan, amount_nanos, now)
+            entry = Entry(plan, False, "charged", 0, amount_nanos, now, now)
             self._entries[key] = entry
             crossed, remaining = self._record(entry, amount_nanos, now)
             self._finish(key, entry, now)
@@ -442,79 +268,54 @@ class MemoryLedger(Ledger):
                 key, "applied", "charged", amount_nanos, amount_nanos, crossed, remaining
             )
 
-    async def acharge(
-        self,
-        key: str,
-        charges: Sequence[Charge],
-        amount_nanos: int,
-        *,
-        enforce: bool = True,
-        now: float | None = None,
-    ) -> Receipt:
-        return self.charge(key, charges, amount_nanos, enforce=enforce, now=now)
-
     def adjust(self, key: str, amount_nanos: int, *, now: float | None = None) -> Receipt:
-        _validate_nanos(amount_nanos)
-        return self._correct(key, amount_nanos, refund=False, now=now)
-
-    async def aadjust(self, key: str, amount_nanos: int, *, now: float | None = None) -> Receipt:
-        return self.adjust(key, amount_nanos, now=now)
+        check_key(key)
+        check_amount(amount_nanos)
+        return self._correct(key, amount_nanos, refund=False, now=check_now(now, self._clock))
 
     def refund(self, key: str, *, now: float | None = None) -> Receipt:
-        return self._correct(key, 0, refund=True, now=now)
-
-    async def arefund(self, key: str, *, now: float | None = None) -> Receipt:
-        return self.refund(key, now=now)
+        check_key(key)
+        return self._correct(key, 0, refund=True, now=check_now(now, self._clock))
 
     # --- queries and upkeep -----------------------------------------------------------
 
     def balance(
         self, account: str, budget: Budget | Window | None = None, *, now: float | None = None
     ) -> Balance:
-        now = self._clock() if now is None else now
+        check_balance_args(account, budget)
+        now = check_now(now, self._clock)
         with self._lock:
             self._expire(now)
             return self._balance(account, budget, now)
 
-    async def abalance(
-        self, account: str, budget: Budget | Window | None = None, *, now: float | None = None
-    ) -> Balance:
-        return self.balance(account, budget, now=now)
-
     def sweep(self, *, now: float | None = None) -> int:
-        now = self._clock() if now is None else now
+        now = check_now(now, self._clock)
         with self._lock:
             return self._expire(now)
-
-    async def asweep(self, *, now: float | None = None) -> int:
-        return self.sweep(now=now)
 
     def close(self) -> None:
         """Nothing to release: the state is plain memory."""
 
-    async def aclose(self) -> None:
-        """Nothing to release: the state is plain memory."""
+    # The async twins run the sync methods inline (the module docstring says why that is safe).
+    ahold = _inline(hold)
+    acapture = _inline(capture)
+    arelease = _inline(release)
+    acharge = _inline(charge)
+    aadjust = _inline(adjust)
+    arefund = _inline(refund)
+    abalance = _inline(balance)
+    asweep = _inline(sweep)
+    aclose = _inline(close)
 
     # --- internals --------------------------------------------------------------------
 
-    # the methods below run with the lock held
-
-    def _account(self, name: str) -> _Account:
-        account = self._accounts.get(name)
-        if account is None:
-            account = self._accounts[name] = _Account()
-        return account
+    # the methods below run with the lock held, except _correct, which takes it
 
     def _balance(self, name: str, budget: Budget | Window | None, now: float) -> Balance:
-        if budget is None:
-            window, limit = Window("total"), None
-        elif isinstance(budget, Window):
-            window, limit = budget, None
-        else:
-            window, limit = budget.window, budget.limit_nanos
+        window, limit = check_balance_args(name, budget)
         account = self._accounts.get(name)
         spent = (
-            account.spent(_Where(window), now, calendar_periods(now)) if account is not None else 0
+            account.spent(Where(window), now, calendar_periods(now)) if account is not None else 0
         )
         held = account.held if account is not None else 0
         return Balance(
@@ -527,29 +328,12 @@ class MemoryLedger(Ledger):
             resets_at=window.period(now).ends_at,
         )
 
-    def _check(self, plan: _Plan, amount: int, now: float) -> None:
-        """Raise BudgetExceeded for the first account and budget that cannot pay."""
-        now_periods = calendar_periods(now) if plan.calendar else _NO_PERIODS
-        for payer in plan.payers:
-            if not payer.watches:
-                continue
-            account = self._accounts.get(payer.name)
-            if account is None:
-                for watch in payer.watches:
-                    if amount > watch.limit:
-                        raise _exceeded(payer.name, None, watch.budget, 0, amount, now)
-                continue
-            for watch in payer.watches:
-                used = account.spent(watch, now, now_periods) + account.held
-                if used + amount > watch.limit:
-                    raise _exceeded(payer.name, account, watch.budget, used, amount, now)
-
-    def _unhold(self, entry: _Entry) -> None:
+    def _unhold(self, entry: Entry) -> None:
         accounts = self._accounts
         for name in entry.plan.accounts:
             accounts[name].held -= entry.held
 
-    def _finish(self, key: str, entry: _Entry, when: float) -> None:
+    def _finish(self, key: str, entry: Entry, when: float) -> None:
         entry.forget_at = when + self._retain
         heapq.heappush(self._deadlines, (entry.forget_at, key))
 
@@ -573,8 +357,7 @@ class MemoryLedger(Ledger):
                 del self._entries[key]
         return expired
 
-    def _correct(self, key: str, amount: int, *, refund: bool, now: float | None) -> Receipt:
-        now = self._clock() if now is None else now
+    def _correct(self, key: str, amount: int, *, refund: bool, now: float) -> Receipt:
         with self._lock:
             self._expire(now)
             entry = self._entries.get(key)
@@ -595,7 +378,7 @@ class MemoryLedger(Ledger):
             return Receipt(key, "applied", entry.state, amount, delta, crossed, remaining)
 
     def _record(
-        self, entry: _Entry, delta: int, now: float
+        self, entry: Entry, delta: int, now: float
     ) -> tuple[tuple[Threshold, ...], tuple[int | None, ...]]:
         """Add ``delta`` spend, dated ``entry.at``, to every account of the entry.
 
@@ -612,7 +395,7 @@ class MemoryLedger(Ledger):
         for payer in entry.plan.payers:
             account = accounts.get(payer.name)
             if account is None:
-                account = accounts[payer.name] = _Account()
+                account = accounts[payer.name] = Account()
             watches = payer.watches
             if delta:
                 # Only rolling windows need the spend before (their thresholds re-arm).
@@ -634,7 +417,7 @@ class MemoryLedger(Ledger):
                 for window in payer.rolling:
                     series = account.rolling.get(window.seconds or 0)
                     if series is None:
-                        series = account.rolling[window.seconds or 0] = _Rolling(window)
+                        series = account.rolling[window.seconds or 0] = Rolling(window)
                     series.add(at, delta, now)
             if not watches:
                 remaining.append(None)
@@ -647,108 +430,21 @@ class MemoryLedger(Ledger):
                     least = left
                 if alerting and watch.marks and after >= watch.marks[0]:
                     spent_before = before[i] if before is not None else 0
-                    self._crossings(
-                        payer.name, account, watch, spent_before, after, now_periods, crossed
+                    crossings(
+                        payer.name,
+                        account,
+                        watch,
+                        spent_before,
+                        after,
+                        now_periods,
+                        self._thresholds,
+                        crossed,
                     )
             assert least is not None
             least -= account.held
             remaining.append(least if least > 0 else 0)
         return (tuple(crossed) if crossed else ()), tuple(remaining)
 
-    def _remaining(self, plan: _Plan, now: float) -> tuple[int | None, ...]:
-        """Each account's least remaining budget (as :meth:`balance` reports it)."""
-        now_periods = calendar_periods(now) if plan.calendar else _NO_PERIODS
-        remaining: list[int | None] = []
-        for payer in plan.payers:
-            account = self._accounts.get(payer.name)
-            if not payer.watches:
-                remaining.append(None)
-            elif account is None:
-                remaining.append(min(w.limit for w in payer.watches))
-            else:
-                left = min([w.limit - account.spent(w, now, now_periods) for w in payer.watches])
-                left -= account.held
-                remaining.append(left if left > 0 else 0)
-        return tuple(remaining)
-
-    def _unchanged(self, key: str, entry: _Entry, now: float) -> Receipt:
-        remaining = self._remaining(entry.plan, now)
+    def _unchanged(self, key: str, entry: Entry, now: float) -> Receipt:
+        remaining = least_remaining(self._accounts, entry.plan, now)
         return Receipt(key, "unchanged", entry.state, entry.amount, 0, (), remaining)
-
-    def _crossings(
-        self,
-        name: str,
-        account: _Account,
-        watch: _Watch,
-        before: int,
-        after: int,
-        now_periods: Periods,
-        out: list[Threshold],
-    ) -> None:
-        """Append to ``out`` the thresholds of ``watch`` that spend ``after`` newly reached."""
-        i = watch.calendar
-        period = now_periods[i].id if i is not None else watch.period
-        stored = account.alerts.get(watch.key)
-        fired = stored[1] if stored is not None and stored[0] == period else 0
-        if watch.rolling is not None:
-            # No period ends a rolling window: a threshold re-arms once spend drops below it.
-            fired = min(fired, watch.level(before))
-        reached = watch.level(after)
-        if reached <= fired:
-            return
-        account.alerts[watch.key] = (period, reached)
-        out.extend(
-            Threshold(name, watch.budget, fraction, after, period)
-            for fraction, _, _ in self._thresholds[fired:reached]
-        )
-
-
-def _exceeded(
-    name: str, account: _Account | None, budget: Budget, used: int, amount: int, now: float
-) -> BudgetExceeded:
-    limit = budget.limit_nanos
-    window = budget.window
-    retry_after: int | None = None
-    if amount <= limit:
-        if window.kind == "rolling":
-            series = account.rolling.get(window.seconds or 0) if account is not None else None
-            if series is not None:
-                retry_after = series.retry_after(used + amount - limit, now)
-        else:
-            ends_at = window.period(now).ends_at
-            if ends_at is not None:
-                retry_after = max(1, math.ceil(ends_at - now))
-    return BudgetExceeded(
-        name,
-        limit=budget.limit,
-        spent=from_nanos(used),
-        required=from_nanos(amount),
-        window=str(window),
-        retry_after=retry_after,
-    )
-
-
-def _validate_nanos(amount: int) -> None:
-    if type(amount) is not int or amount < 0:
-        raise _bad_amount(amount)
-
-
-def _bad_amount(amount: object) -> ValueError:
-    return ValueError(f"amounts are int nano-USD >= 0, got {amount!r}")
-
-
-def _require(entry: _Entry, *, hold: bool, key: str) -> None:
-    if entry.is_hold != hold:
-        used, wanted = ("charge", "hold") if hold else ("hold", "charge")
-        raise ValueError(f"key {key!r} belongs to a {used}, not a {wanted}")
-
-
-def _hold(key: str, entry: _Entry, *, replayed: bool) -> Hold:
-    return Hold(
-        key=key,
-        state=entry.state,
-        amount_nanos=entry.held,
-        accounts=entry.plan.accounts,
-        expires_at=entry.expires_at,
-        replayed=replayed,
-    )

@@ -7,36 +7,8 @@ with no other caller in between. One addition for many clocks: spend dated in a 
 that another replica has already closed (its clock ran ahead) lands in ``total`` only,
 never moving the account back into the old period.
 
-Time comes from the caller, never from Redis. Python passes ``now`` (the ledger's
-clock), the UTC day, week and month period ids of ``now`` (:func:`calendar_periods`),
-the hold expiry and the retention; the script only does arithmetic on them (a rolling
-bucket starts at ``at - at mod width``; a key is forgotten at ``finished + retain``).
-Clock skew between the app and Redis therefore cannot shift a period, and tests can
-drive the clock.
-
-Layout, all under ``prefix`` (default ``"metered:"``):
-
-* ``{prefix}holds`` -- sorted set of the active holds' entry keys by expiry time (one
-  for the ledger rather than one per account: the sweep is a single range read, and
-  :meth:`RedisLedger.sweep` needs no index of accounts). Every script first expires the
-  due ones (returning their amounts to their accounts), so an account's held total is
-  exact whenever it is read and a crashed process never locks budget for longer than
-  its holds' TTL.
-* ``{prefix}e:{key}`` -- one msgpack string per idempotency key: kind, state, amounts,
-  when the spend was dated and its periods, and the charges (accounts, budgets, threshold
-  marks) as JSON, so adjust and refund know where the spend landed (~0.4 KB for a call
-  charged to one account). While held it has no Redis TTL (only the sweep may end it);
-  once finished it is forgotten ``retain_seconds`` later by the callers' clock, and Redis
-  drops it a minute after that by its own. Redis memory for keys is therefore about
-  calls per second x ``retain_seconds`` x 0.4 KB.
-* ``{prefix}a:{account}`` -- hash per account, like MemoryLedger's account record: active
-  held nanos, lifetime total, the current day/week/month period ids with their spend,
-  and which thresholds fired in which period. It keeps only the current periods, so
-  it stays small and needs no expiry (a counter key per period, as the sketch in
-  :mod:`metered.ledger` has it, would cost a key per window and read).
-* ``{prefix}r:{seconds}:{account}`` -- hash per account and rolling window: spend per
-  bucket start with a running total and the oldest and newest bucket, expiring when its
-  newest bucket has aged out.
+How the state is laid out in Redis, and why time always comes from the caller: see
+:mod:`metered.ledger._redis_scripts`.
 
 Deployment: Redis 6 or later, a single primary (or a Sentinel-managed one: pass
 ``client=sentinel.master_for(...)``). Spend lives as long as Redis keeps it: enable
@@ -46,9 +18,9 @@ put a hash tag in the prefix (``prefix="{metered}:"``); every key starts with it
 Processes sharing a ledger must use the same prefix and thresholds.
 
 Arithmetic inside Redis Lua is double precision: amounts are refused above 2**53
-nano-USD (~$9M per call), and balances stay exact while each counter is below that
-(about $9M of spend per account and window); Redis itself keeps counters as exact
-64-bit integers.
+nano-USD (~$9M per call; MemoryLedger refuses the same), and balances stay exact while
+each counter is below that (about $9M of spend per account and window); Redis itself
+keeps counters as exact 64-bit integers.
 
 Connection and server failures raise :class:`~metered.errors.LedgerError` (the
 engine answers 503, or records the settlement as ``failed``); never a raw redis error.
@@ -56,13 +28,10 @@ engine answers 503, or records the settlement as ``failed``); never a raw redis 
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
-from functools import lru_cache
-from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
+from typing import Any, TypeVar, cast, overload
 
 import redis
 import redis.asyncio
@@ -71,24 +40,30 @@ import redis.cluster
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import RedisClusterException, RedisError
 
-from metered.errors import BudgetExceeded, LedgerError
-from metered.ledger import (
-    DEFAULT_THRESHOLDS,
-    Balance,
-    Budget,
-    Charge,
-    EntryState,
-    Hold,
-    Ledger,
-    Receipt,
-    ReceiptStatus,
-    Threshold,
-    Window,
-    WindowKind,
-    calendar_periods,
+from metered.config.budgets import Budget, Window, calendar_periods
+from metered.errors import LedgerError
+from metered.ledger._common import (
+    PlanCache,
+    check_amount,
+    check_balance_args,
+    check_key,
+    check_now,
+    check_ttl,
+    threshold_fractions,
 )
-from metered.ledger._common import PlanCache, threshold_fractions
-from metered.money import from_nanos
+from metered.ledger._redis_scripts import (
+    CALENDAR,
+    Op,
+    Plan,
+    failure,
+    has_hash_tag,
+    receipt_parser,
+    script_sources,
+    text,
+    wrong_kind,
+)
+from metered.ledger.protocol import Ledger
+from metered.ledger.types import DEFAULT_THRESHOLDS, Balance, Charge, EntryState, Hold, Receipt
 
 __all__ = ["RedisLedger"]
 
@@ -101,469 +76,7 @@ _AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 _DEFAULT_URL = "redis://localhost:6379/0"
 # Redis and redis-py errors (a cluster client's own errors are not RedisErrors).
 _STORE_ERRORS = (RedisError, RedisClusterException, OSError)
-# Lua numbers are doubles: integers are exact below 2**53.
-_MAX_AMOUNT = 2**53 - 1
 _PLAN_CACHE_SIZE = 1024
-# Calendar index of a window kind in calendar_periods(); 0 = total, -1 = rolling.
-_CALENDAR = {"day": 1, "week": 2, "month": 3, "total": 0, "rolling": -1}
-_KIND_OF: dict[int, WindowKind] = {1: "day", 2: "week", 3: "month", 0: "total", -1: "rolling"}
-
-# --- Lua ----------------------------------------------------------------------------------
-
-# Shared by every script. KEYS[1] = the holds set, KEYS[2] = the entry (or account) hash.
-# ARGV[1..6] = prefix, now, retain seconds, now's day, week and month period ids; each
-# script's own arguments start at ARGV[7].
-_PRELUDE = r"""
-local P = ARGV[1]
-local NOW = tonumber(ARGV[2])
-local RETAIN = tonumber(ARGV[3])
-local PERIODS = {ARGV[4], ARGV[5], ARGV[6]}
-local HOLDS = KEYS[1]
--- Redis drops finished keys this long after the callers' clocks forget them (skew room).
-local GRACE = 60
-
-local function account_key(name) return P .. 'a:' .. name end
-local function rolling_key(name, seconds) return P .. 'r:' .. seconds .. ':' .. name end
-
-local function keep_until(key, at)
-  local ttl = math.ceil(at - NOW) + GRACE
-  if ttl < GRACE then ttl = GRACE end
-  redis.call('EXPIRE', key, ttl)
-end
-
-local function decode(raw)
-  local spec = {}
-  for i, p in ipairs(cjson.decode(raw)) do
-    local budgets = {}
-    for j, b in ipairs(p[2]) do
-      budgets[j] = {limit_raw = b[1], limit = tonumber(b[1]), ci = b[2], seconds = b[3],
-                    width = b[4], pid = b[5], marks = b[6]}
-    end
-    spec[i] = {name = p[1], budgets = budgets}
-  end
-  return spec
-end
-
-local function held_of(name)
-  return tonumber(redis.call('HGET', account_key(name), 'held')) or 0
-end
-
--- An entry is one msgpack string (a hash with a field over 64 bytes would lose Redis's
--- compact encoding and cost ~4x the memory): kind ('h' hold, 'c' charge), state, held,
--- amount, at and ex (the callers' time strings: spend date, hold expiry), fg (when the
--- key is forgotten; false while held), sp (the charges as JSON) and the day, week and
--- month period ids the spend landed in.
-local function save(ek, e)
-  redis.call('SET', ek, cmsgpack.pack({e.kind, e.state, e.held, e.amount, e.at, e.ex, e.fg,
-                                       e.sp, e.periods[1], e.periods[2], e.periods[3]}))
-end
-
-local function unpack_entry(raw)
-  local r = cmsgpack.unpack(raw)
-  return {kind = r[1], state = r[2], held = r[3], amount = r[4], at = r[5], ex = r[6],
-          fg = r[7], sp = r[8], periods = {r[9], r[10], r[11]}}
-end
-
--- Finish an entry at time `at`: remembered for RETAIN more, then forgotten.
-local function finish(ek, e, at)
-  e.fg = at + RETAIN
-  save(ek, e)
-  keep_until(ek, e.fg)
-end
-
--- Expire every hold due by NOW: its amount stops counting on all of its accounts.
-local function sweep()
-  local due = redis.call('ZRANGEBYSCORE', HOLDS, '-inf', ARGV[2])
-  local expired = 0
-  for _, ek in ipairs(due) do
-    local raw = redis.call('GET', ek)
-    local e = raw and unpack_entry(raw)
-    if e and e.state == 'held' then
-      for _, payer in ipairs(cjson.decode(e.sp)) do
-        redis.call('HINCRBY', account_key(payer[1]), 'held', -e.held)
-      end
-      e.state = 'expired'
-      finish(ek, e, tonumber(e.ex))
-      expired = expired + 1
-    end
-  end
-  if #due > 0 then redis.call('ZREMRANGEBYSCORE', HOLDS, '-inf', ARGV[2]) end
-  return expired
-end
-
-local function load(ek)
-  local raw = redis.call('GET', ek)
-  if not raw then return nil end
-  local e = unpack_entry(raw)
-  if e.fg and e.fg <= NOW then
-    redis.call('DEL', ek)
-    return nil
-  end
-  e.spec = decode(e.sp)
-  return e
-end
-
-local function unhold(ek, entry)
-  for _, payer in ipairs(entry.spec) do
-    redis.call('HINCRBY', account_key(payer.name), 'held', -entry.held)
-  end
-  redis.call('ZREM', HOLDS, ek)
-end
-
--- Rolling spend of the window after dropping buckets that left it; 0 when none.
-local function rolling_total(name, seconds, width)
-  local rk = rolling_key(name, seconds)
-  local r = redis.call('HMGET', rk, 't', 'lo', 'hi')
-  if not r[1] then return 0 end
-  local total, lo, hi = tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
-  -- a bucket counts while any part of it is inside (NOW - seconds, NOW]
-  local horizon = NOW - seconds - width
-  if lo > horizon then return total end
-  if hi <= horizon then
-    redis.call('DEL', rk)
-    return 0
-  end
-  while lo <= horizon do
-    local nanos = redis.call('HGET', rk, lo)
-    if nanos then
-      total = total - tonumber(nanos)
-      redis.call('HDEL', rk, lo)
-    end
-    lo = lo + width
-  end
-  redis.call('HSET', rk, 't', total, 'lo', lo)
-  return total
-end
-
-local function rolling_add(name, seconds, width, at, delta)
-  local rk = rolling_key(name, seconds)
-  rolling_total(name, seconds, width)
-  local start = at - math.fmod(at, width)
-  if redis.call('HEXISTS', rk, start) == 1 then
-    redis.call('HINCRBY', rk, start, delta)
-    redis.call('HINCRBY', rk, 't', delta)
-  elseif delta > 0 and start > NOW - seconds - width then
-    local r = redis.call('HMGET', rk, 'lo', 'hi')
-    local lo, hi = tonumber(r[1]), tonumber(r[2])
-    if not lo or start < lo then lo = start end
-    if not hi or start > hi then hi = start end
-    redis.call('HSET', rk, start, delta, 'lo', lo, 'hi', hi)
-    redis.call('HINCRBY', rk, 't', delta)
-    keep_until(rk, hi + seconds + width)
-  end
-  -- otherwise the bucket has aged out: the correction falls outside the window
-end
-
--- Seconds until at least `need` nanos of rolling spend have aged out, or -1 (never).
-local function rolling_retry(name, b, need)
-  local rk = rolling_key(name, b.seconds)
-  local r = redis.call('HMGET', rk, 'lo', 'hi')
-  if not r[1] then return -1 end
-  local freed = 0
-  for start = tonumber(r[1]), tonumber(r[2]), b.width do
-    local nanos = redis.call('HGET', rk, start)
-    if nanos then
-      freed = freed + tonumber(nanos)
-      if freed >= need then
-        return math.max(1, math.ceil(start + b.width + b.seconds - NOW))
-      end
-    end
-  end
-  return -1
-end
-
-local function spent_in(name, b)
-  local ci = b.ci
-  if ci > 0 then
-    local r = redis.call('HMGET', account_key(name), 'p' .. ci, 'n' .. ci)
-    if r[1] == PERIODS[ci] then return tonumber(r[2]) end
-    return 0
-  elseif ci == 0 then
-    return tonumber(redis.call('HGET', account_key(name), 'total')) or 0
-  end
-  return rolling_total(name, b.seconds, b.width)
-end
-
--- The first account and budget (in order) that cannot pay `amount`, as a failure reply.
-local function check(spec, amount)
-  for pi, payer in ipairs(spec) do
-    if #payer.budgets > 0 then
-      local held = held_of(payer.name)
-      for bi, b in ipairs(payer.budgets) do
-        local used = spent_in(payer.name, b) + held
-        if used + amount > b.limit then
-          local retry = -1
-          if b.ci < 0 and amount <= b.limit then
-            retry = rolling_retry(payer.name, b, used + amount - b.limit)
-          end
-          return {'!', 'exceeded', pi, bi, used, retry}
-        end
-      end
-    end
-  end
-  return nil
-end
-
--- Add delta to the calendar periods the spend landed in (dated by at_periods).
-local function land(ak, delta, at_periods)
-  local r = redis.call('HMGET', ak, 'p1', 'p2', 'p3')
-  for i = 1, 3 do
-    local period = at_periods[i]
-    if r[i] == period then
-      redis.call('HINCRBY', ak, 'n' .. i, delta)
-    elseif delta > 0 and period == PERIODS[i] and (not r[i] or r[i] < period) then
-      -- Period ids sort in time order: a caller whose clock lags behind never moves an
-      -- account back into a period that has already closed.
-      redis.call('HSET', ak, 'p' .. i, period, 'n' .. i, delta)
-    end
-    -- otherwise the spend's period has closed: a correction to it is dropped
-  end
-end
-
-local function level(marks, spent)
-  local n = 0
-  if spent > 0 then
-    for _, mark in ipairs(marks) do
-      if spent < mark then break end
-      n = n + 1
-    end
-  end
-  return n
-end
-
-local function crossings(name, ak, b, before, after, out)
-  local period = b.ci > 0 and PERIODS[b.ci] or b.pid
-  local fired = 0
-  local akey = 'al:' .. b.limit_raw .. ':' .. b.ci .. ':' .. b.seconds  -- per budget value
-  local stored = redis.call('HGET', ak, akey)
-  if stored then
-    local sep = string.find(stored, '|', 1, true)
-    if string.sub(stored, sep + 1) == period then
-      fired = tonumber(string.sub(stored, 1, sep - 1))
-    end
-  end
-  if b.ci < 0 then
-    -- no period ends a rolling window: a threshold re-arms once spend drops below it
-    fired = math.min(fired, level(b.marks, before))
-  end
-  local reached = level(b.marks, after)
-  if reached <= fired then return end
-  redis.call('HSET', ak, akey, reached .. '|' .. period)
-  for i = fired + 1, reached do
-    out[#out + 1] = {name, b.limit_raw, b.ci, b.seconds, i, after, period}
-  end
-end
-
--- Add delta spend dated `at` (periods at_periods) to every account; appends crossings.
-local function record(spec, at, at_periods, delta, crossed)
-  if delta == 0 then return end
-  for _, payer in ipairs(spec) do
-    local name, budgets = payer.name, payer.budgets
-    local ak = account_key(name)
-    local before = {}
-    if delta > 0 then
-      for i, b in ipairs(budgets) do
-        if b.ci < 0 and #b.marks > 0 then before[i] = spent_in(name, b) end
-      end
-    end
-    redis.call('HINCRBY', ak, 'total', delta)
-    land(ak, delta, at_periods)
-    local seen = {}
-    for _, b in ipairs(budgets) do
-      if b.ci < 0 and not seen[b.seconds] then
-        seen[b.seconds] = true
-        rolling_add(name, b.seconds, b.width, at, delta)
-      end
-    end
-    if delta > 0 then
-      for i, b in ipairs(budgets) do
-        if #b.marks > 0 then
-          local after = spent_in(name, b)
-          if after >= b.marks[1] then crossings(name, ak, b, before[i] or 0, after, crossed) end
-        end
-      end
-    end
-  end
-end
-
--- Each account's least remaining budget (-1: no budgets), as balance() reports it.
--- Replies avoid Lua false: a RESP3 connection would read it as a boolean, not nil.
-local function remaining(spec)
-  local out = {}
-  for i, payer in ipairs(spec) do
-    if #payer.budgets == 0 then
-      out[i] = -1
-    else
-      local left
-      for _, b in ipairs(payer.budgets) do
-        local l = b.limit - spent_in(payer.name, b)
-        if not left or l < left then left = l end
-      end
-      left = left - held_of(payer.name)
-      out[i] = left > 0 and left or 0
-    end
-  end
-  return out
-end
-
-local function unchanged(entry)
-  return {'unchanged', entry.state, entry.amount, 0, remaining(entry.spec), {}}
-end
-"""
-
-_SCRIPTS: dict[str, str] = {
-    # ARGV[7] amount, [8] expiry, [9] charges
-    "hold": r"""
-sweep()
-local e = load(KEYS[2])
-if e then
-  if e.kind ~= 'h' then return {'!', 'charge'} end
-  local accounts = {}
-  for i, payer in ipairs(e.spec) do accounts[i] = payer.name end
-  return {'replay', e.state, e.held, e.ex, accounts}
-end
-local spec = decode(ARGV[9])
-local amount = tonumber(ARGV[7])
-local failure = check(spec, amount)
-if failure then return failure end
-save(KEYS[2], {kind = 'h', state = 'held', held = amount, amount = 0, at = ARGV[2],
-               ex = ARGV[8], fg = false, sp = ARGV[9], periods = {'', '', ''}})
-for _, payer in ipairs(spec) do
-  redis.call('HINCRBY', account_key(payer.name), 'held', amount)
-end
-redis.call('ZADD', HOLDS, ARGV[8], KEYS[2])
-return {'held'}
-""",
-    # ARGV[7] amount, [8] fallback charges or ''
-    "capture": r"""
-sweep()
-local e = load(KEYS[2])
-local status
-if not e then
-  if ARGV[8] == '' then return {'unknown'} end
-  e = {kind = 'h', held = 0, ex = ARGV[2], sp = ARGV[8], spec = decode(ARGV[8])}
-  status = 'late'
-else
-  if e.kind ~= 'h' then return {'!', 'charge'} end
-  if e.state == 'held' then
-    unhold(KEYS[2], e)
-    status = 'applied'
-  elseif e.state == 'expired' then
-    status = 'late'
-  else
-    return unchanged(e)
-  end
-end
-local amount = tonumber(ARGV[7])
-e.state, e.amount, e.at, e.periods = 'captured', amount, ARGV[2], PERIODS
-local crossed = {}
-record(e.spec, NOW, PERIODS, amount, crossed)
-finish(KEYS[2], e, NOW)
-return {status, 'captured', amount, amount, remaining(e.spec), crossed}
-""",
-    "release": r"""
-sweep()
-local e = load(KEYS[2])
-if not e then return {'ok'} end
-if e.kind ~= 'h' then return {'!', 'charge'} end
-if e.state == 'held' then
-  unhold(KEYS[2], e)
-  e.state = 'released'
-  finish(KEYS[2], e, NOW)
-end
-return {'ok'}
-""",
-    # ARGV[7] amount, [8] charges, [9] enforce '1' or '0'
-    "charge": r"""
-sweep()
-local e = load(KEYS[2])
-if e then
-  if e.kind ~= 'c' then return {'!', 'hold'} end
-  return unchanged(e)
-end
-local spec = decode(ARGV[8])
-local amount = tonumber(ARGV[7])
-if ARGV[9] == '1' then
-  local failure = check(spec, amount)
-  if failure then return failure end
-end
-e = {kind = 'c', state = 'charged', held = 0, amount = amount, at = ARGV[2], ex = ARGV[2],
-     sp = ARGV[8], periods = PERIODS}
-local crossed = {}
-record(spec, NOW, PERIODS, amount, crossed)
-finish(KEYS[2], e, NOW)
-return {'applied', 'charged', amount, amount, remaining(spec), crossed}
-""",
-    # adjust and refund. ARGV[7] amount, [8] refund '1' or '0'
-    "correct": r"""
-sweep()
-local e = load(KEYS[2])
-if not e then return {'unknown'} end
-if e.state == 'held' then return {'!', 'active'} end
-if e.state ~= 'captured' and e.state ~= 'charged' then return unchanged(e) end
-local refund = ARGV[8] == '1'
-local amount = tonumber(ARGV[7])
-local delta = amount - e.amount
-if delta == 0 and not refund then return unchanged(e) end
-e.amount = amount
-if refund then e.state = 'refunded' end
-local crossed = {}
-record(e.spec, tonumber(e.at), e.periods, delta, crossed)
-finish(KEYS[2], e, NOW)
-return {'applied', e.state, amount, delta, remaining(e.spec), crossed}
-""",
-    # KEYS[2] = the account hash. ARGV[7] account, [8] calendar index, [9] seconds, [10] width
-    "balance": r"""
-sweep()
-local b = {ci = tonumber(ARGV[8]), seconds = tonumber(ARGV[9]), width = tonumber(ARGV[10])}
-return {spent_in(ARGV[7], b), held_of(ARGV[7])}
-""",
-    "sweep": r"""
-return sweep()
-""",
-}
-
-# --- Python side --------------------------------------------------------------------------
-
-
-class _Plan:
-    """A validated charges tuple, encoded once for the scripts."""
-
-    __slots__ = ("accounts", "budgets", "charges", "spec")
-
-    def __init__(self, charges: tuple[Charge, ...], marks: Callable[[int], list[int]]) -> None:
-        self.charges = charges
-        self.accounts = tuple(c.account for c in charges)
-        self.budgets = tuple(c.budgets for c in charges)
-        self.spec = json.dumps(
-            [[c.account, [_encode_budget(b, marks) for b in c.budgets]] for c in charges],
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
-
-
-def _encode_budget(budget: Budget, marks: Callable[[int], list[int]]) -> list[object]:
-    window = budget.window
-    limit = budget.limit_nanos
-    ci = _CALENDAR[window.kind]
-    seconds = window.seconds or 0
-    return [
-        str(limit),  # a string, so a limit above 2**53 comes back to Python exact
-        ci,
-        seconds,
-        window.granule,
-        window.period(0).id if ci <= 0 else "",
-        marks(limit),
-    ]
-
-
-class _Op(NamedTuple, Generic[T]):
-    """One script call: what to run and how to read its reply."""
-
-    script: str
-    keys: tuple[str, str]
-    args: tuple[str | int | float, ...]
-    parse: Callable[[Any], T]
 
 
 class RedisLedger(Ledger):
@@ -639,7 +152,7 @@ class RedisLedger(Ledger):
         clustered = isinstance(client, redis.cluster.RedisCluster) or isinstance(
             aclient, redis.asyncio.cluster.RedisCluster
         )
-        if clustered and not _has_hash_tag(prefix):
+        if clustered and not has_hash_tag(prefix):
             raise ValueError(
                 "on Redis Cluster the prefix needs a hash tag, so that the keys of a call "
                 f"are in one slot: for example prefix='{{metered}}:', got {prefix!r}"
@@ -663,14 +176,14 @@ class RedisLedger(Ledger):
         self._owned = owned
         self._client = client
         self._aclient = aclient
-        sources = {name: _PRELUDE + body for name, body in _SCRIPTS.items()}
+        sources = script_sources()
         self._scripts: dict[str, Script] = (
             {n: client.register_script(s) for n, s in sources.items()} if client else {}
         )
         self._ascripts: dict[str, AsyncScript] = (
             {n: aclient.register_script(s) for n, s in sources.items()} if aclient else {}
         )
-        self._plan = PlanCache(lambda charges: _Plan(charges, self._marks), size=_PLAN_CACHE_SIZE)
+        self._plan = PlanCache(lambda charges: Plan(charges, self._marks), size=_PLAN_CACHE_SIZE)
 
     def __repr__(self) -> str:
         return f"RedisLedger(prefix={self._prefix!r})"
@@ -748,10 +261,10 @@ class RedisLedger(Ledger):
         return await self._arun(self._charge(key, charges, amount_nanos, enforce, now))
 
     def adjust(self, key: str, amount_nanos: int, *, now: float | None = None) -> Receipt:
-        return self._run(self._correct(key, _checked(amount_nanos), False, now))
+        return self._run(self._correct(key, amount_nanos, False, now))
 
     async def aadjust(self, key: str, amount_nanos: int, *, now: float | None = None) -> Receipt:
-        return await self._arun(self._correct(key, _checked(amount_nanos), False, now))
+        return await self._arun(self._correct(key, amount_nanos, False, now))
 
     def refund(self, key: str, *, now: float | None = None) -> Receipt:
         return self._run(self._correct(key, 0, True, now))
@@ -801,40 +314,43 @@ class RedisLedger(Ledger):
         amount: int,
         ttl_seconds: float,
         now: float | None,
-    ) -> _Op[Hold]:
+    ) -> Op[Hold]:
+        check_key(key)
         plan = self._plan(charges)
-        _checked(amount)
-        if not 0 < ttl_seconds < math.inf:
-            raise ValueError(f"ttl_seconds must be a positive number, got {ttl_seconds!r}")
-        now = self._clock() if now is None else now
+        check_amount(amount)
+        check_ttl(ttl_seconds)
+        now = check_now(now, self._clock)
         expires_at = now + ttl_seconds
 
         def parse(reply: Any) -> Hold:
-            tag = _text(reply[0])
+            tag = text(reply[0])
             if tag == "held":
                 return Hold(key, "held", amount, plan.accounts, expires_at)
             if tag == "replay":
-                accounts = tuple(_text(a) for a in reply[4])
-                state = cast(EntryState, _text(reply[1]))
+                accounts = tuple(text(a) for a in reply[4])
+                state = cast(EntryState, text(reply[1]))
                 return Hold(key, state, reply[2], accounts, float(reply[3]), replayed=True)
-            raise self._failure(key, reply, plan, amount, now, wanted="hold")
+            raise failure(key, reply, plan, amount, now, wanted="hold")
 
         return self._op("hold", key, now, (amount, expires_at, plan.spec), parse)
 
     def _capture(
         self, key: str, amount: int, charges: Sequence[Charge] | None, now: float | None
-    ) -> _Op[Receipt]:
-        _checked(amount)
+    ) -> Op[Receipt]:
+        check_key(key)
         fallback = "" if charges is None else self._plan(charges).spec
-        now = self._clock() if now is None else now
-        return self._op("capture", key, now, (amount, fallback), self._receipt(key, "hold"))
+        check_amount(amount)
+        now = check_now(now, self._clock)
+        parse = receipt_parser(key, "hold", self._fractions)
+        return self._op("capture", key, now, (amount, fallback), parse)
 
-    def _release(self, key: str, now: float | None) -> _Op[None]:
-        now = self._clock() if now is None else now
+    def _release(self, key: str, now: float | None) -> Op[None]:
+        check_key(key)
+        now = check_now(now, self._clock)
 
         def parse(reply: Any) -> None:
-            if _text(reply[0]) == "!":
-                raise _wrong_kind(key, _text(reply[1]), "hold")
+            if text(reply[0]) == "!":
+                raise wrong_kind(key, text(reply[1]), "hold")
 
         return self._op("release", key, now, (), parse)
 
@@ -845,28 +361,27 @@ class RedisLedger(Ledger):
         amount: int,
         enforce: bool,
         now: float | None,
-    ) -> _Op[Receipt]:
+    ) -> Op[Receipt]:
+        check_key(key)
         plan = self._plan(charges)
-        _checked(amount)
-        now = self._clock() if now is None else now
+        check_amount(amount)
+        now = check_now(now, self._clock)
         args = (amount, plan.spec, "1" if enforce else "0")
-        return self._op("charge", key, now, args, self._receipt(key, "charge", plan, amount, now))
+        parse = receipt_parser(key, "charge", self._fractions, plan, amount, now)
+        return self._op("charge", key, now, args, parse)
 
-    def _correct(self, key: str, amount: int, refund: bool, now: float | None) -> _Op[Receipt]:
-        now = self._clock() if now is None else now
+    def _correct(self, key: str, amount: int, refund: bool, now: float | None) -> Op[Receipt]:
+        check_key(key)
+        check_amount(amount)
+        now = check_now(now, self._clock)
         args = (amount, "1" if refund else "0")
-        return self._op("correct", key, now, args, self._receipt(key, "correct"))
+        return self._op("correct", key, now, args, receipt_parser(key, "correct", self._fractions))
 
     def _balance(
         self, account: str, budget: Budget | Window | None, now: float | None
-    ) -> _Op[Balance]:
-        if budget is None:
-            window, limit = Window("total"), None
-        elif isinstance(budget, Window):
-            window, limit = budget, None
-        else:
-            window, limit = budget.window, budget.limit_nanos
-        now = self._clock() if now is None else now
+    ) -> Op[Balance]:
+        window, limit = check_balance_args(account, budget)
+        now = check_now(now, self._clock)
 
         def parse(reply: Any) -> Balance:
             spent, held = reply
@@ -880,11 +395,11 @@ class RedisLedger(Ledger):
                 resets_at=window.period(now).ends_at,
             )
 
-        args = (account, _CALENDAR[window.kind], window.seconds or 0, window.granule)
+        args = (account, CALENDAR[window.kind], window.seconds or 0, window.granule)
         return self._op("balance", account, now, args, parse, entry=False)
 
-    def _sweep(self, now: float | None) -> _Op[int]:
-        now = self._clock() if now is None else now
+    def _sweep(self, now: float | None) -> Op[int]:
+        now = check_now(now, self._clock)
         return self._op("sweep", "", now, (), int)
 
     # --- internals ----------------------------------------------------------------------
@@ -898,13 +413,13 @@ class RedisLedger(Ledger):
         parse: Callable[[Any], T],
         *,
         entry: bool = True,
-    ) -> _Op[T]:
+    ) -> Op[T]:
         day, week, month = calendar_periods(now)
         key = self._prefix + ("e:" if entry else "a:") + name
         common = (self._prefix, now, self._retain, day.id, week.id, month.id)
-        return _Op(script, (self._holds_key, key), common + args, parse)
+        return Op(script, (self._holds_key, key), common + args, parse)
 
-    def _run(self, op: _Op[T]) -> T:
+    def _run(self, op: Op[T]) -> T:
         if not self._scripts:
             raise RuntimeError("this RedisLedger has no sync client: pass client= or url=")
         try:
@@ -913,7 +428,7 @@ class RedisLedger(Ledger):
             raise _unavailable(op.script, exc) from exc
         return op.parse(reply)
 
-    async def _arun(self, op: _Op[T]) -> T:
+    async def _arun(self, op: Op[T]) -> T:
         if not self._ascripts:
             raise RuntimeError("this RedisLedger has no async client: pass aclient= or url=")
         try:
@@ -926,104 +441,6 @@ class RedisLedger(Ledger):
         # Spend reaches fraction n/d of the limit when spent >= ceil(limit * n / d): the
         # exact integer comparison happens in Python, the script only compares integers.
         return [-(-limit * n // d) for n, d in self._ratios]
-
-    def _receipt(
-        self,
-        key: str,
-        wanted: str,
-        plan: _Plan | None = None,
-        amount: int = 0,
-        now: float = 0.0,
-    ) -> Callable[[Any], Receipt]:
-        """A parser of a receipt reply (``plan``/``amount``/``now``: for budget failures)."""
-
-        def parse(reply: Any) -> Receipt:
-            status = _text(reply[0])
-            if status == "unknown":
-                return Receipt(key, "unknown", None)
-            if status == "!":
-                if plan is None:
-                    raise _wrong_kind(key, _text(reply[1]), wanted)
-                raise self._failure(key, reply, plan, amount, now, wanted=wanted)
-            crossed = tuple(
-                Threshold(
-                    _text(name),
-                    _budget(_text(limit), ci, seconds),
-                    self._fractions[level - 1],
-                    spent,
-                    _text(period),
-                )
-                for name, limit, ci, seconds, level, spent, period in reply[5]
-                if level <= len(self._fractions)  # a process with other thresholds wrote it
-            )
-            return Receipt(
-                key,
-                cast(ReceiptStatus, status),
-                cast(EntryState, _text(reply[1])),
-                reply[2],
-                reply[3],
-                crossed,
-                tuple(None if left < 0 else left for left in reply[4]),
-            )
-
-        return parse
-
-    def _failure(
-        self, key: str, reply: Any, plan: _Plan, amount: int, now: float, *, wanted: str
-    ) -> Exception:
-        """The exception a script's failure reply stands for."""
-        reason = _text(reply[1])
-        if reason != "exceeded":
-            return _wrong_kind(key, reason, wanted)
-        payer, index, used, rolling_retry = reply[2:6]
-        budget = plan.budgets[payer - 1][index - 1]
-        window = budget.window
-        retry_after: int | None = None
-        if window.kind == "rolling":
-            retry_after = None if rolling_retry < 0 else rolling_retry
-        else:  # calendar windows reset when their period ends; total never does
-            ends_at = window.period(now).ends_at
-            if ends_at is not None and amount <= budget.limit_nanos:
-                retry_after = max(1, math.ceil(ends_at - now))
-        return BudgetExceeded(
-            plan.accounts[payer - 1],
-            limit=budget.limit,
-            spent=from_nanos(used),
-            required=from_nanos(amount),
-            window=str(window),
-            retry_after=retry_after,
-        )
-
-
-def _has_hash_tag(prefix: str) -> bool:
-    # Redis hashes only the part between the first "{" and the next "}" when non-empty.
-    start = prefix.find("{")
-    return start >= 0 and prefix.find("}", start + 1) > start + 1
-
-
-def _text(value: bytes | str) -> str:
-    # replies are bytes unless the caller's client was built with decode_responses=True
-    return value.decode() if isinstance(value, bytes) else value
-
-
-@lru_cache(maxsize=256)
-def _budget(limit: str, ci: int, seconds: int) -> Budget:
-    kind = _KIND_OF[ci]
-    return Budget(int(limit), Window(kind, seconds if kind == "rolling" else None))
-
-
-def _checked(amount: int) -> int:
-    if type(amount) is not int or amount < 0:
-        raise ValueError(f"amounts are int nano-USD >= 0, got {amount!r}")
-    if amount > _MAX_AMOUNT:
-        raise ValueError(f"RedisLedger amounts are at most 2**53 - 1 nano-USD, got {amount}")
-    return amount
-
-
-def _wrong_kind(key: str, reason: str, wanted: str) -> ValueError:
-    if reason == "active":
-        return ValueError(f"hold {key!r} is still active: capture or release it first")
-    return ValueError(f"key {key!r} belongs to a {reason}, not a {wanted}")
 
 
 def _unavailable(operation: str, exc: Exception) -> LedgerError:

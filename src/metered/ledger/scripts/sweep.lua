@@ -1,0 +1,2 @@
+-- Sweep: expire every due hold now.
+return sweep()
