@@ -3,10 +3,8 @@ concurrency: test_ledger_concurrency; argument errors: test_ledger_validation)."
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
@@ -15,7 +13,6 @@ from metered.ledger import (
     Budget,
     Charge,
     MemoryLedger,
-    Receipt,
     Window,
     parse_budget,
 )
@@ -495,27 +492,6 @@ async def test_async_methods_share_the_sync_state(ledger: MemoryLedger) -> None:
     bal = await ledger.abalance("user")
     assert (bal.spent_nanos, bal.held_nanos) == (usd("0.30"), 0)
     await ledger.aclose()
-
-
-def test_async_methods_never_suspend_unless_a_subclass_overrides_one() -> None:
-    """MemoryLedger says its async twins run inline (the engine then settles without a
-    shielded task); not when a subclass or the instance replaces one, or a subclass
-    says otherwise."""
-
-    class Awaiting(MemoryLedger):
-        async def acapture(self, *args: Any, **kwargs: Any) -> Receipt:
-            await asyncio.sleep(0)
-            return self.capture(*args, **kwargs)
-
-    class Declared(MemoryLedger):
-        async_runs_inline = False  # type: ignore[assignment]
-
-    patched = MemoryLedger()
-    patched.acapture = Awaiting.acapture.__get__(patched)  # type: ignore[method-assign]
-    assert MemoryLedger().async_runs_inline is True
-    assert Awaiting().async_runs_inline is False
-    assert Declared().async_runs_inline is False
-    assert patched.async_runs_inline is False
 
 
 def test_clock_stepping_back_across_midnight_keeps_the_new_days_spend(

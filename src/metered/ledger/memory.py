@@ -60,17 +60,6 @@ from metered.ledger.types import (
 __all__ = ["MemoryLedger"]
 
 _SPENT_STATES = ("captured", "charged")
-_ASYNC_METHODS = (
-    "ahold",
-    "acapture",
-    "arelease",
-    "acharge",
-    "aadjust",
-    "arefund",
-    "abalance",
-    "asweep",
-    "aclose",
-)
 # Prepared charges tuples remembered per ledger: the engine reuses one tuple per account,
 # and each costs ~0.6 KB.
 _PLAN_CACHE_SIZE = 4096
@@ -129,19 +118,6 @@ class MemoryLedger(Ledger):
         self._deadlines: list[tuple[float, str]] = []
         thresholds_ = self._thresholds
         self._plan = PlanCache(lambda charges: Plan(charges, thresholds_), size=_PLAN_CACHE_SIZE)
-
-    @property
-    def async_runs_inline(self) -> bool:
-        """Whether the async methods are this class's own, which run the sync ones and
-        never suspend: the engine then settles async calls inline rather than in a
-        shielded task. False when a subclass or this instance replaces one of them (it
-        may await); a subclass may also set it to ``False`` outright."""
-        cls = type(self)
-        own = vars(self)
-        return all(
-            name not in own and getattr(cls, name) is getattr(MemoryLedger, name)
-            for name in _ASYNC_METHODS
-        )
 
     # --- holds ------------------------------------------------------------------------
 
