@@ -128,8 +128,13 @@ class Tally:
         except Exception:
             logger.exception("metered: could not read the stream's final state")
         out = observer.outcome
+        # A stream exists only once the upstream answered 2xx: an error inside it (an SDK
+        # exception or an error event) keeps that status, as the HTTP doors record it.
+        status = error_status(error) if error is not None else None
+        if status is None:
+            status = 200
         if error is None and out.error is not None:
-            error = UpstreamError(out.error)
+            error = UpstreamError(out.error, status=status)
         usage = None
         partial = False
         if not observer.opaque:
@@ -142,7 +147,7 @@ class Tally:
         return {
             "usage": usage,
             "error": error,
-            "status": error_status(error) if error is not None else 200,
+            "status": status,
             "response_model": out.response_model,
             "response_id": out.response_id,
             "finish_reasons": tuple(out.finish_reasons),

@@ -7,6 +7,7 @@ proxies use.
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from metered.errors import UpstreamError
@@ -24,6 +25,8 @@ __all__ = [
     "finish_args",
     "json_outcome",
 ]
+
+logger = logging.getLogger("metered")
 
 #: A gateway JSON response larger than this is passed through unparsed (usage unknown).
 MAX_JSON_RESPONSE: Final = 8 * 1024 * 1024
@@ -134,7 +137,13 @@ class StreamMeter:
             return True
         if not isinstance(data, dict):
             return True
-        if self.reader.feed(data):
+        try:
+            forward = self.reader.feed(data)
+        except Exception:
+            # an unexpected event shape must not break the client's stream
+            logger.exception("metered: could not read a stream event; usage will be estimated")
+            return True
+        if forward:
             return True
         self._drop_blank = True  # the event's blank line goes with it
         return False
