@@ -6,17 +6,33 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from anthropic.types import Message, RawMessageDeltaEvent, RawMessageStartEvent
+from anthropic.types import (
+    Message,
+    RawMessageDeltaEvent,
+    RawMessageStartEvent,
+    RawMessageStreamEvent,
+)
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseCompletedEvent
+from pydantic import TypeAdapter
 
+from metered.providers import (
+    ANTHROPIC,
+    CHAT,
+    FORMATS,
+    RESPONSES,
+    Outcome,
+    StreamReader,
+    openai_responses,
+)
 from metered.providers.anthropic import AnthropicStreamUsage, from_anthropic
 from metered.providers.openai_chat import from_openai_chat, from_openai_chunk
 from metered.providers.openai_responses import (
     from_openai_responses,
     from_openai_responses_event,
 )
+from metered.tokens import count_text
 from metered.usage import Usage
 
 # --- provider payloads, as the APIs send them -------------------------------------------
@@ -335,3 +351,152 @@ def test_odd_anthropic_stream_data_is_clamped_not_raised() -> None:
     acc.feed({"type": "message_start", "message": {"usage": {"input_tokens": "many"}}})
     acc.feed({"type": "message_delta", "usage": {"output_tokens": -4}})
     assert acc.usage() == Usage()
+
+
+# --- one reader for dicts and SDK objects -----------------------------------------------
+
+
+def _sdk_events(adapter: TypeAdapter[Any], events: list[dict[str, Any]]) -> list[Any]:
+    return [adapter.validate_python(event) for event in events]
+
+
+def _read_stream(reader: StreamReader, events: list[Any]) -> tuple[Outcome, int]:
+    for event in events:
+        reader.feed(event)
+    return reader.outcome, reader.delivered_tokens()
+
+
+ANTHROPIC_THINKING_EVENTS: list[dict[str, Any]] = [
+    {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-6",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 5, "cache_read_input_tokens": 3, "output_tokens": 1},
+        },
+    },
+    {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "thinking_delta", "thinking": "Weighing the question first."},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "signature_delta", "signature": "c2lnbmF0dXJl"},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 1,
+        "delta": {"type": "text_delta", "text": "Hello there."},
+    },
+]
+
+
+def test_anthropic_stream_reads_dicts_and_sdk_events_alike() -> None:
+    """The gateway's decoded events and the SDK's objects give the same outcome and count."""
+    sdk = _sdk_events(TypeAdapter(RawMessageStreamEvent), ANTHROPIC_THINKING_EVENTS)
+    from_dicts = _read_stream(
+        ANTHROPIC.stream(model="claude-sonnet-4-6"), ANTHROPIC_THINKING_EVENTS
+    )
+    from_sdk = _read_stream(ANTHROPIC.stream(model="claude-sonnet-4-6"), sdk)
+    assert from_dicts == from_sdk
+
+
+def test_anthropic_cut_stream_counts_thinking_but_not_signatures() -> None:
+    """Thinking deltas are billed output; the signature is not text the model wrote."""
+    reader = ANTHROPIC.stream(model="claude-sonnet-4-6")
+    _read_stream(reader, ANTHROPIC_THINKING_EVENTS)
+    expected = count_text("Weighing the question first.Hello there.", model="claude-sonnet-4-6")
+    assert reader.delivered(prompt_tokens=99) == Usage(
+        input_tokens=8, cache_read_tokens=3, output_tokens=expected, source="estimated"
+    )
+    assert reader.measured(99) == (reader.delivered(99), True)
+
+
+def test_anthropic_final_usage_wins_over_the_delivered_estimate() -> None:
+    """Once message_delta reported the output count, the stream settles on it."""
+    reader = ANTHROPIC.stream(model="claude-sonnet-4-6")
+    _read_stream(reader, ANTHROPIC_THINKING_EVENTS)
+    reader.feed(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 40},
+        }
+    )
+    usage, partial = reader.measured(99)
+    assert (usage.input_tokens, usage.output_tokens, usage.source, partial) == (
+        8,
+        40,
+        "actual",
+        False,
+    )
+    assert reader.outcome.finish_reasons == ["end_turn"]
+
+
+@pytest.mark.parametrize(
+    ("status", "details", "expected"),
+    [
+        ("completed", None, ["stop"]),
+        ("incomplete", {"reason": "max_output_tokens"}, ["max_output_tokens"]),
+        ("incomplete", {"reason": "content_filter"}, ["content_filter"]),
+        ("incomplete", None, ["incomplete"]),
+        ("failed", None, ["failed"]),
+        (None, None, []),
+    ],
+)
+def test_responses_status_maps_to_one_finish_reason_vocabulary(
+    status: str | None, details: dict[str, Any] | None, expected: list[str]
+) -> None:
+    """A Responses status reads as the chat finish-reason vocabulary, JSON or SDK object."""
+    body = {**responses_json(RESPONSES_USAGE), "status": status, "incomplete_details": details}
+    assert openai_responses.finish_reasons(body) == expected
+    if status is not None:
+        assert RESPONSES.read(Response.model_validate(body)).finish_reasons == expected
+
+
+def test_responses_stream_counts_refusal_and_reasoning_deltas() -> None:
+    """Refusal and reasoning deltas are billed output of a Responses stream."""
+    reader = RESPONSES.stream(model="gpt-4o")
+    for kind in (
+        "response.refusal.delta",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_text.delta",
+        "response.output_text.done",
+    ):
+        reader.feed({"type": kind, "delta": "four words of text"})
+    assert reader.delivered_tokens() == count_text("four words of text" * 3, model="gpt-4o")
+
+
+def test_chat_stream_hides_only_the_usage_chunk_it_was_asked_to_strip() -> None:
+    """With strip_usage the usage-only chunk is not forwarded; other chunks always are."""
+    usage_chunk = {"id": "c", "model": "gpt-4o", "choices": [], "usage": CHAT_USAGE}
+    content = {"id": "c", "model": "gpt-4o", "choices": [{"delta": {"content": "hi"}}]}
+    stripping = CHAT.stream(model="gpt-4o", strip_usage=True)
+    assert stripping.feed(content)
+    assert not stripping.feed(usage_chunk)
+    assert CHAT.stream(model="gpt-4o").feed(usage_chunk)
+    assert stripping.outcome.complete
+    assert stripping.outcome.usage == from_openai_chat({"usage": CHAT_USAGE})
+
+
+def test_odd_stream_events_are_ignored_not_raised() -> None:
+    """Events of the wrong shape (lists, numbers, unhashable types) leave the reader intact."""
+    odd: list[Any] = [{"type": []}, {"type": 3}, {"choices": "x"}, {"choices": [1, None]}, {}]
+    for fmt in FORMATS.values():
+        reader = fmt.stream()
+        for event in odd:
+            reader.feed(event)
+        assert reader.outcome.usage is None
+        assert reader.delivered_tokens() == 0
