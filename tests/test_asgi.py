@@ -400,7 +400,7 @@ async def test_gateway_responses_route_reads_usage_from_response_completed(
     (record,) = records
     assert record.route == "POST /v1/responses"
     assert record.tokens_source == "actual"
-    assert record.finish_reasons == ("completed",)
+    assert record.finish_reasons == ("stop",)  # the one vocabulary: providers.openai_responses
 
 
 async def test_gateway_messages_route_meters_an_anthropic_stream(

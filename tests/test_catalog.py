@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from metered.config import ModelOverride
 from metered.pricing.catalog import Catalog, CostRates, TieredRates, TimedRates
-from metered.usage import Usage, from_anthropic, from_openai_chat
+from metered.providers.anthropic import from_anthropic
+from metered.providers.openai_chat import from_openai_chat
+from metered.usage import Usage
 
 MTOK = 10**6
 CATALOG = Catalog()

@@ -14,15 +14,14 @@ from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from metered import tokens
-from metered.clients._streams import (
+from metered.clients.observers import (
     AnthropicObserver,
     AnthropicSnapshotObserver,
     ChatObserver,
-    CollectingStreamManager,
-    MeteredStream,
     ResponsesObserver,
-    Tally,
 )
+from metered.clients.streams import CollectingStreamManager, MeteredStream
+from metered.clients.tally import Tally
 from metered.engine.meter import Call, Meter
 from metered.records import UsageRecord
 
@@ -257,12 +256,13 @@ def test_responses_observer_reads_deltas_and_the_final_usage() -> None:
 
     assert all(observer.feed(adapter.validate_python(event)) for event in events)
 
-    assert observer.text == ["Hi", "{}"]
-    assert observer.usage is not None
-    assert (observer.usage.input_tokens, observer.usage.cache_read_tokens) == (7, 2)
-    assert observer.usage.reasoning_tokens == 1
-    assert observer.finish_reasons == ["max_output_tokens"]
-    assert observer.response_id == "resp_1"
+    assert observer.reader.delivered_tokens() == tokens.count_text("Hi{}", model="")
+    out = observer.outcome
+    assert out.usage is not None
+    assert (out.usage.input_tokens, out.usage.cache_read_tokens) == (7, 2)
+    assert out.usage.reasoning_tokens == 1
+    assert out.finish_reasons == ["max_output_tokens"]
+    assert out.response_id == "resp_1"
 
 
 def _anthropic_events() -> list[Any]:
@@ -297,15 +297,17 @@ def test_anthropic_observer_keeps_the_input_side_for_partial_streams() -> None:
     for event in events[:3]:
         observer.feed(event)
 
-    assert observer.usage is None
-    assert observer.input_usage is not None
-    assert (observer.input_usage.input_tokens, observer.input_usage.cache_read_tokens) == (8, 3)
-    assert observer.text == ["Hi"]
+    reader = observer.reader
+    assert reader.outcome.usage is None
+    assert reader.input_usage is not None
+    assert (reader.input_usage.input_tokens, reader.input_usage.cache_read_tokens) == (8, 3)
+    assert reader.delivered_tokens() == tokens.count_text("Hi", model="")
 
     observer.feed(events[3])
-    assert observer.usage is not None
-    assert (observer.usage.input_tokens, observer.usage.output_tokens) == (8, 6)
-    assert observer.finish_reasons == ["end_turn"]
+    usage = reader.outcome.usage
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens) == (8, 6)
+    assert reader.outcome.finish_reasons == ["end_turn"]
 
 
 def test_snapshot_observer_with_nothing_read_settles_the_prompt_estimate(

@@ -114,7 +114,9 @@ def test_responses_stream_usage_comes_from_response_completed() -> None:
     assert meter.outcome.complete
     assert meter.outcome.usage is not None
     assert meter.outcome.usage.output_tokens == meter.delivered(0).output_tokens
-    assert meter.outcome.finish_reasons == ["completed"]
+    assert meter.outcome.finish_reasons == [
+        "stop"
+    ]  # the one vocabulary: providers.openai_responses
 
 
 def test_anthropic_stream_usage_combines_message_start_and_delta() -> None:

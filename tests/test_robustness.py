@@ -30,17 +30,12 @@ from metered.gateway import GatewayProxy, Upstream
 from metered.http.asgi import MeteredMiddleware
 from metered.http.wsgi import MeteredWSGIMiddleware
 from metered.money import to_nanos
+from metered.providers.anthropic import AnthropicStreamUsage, from_anthropic
+from metered.providers.openai_chat import from_openai_chat, from_openai_chunk
+from metered.providers.openai_responses import from_openai_responses, from_openai_responses_event
 from metered.records import UsageRecord
 from metered.testing import FakeUpstream
-from metered.usage import (
-    AnthropicStreamUsage,
-    Usage,
-    from_anthropic,
-    from_openai_chat,
-    from_openai_chunk,
-    from_openai_responses,
-    from_openai_responses_event,
-)
+from metered.usage import Usage
 
 # -- strategies -------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ See :mod:`metered.clients.openai` and :mod:`metered.clients.anthropic` for what 
 and how the paying account is chosen. Importing this package does not import the SDKs.
 """
 
-from metered.clients._base import default_meter
+from metered.clients.adapter import default_meter
 from metered.clients.anthropic import MeteredAnthropic, MeteredAsyncAnthropic
 from metered.clients.openai import MeteredAsyncOpenAI, MeteredOpenAI
 

@@ -30,26 +30,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from metered.clients._base import (
-    SDK_OPTIONS,
-    Endpoint,
-    MeteredClient,
-    Node,
-    abegin,
-    ainvoke,
-    async_method,
-    begin,
-    child,
-    invoke,
-    method,
-)
-from metered.clients._streams import (
-    AnthropicObserver,
-    AnthropicSnapshotObserver,
-    AsyncMeteredStream,
-    MeteredStream,
-    Tally,
-)
+from metered.clients.adapter import SDK_OPTIONS, Endpoint, abegin, ainvoke, begin, invoke
+from metered.clients.observers import AnthropicObserver, AnthropicSnapshotObserver
+from metered.clients.proxy import MeteredClient, Node, async_method, child, method
+from metered.clients.streams import AsyncMeteredStream, MeteredStream
+from metered.clients.tally import Tally
 
 __all__ = ["MeteredAnthropic", "MeteredAsyncAnthropic"]
 

@@ -38,16 +38,9 @@ error settles the call as failed and is re-raised unchanged.
 
 from __future__ import annotations
 
-from metered.clients._base import (
-    Endpoint,
-    MeteredClient,
-    Node,
-    async_method,
-    child,
-    helper,
-    method,
-)
-from metered.clients._streams import ChatObserver, ResponsesObserver
+from metered.clients.adapter import Endpoint
+from metered.clients.observers import ChatObserver, ResponsesObserver
+from metered.clients.proxy import MeteredClient, Node, async_method, child, helper, method
 
 __all__ = ["MeteredAsyncOpenAI", "MeteredOpenAI"]
 

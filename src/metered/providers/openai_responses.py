@@ -1,0 +1,133 @@
+"""OpenAI Responses API: responses, stream events and their usage.
+
+Usage: ``input_tokens`` includes ``input_tokens_details.cached_tokens`` and
+``output_tokens`` includes ``output_tokens_details.reasoning_tokens``.
+
+Finish reasons: a Responses response has a ``status``, not a finish reason. metered maps
+it to the Chat Completions vocabulary the GenAI semantic conventions use for
+``gen_ai.response.finish_reasons``, so one dashboard reads both OpenAI APIs alike:
+``completed`` -> ``stop``; ``incomplete`` -> ``incomplete_details.reason``
+(``max_output_tokens``, ``content_filter``), or ``incomplete`` without one; any other
+status (``failed``, ``cancelled``) is kept as it is. The same mapping serves JSON bodies,
+SDK objects and the final stream event.
+
+Delivered output of a stream cut short: output text, refusal, function-call arguments
+and reasoning (text and summary) deltas, all billed as output tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metered.providers._common import (
+    Outcome,
+    StreamReader,
+    error_message,
+    get,
+    normalised,
+    reader,
+    string,
+)
+from metered.usage import Usage
+
+__all__ = [
+    "ResponsesStream",
+    "finish_reasons",
+    "from_openai_responses",
+    "from_openai_responses_event",
+    "read",
+    "responses_usage",
+]
+
+_RESPONSES_USAGE = reader(
+    "input_tokens",
+    "output_tokens",
+    "input_tokens_details.cached_tokens",
+    "input_tokens_details.cache_write_tokens",
+    "output_tokens_details.reasoning_tokens",
+)
+#: Stream events whose ``delta`` is output the provider bills.
+DELTA_EVENTS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.custom_tool_call_input.delta",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_text.delta",
+    }
+)
+#: Stream events that end the response and carry it whole, usage included.
+FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def responses_usage(usage: Any) -> Usage:
+    """The Usage of a Responses ``usage`` object (SDK object or dict)."""
+    input_total, output_total, cached, cache_write, reasoning = _RESPONSES_USAGE(usage)
+    return normalised(input_total, output_total, cached, cache_write, reasoning)
+
+
+def from_openai_responses(response: Any) -> Usage | None:
+    """Usage of an OpenAI Responses API response (SDK object or JSON dict)."""
+    usage = get(response, "usage")
+    return None if usage is None else responses_usage(usage)
+
+
+def from_openai_responses_event(event: Any) -> Usage | None:
+    """Usage from a Responses stream event (``response.completed`` and friends)."""
+    kind = get(event, "type")
+    if isinstance(kind, str) and kind in FINAL_EVENTS:
+        return from_openai_responses(get(event, "response"))
+    return None
+
+
+def finish_reasons(response: Any) -> list[str]:
+    """The response's status in the finish-reason vocabulary (see the module doc)."""
+    status = get(response, "status")
+    if status == "completed":
+        return ["stop"]
+    if status == "incomplete":
+        reason = get(get(response, "incomplete_details"), "reason")
+        return [reason if isinstance(reason, str) else "incomplete"]
+    return [status] if isinstance(status, str) else []
+
+
+def read(response: Any) -> Outcome:
+    """Usage, model, id and finish reasons of a whole Responses API response."""
+    return Outcome(
+        usage=from_openai_responses(response),
+        response_model=string(get(response, "model")),
+        response_id=string(get(response, "id")),
+        finish_reasons=finish_reasons(response),
+        complete=True,
+    )
+
+
+class ResponsesStream(StreamReader):
+    """Reads Responses API stream events; see :class:`~metered.providers.StreamReader`."""
+
+    __slots__ = ()
+
+    def feed(self, event: Any) -> bool:
+        kind = get(event, "type")
+        if not isinstance(kind, str):
+            return True
+        out = self.outcome
+        if kind in DELTA_EVENTS:
+            self.add(get(event, "delta"))
+        elif kind in FINAL_EVENTS:
+            response = get(event, "response")
+            out.usage = from_openai_responses(response)
+            out.complete = True
+            out.finish_reasons[:] = finish_reasons(response)
+            model = string(get(response, "model"))
+            rid = string(get(response, "id"))
+            out.response_model = model if model is not None else out.response_model
+            out.response_id = rid if rid is not None else out.response_id
+        elif kind == "response.created" and out.response_id is None:
+            response = get(event, "response")
+            out.response_model = string(get(response, "model"))
+            out.response_id = string(get(response, "id"))
+        elif kind == "error":
+            out.error = error_message(event)
+        return True
