@@ -15,6 +15,7 @@ from typing import Literal
 __all__ = ["Usage", "UsageSource", "estimated"]
 
 UsageSource = Literal["actual", "estimated", "unknown"]
+_INT_ONLY = {int}
 _SOURCES = ("actual", "estimated", "unknown")
 _ZERO = Decimal(0)
 _COUNTS = (
@@ -74,7 +75,8 @@ class Usage:
         # the default seconds and a known source) is decided by one pass of cheap tests;
         # only a failing value goes on to the checks that name it.
         if (
-            all(type(count) is int and count >= 0 for count in counts)
+            set(map(type, counts)) == _INT_ONLY  # plain ints: no bool, float or str
+            and min(counts) >= 0
             and self.cache_read_tokens + self.cache_write_tokens <= self.input_tokens
             and self.cache_write_1h_tokens <= self.cache_write_tokens
             and self.reasoning_tokens <= self.output_tokens

@@ -9,7 +9,6 @@ input, so the cache is bounded.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from metered.config import Config
@@ -121,8 +120,7 @@ def _parse_budgets(config: Config) -> dict[str, tuple[Budget, ...]]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """An identified request (step 1): the body and who makes the call."""
 
     body: dict[str, Any]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -106,7 +105,6 @@ class Call:
         "_events",
         "_facts",
         "_first_chunk",
-        "_lock",
         "_once",
         "_plan",
         "_record",
@@ -162,7 +160,6 @@ class Call:
         self._started = time.perf_counter()
         self._first_chunk: float | None = None
         self._events: list[tuple[str, Mapping[str, Any]]] | None = None  # span events
-        self._lock = threading.Lock()
         self._once = Once()  # the first finish (or the refusal) settles and emits
         model = self.body.get("model")
         self._span = runtime.telemetry.start(
@@ -193,7 +190,7 @@ class Call:
         """
         record = self._record
         if record is None and self._facts is not None:
-            with self._lock:
+            with self._once.lock:
                 record = self._record
                 if record is None:
                     record = self._record = build_record(
@@ -237,7 +234,7 @@ class Call:
                 plan.mode,
                 runtime.hold_ttl_seconds,
             )
-            if receipt is not None:
+            if receipt is not None and receipt.crossed:
                 self._alerts(receipt)
         except RecursionError:
             # a body nested thousands deep (SDK kwargs may be) is malformed, not a crash
@@ -377,12 +374,8 @@ class Call:
         self._complete(fin, quote, action, receipt, failed, started, left)
 
     def _price(self, fin: Finish) -> tuple[Quote | None, Action]:
-        return outcome(
-            self._plan, self.model, self.estimate, fin, self.mode, self._pricing_context()
-        )
-
-    def _pricing_context(self) -> dict[str, Any]:
-        return {"headers": self.headers, "body": self.body, "metadata": self.metadata}
+        context = {"headers": self.headers, "body": self.body, "metadata": self.metadata}
+        return outcome(self._plan, self.model, self.estimate, fin, self.mode, context)
 
     def _complete(
         self,
@@ -396,7 +389,8 @@ class Call:
     ) -> None:
         now = time.perf_counter()
         if receipt is not None:
-            self._alerts(receipt)
+            if receipt.crossed:
+                self._alerts(receipt)
             amount = receipt.amount_nanos
         elif action.kind == "keep":
             amount = to_nanos(self.payment_required)

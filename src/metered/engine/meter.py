@@ -274,7 +274,7 @@ class Meter:
         tier = bound.tier.get() if tier is _UNSET else tier
         feature = bound.feature.get() if feature is _UNSET else feature
         bound_meta = bound.metadata.get()
-        is_mapping = isinstance(body, Mapping)
+        is_mapping = type(body) is dict or isinstance(body, Mapping)
         return Request(
             body=dict(body) if is_mapping else {},
             is_mapping=is_mapping,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from metered.config import Config, TierConfig, resolve_callable
 from metered.errors import InvalidRequest, PolicyDenied
@@ -85,8 +85,7 @@ class Plan:
     on_response: tuple[OnResponse, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Fit:
+class Fit(NamedTuple):
     """A request body fitted to its plan (step 3)."""
 
     body: dict[str, Any]  # what goes upstream: output-capped, trimmed

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opentelemetry.trace import Span
@@ -47,8 +46,7 @@ OPERATION: dict[str, str] = {"chat": "chat", "responses": "chat", "anthropic": "
 _NO_USAGE = Usage(source="unknown")
 
 
-@dataclass(frozen=True, slots=True)
-class Finish:
+class Finish(NamedTuple):
     """What the door reported when the call ended (the arguments of ``finish``)."""
 
     usage: Usage | None
@@ -201,6 +199,8 @@ def reasons(value: object) -> tuple[str, ...]:
     """The finish reasons a door passed, as strings. Doors read them from provider JSON:
     ``None``, a bare string or odd items must not raise once the call is claimed (the hold
     would then outlive the call)."""
+    if type(value) is tuple or type(value) is list:
+        return tuple(reason for reason in value if type(reason) is str)
     if isinstance(value, str):
         return (value,)
     if isinstance(value, Iterable) and not isinstance(value, Mapping):

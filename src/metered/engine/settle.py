@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from metered.engine.plan import Plan
 from metered.engine.record import Finish
@@ -64,13 +64,9 @@ class Runtime:
     hold_ttl_seconds: float
 
 
-class Op(NamedTuple):
-    """One ledger operation a flow needs: ``ledger.<method>(*args, **kwargs)``; the async
-    driver calls ``ledger.a<method>`` with the same arguments."""
-
-    method: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+#: One ledger operation a flow needs, ``(method, args, kwargs)``: the sync driver calls
+#: ``ledger.<method>(*args, **kwargs)``, the async one ``ledger.a<method>`` with the same.
+Op = tuple[str, tuple[Any, ...], dict[str, Any]]
 
 
 Flow = Generator[Op, Any, T]
@@ -79,14 +75,14 @@ Flow = Generator[Op, Any, T]
 def run(flow: Flow[T], ledger: Ledger) -> T:
     """Run ``flow`` against the ledger's sync API; returns what the flow returns."""
     try:
-        op = next(flow)
+        method, args, kwargs = next(flow)
         while True:
             try:
-                result = getattr(ledger, op.method)(*op.args, **op.kwargs)
+                result = getattr(ledger, method)(*args, **kwargs)
             except BaseException as exc:  # the flow decides; it re-raises what it can't handle
-                op = flow.throw(exc)
+                method, args, kwargs = flow.throw(exc)
             else:
-                op = flow.send(result)
+                method, args, kwargs = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
@@ -94,14 +90,14 @@ def run(flow: Flow[T], ledger: Ledger) -> T:
 async def arun(flow: Flow[T], ledger: Ledger) -> T:
     """Run ``flow`` against the ledger's async API; returns what the flow returns."""
     try:
-        op = next(flow)
+        method, args, kwargs = next(flow)
         while True:
             try:
-                result = await getattr(ledger, "a" + op.method)(*op.args, **op.kwargs)
+                result = await getattr(ledger, "a" + method)(*args, **kwargs)
             except BaseException as exc:  # a cancelled reservation is refused like a failed one
-                op = flow.throw(exc)
+                method, args, kwargs = flow.throw(exc)
             else:
-                op = flow.send(result)
+                method, args, kwargs = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
@@ -140,11 +136,11 @@ def reserve(
             let this call run unbudgeted, so it is refused.
     """
     if mode == "after-response":
-        hold = yield Op("hold", (key, charges, amount_nanos), {"ttl_seconds": ttl_seconds})
+        hold = yield ("hold", (key, charges, amount_nanos), {"ttl_seconds": ttl_seconds})
         if hold.replayed:
             raise LedgerError(f"call id {key!r} is already held by another call")
         return None
-    receipt: Receipt = yield Op("charge", (key, charges, amount_nanos), {})
+    receipt: Receipt = yield ("charge", (key, charges, amount_nanos), {})
     if receipt.status != "applied":
         raise LedgerError(f"call id {key!r} is already charged by another call")
     return receipt
@@ -159,15 +155,16 @@ def settle(
     call already happened, and accounting must not break the user's call (a hold that
     could not be settled expires at its TTL).
     """
+    op: Op
     try:
         if action.kind == "capture":
-            op = Op("capture", (key, amount_nanos), {"charges": charges})
+            op = ("capture", (key, amount_nanos), {"charges": charges})
         elif action.kind == "adjust":
-            op = Op("adjust", (key, amount_nanos), {})
+            op = ("adjust", (key, amount_nanos), {})
         elif action.kind == "refund":
-            op = Op("refund", (key,), {})
+            op = ("refund", (key,), {})
         elif action.kind == "release":
-            yield Op("release", (key,), {})
+            yield ("release", (key,), {})
             return None, False
         else:
             return None, False
@@ -184,7 +181,7 @@ def remaining(account: str, budgets: Sequence[Budget]) -> Flow[int | None]:
     least: int | None = None
     try:
         for budget in budgets:
-            balance = yield Op("balance", (account, budget), {})
+            balance = yield ("balance", (account, budget), {})
             left = balance.remaining_nanos
             if left is not None and (least is None or left < least):
                 least = left
@@ -240,10 +237,10 @@ class Once:
     return only once the first has settled, so the record is complete.
     """
 
-    __slots__ = ("_claimed", "_ended", "_lock", "_task", "_waiter")
+    __slots__ = ("_claimed", "_ended", "_task", "_waiter", "lock")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # also guards what the first leaves behind
         self._claimed = False
         self._ended = False
         self._waiter: threading.Event | None = None  # made only when someone waits
@@ -251,7 +248,7 @@ class Once:
 
     def claim(self) -> bool:
         """Whether the caller is the first (and must then call :meth:`end`)."""
-        with self._lock:
+        with self.lock:
             if self._claimed:
                 return False
             self._claimed = True
@@ -259,7 +256,7 @@ class Once:
 
     def end(self) -> None:
         """The first is over (done, or failed trying): release the waiters."""
-        with self._lock:
+        with self.lock:
             self._ended = True
             waiter = self._waiter
         if waiter is not None:
@@ -288,7 +285,7 @@ class Once:
             await asyncio.to_thread(waiter.wait, _WAIT_FOR_FIRST)
 
     def _event(self) -> threading.Event | None:
-        with self._lock:
+        with self.lock:
             if self._ended:
                 return None
             if self._waiter is None:
