@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from metered.analysis import add_report_parsers
+from metered.cli.reports import add_report_parsers
 from metered.config import load_config
 from metered.engine.meter import Meter
 from metered.errors import BudgetExceeded, PolicyDenied
