@@ -18,7 +18,7 @@ from metered.analysis import (
     propose_prices,
     summarize_usage,
 )
-from metered.analysis.numbers import nano, pct
+from metered.analysis.numbers import nano, pct, round_up
 from metered.analysis.records import read_rows
 from metered.config import load_config
 from usage_files import CHAT, DAY, JUNE, calls, jsonl, rec
@@ -71,6 +71,16 @@ def test_nano_rounds_a_mean_to_the_nano_usd() -> None:
     """A mean with 28 digits is shown to the nano-USD; an exact amount is kept."""
     assert nano(Decimal(1) / 3) == Decimal("0.333333333")
     assert nano(Decimal("0.00625")) == Decimal("0.00625")
+
+
+def test_round_up_keeps_three_digits_and_never_rounds_down() -> None:
+    """$0.013889 becomes $0.0139: up, so a price at or above cost stays there."""
+    assert round_up(Decimal("0.013889"), digits=3, upper=Decimal(1)) == Decimal("0.0139")
+
+
+def test_round_up_keeps_more_digits_rather_than_cross_the_upper_bound() -> None:
+    """Where 3 digits would cross the bound, the digits needed to stay under it are kept."""
+    assert round_up(Decimal("0.014145"), digits=3, upper=Decimal("0.014145")) == Decimal("0.014145")
 
 
 # --- report ------------------------------------------------------------------------------

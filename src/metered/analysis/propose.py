@@ -31,11 +31,11 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from functools import partial
 from typing import Literal
 
-from metered.analysis.numbers import pct
+from metered.analysis.numbers import pct, round_up
 from metered.analysis.proposal import SIG_DIGITS, Bound, ModelProposal, PriceProposal
 from metered.analysis.records import ReadStats, Row, read_rows
 from metered.config import Config, ModelPrice
@@ -52,27 +52,6 @@ _ONE = Decimal(1)
 _HUNDRED = Decimal(100)
 _PER_MTOK = Decimal(10**6)
 _TOKEN_RATES = ("input", "output", "cache_read", "cache_write", "reasoning")
-
-
-def _sig_up(value: Decimal, digits: int) -> Decimal:
-    """``value`` rounded toward +infinity to ``digits`` significant digits."""
-    quantum = _ONE.scaleb(value.adjusted() - digits + 1)
-    return value.quantize(quantum, rounding=ROUND_CEILING)
-
-
-def _round_up(value: Decimal, *, upper: Decimal) -> Decimal:
-    """Round a proposed price up to 3 significant digits, more if 3 would exceed ``upper``.
-
-    Only ever rounds up, so a price at or above cost stays there; ``value`` itself is at
-    most ``upper``, so some number of digits always fits.
-    """
-    if value <= 0:
-        return value
-    for digits in range(SIG_DIGITS, 29):
-        rounded = _sig_up(value, digits)
-        if rounded <= upper:
-            return rounded.normalize()
-    return value
 
 
 @dataclass(slots=True)
@@ -277,13 +256,15 @@ def _propose_one(
         if ceiling is not None and goal > ceiling:
             goal, bound = ceiling, "ceiling"
         upper = high if ceiling is None else min(high, ceiling)
-        proposed["request"] = price_new = _round_up(goal, upper=max(goal, upper))
+        proposed["request"] = price_new = round_up(goal, digits=SIG_DIGITS, upper=max(goal, upper))
     else:
         # one factor for every rate; floors and ceilings keep bounding each call
         factor = goal / price_now
         for name, usd in current.items():
             unit = _ONE if name == "request" else _PER_MTOK  # round the number the config shows
-            rounded = _round_up(usd * unit * factor, upper=usd * unit * (1 + max_up))
+            rounded = round_up(
+                usd * unit * factor, digits=SIG_DIGITS, upper=usd * unit * (1 + max_up)
+            )
             proposed[name] = rounded / unit
         scale = CostRates(**proposed).cost(sample.usage()) / linear_now
         price_new, floored, ceiled = sample.held(scale, floor, ceiling)
