@@ -1,4 +1,4 @@
-"""Tests for the ``metered`` command: quote, models, check."""
+"""Tests for the ``metered`` command (metered.cli): quote, models, check, tokens, gateway."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from metered.cli import main
 from metered.config import load_yaml
 from metered.errors import ConfigError
+from metered.http.asgi import MeteredMiddleware
 
 CONFIGS = Path(__file__).parent / "configs"
 BAD_FILES = sorted((CONFIGS / "bad").glob("*.yaml"))
@@ -289,3 +291,35 @@ def test_tokens_missing_file_exits_1(capsys: pytest.CaptureFixture[str], tmp_pat
     code, _, err = run(capsys, f"tokens {quoted(tmp_path / 'nope.txt')} --model gpt-4o")
     assert code == 1
     assert "No such file" in err
+
+
+# --- gateway ---------------------------------------------------------------------------
+
+
+def test_gateway_serves_the_metered_app_with_uvicorn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`metered gateway --config ... --upstream fake --port N` serves the metered app there."""
+    import uvicorn
+
+    config = tmp_path / "metered.yaml"
+    config.write_text('routes:\n  chat:\n    models:\n      gpt-4o: "$0.05"\n', encoding="utf-8")
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    code = main(["gateway", "--config", str(config), "--upstream", "fake", "--port", "9999"])
+    assert code == 0
+    assert isinstance(served["app"], MeteredMiddleware)
+    assert (served["host"], served["port"]) == ("127.0.0.1", 9999)
+
+
+def test_gateway_bad_config_is_one_error_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A config that does not load exits 1 with the key path, before anything is served."""
+    config = tmp_path / "metered.yaml"
+    config.write_text(
+        'routes:\n  chat:\n    models:\n      gpt-4o: "5 dollars"\n', encoding="utf-8"
+    )
+    code, out, err = run(capsys, f"gateway --config {quoted(config)}")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: routes.chat.models.gpt-4o: ")

@@ -2,276 +2,24 @@
 
 Human output is a plain table; ``--json`` prints one JSON document for scripts.
 Errors print one line on stderr and exit 1; usage errors exit 2.
+
+Each command lives with its arguments and output: :mod:`metered.cli.pricing` (quote,
+check, models, tokens), :mod:`metered.cli.reports` (report, propose),
+:mod:`metered.cli.gateway`; shared output helpers in :mod:`metered.cli.format`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
-from decimal import Decimal
-from typing import Any
 
-from metered.config import Config, load_config, load_yaml
+from metered.cli.gateway import add_gateway_parser
+from metered.cli.pricing import add_pricing_parsers
+from metered.cli.reports import add_report_parsers
 from metered.errors import MeteredError
-from metered.money import format_usd
-from metered.pricing.catalog import TieredRates
-from metered.pricing.route import Pricer, Quote
-from metered.usage import Usage
 
 __all__ = ["main"]
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _dump(data: object) -> None:
-    print(json.dumps(data, indent=2, default=_json_default))
-
-
-def _load(path: str | None) -> Config:
-    return load_yaml(path) if path else load_config({})
-
-
-def _quote_dict(q: Quote) -> dict[str, Any]:
-    return {
-        "requested_model": q.requested_model,
-        "resolved_model": q.resolved_model,
-        "provider": q.provider,
-        "route": q.route,
-        "pricing_source": q.pricing_source,
-        "pricing_mode": q.pricing_mode,
-        "cost_usd": q.cost,
-        "price_usd": q.price,
-        "margin_usd": q.margin,
-        "catalog_version": q.catalog_version,
-        "usage": {
-            "input_tokens": q.usage.input_tokens,
-            "cache_read_tokens": q.usage.cache_read_tokens,
-            "cache_write_tokens": q.usage.cache_write_tokens,
-            "output_tokens": q.usage.output_tokens,
-            "reasoning_tokens": q.usage.reasoning_tokens,
-        },
-    }
-
-
-def _cmd_quote(args: argparse.Namespace) -> int:
-    pricer = Pricer(_load(args.config))
-    usage = Usage(
-        input_tokens=args.input,
-        output_tokens=args.output,
-        cache_read_tokens=args.cache_read,
-        cache_write_tokens=args.cache_write,
-        reasoning_tokens=args.reasoning,
-        source="estimated",
-    )
-    quotes = [pricer.quote(model, usage, route=args.route) for model in args.model]
-    if args.json:
-        _dump([_quote_dict(q) for q in quotes] if len(quotes) > 1 else _quote_dict(quotes[0]))
-        return 0
-    print(
-        _table(
-            ["model", "resolved", "provider", "source", "mode", "cost", "price", "margin"],
-            [
-                [
-                    q.requested_model,
-                    q.resolved_model,
-                    q.provider,
-                    q.pricing_source,
-                    q.pricing_mode,
-                    format_usd(q.cost),
-                    format_usd(q.price),
-                    format_usd(q.margin),
-                ]
-                for q in quotes
-            ],
-        )
-    )
-    u = usage
-    print(
-        f"\nusage: {u.input_tokens} input ({u.cache_read_tokens} cache read, "
-        f"{u.cache_write_tokens} cache write), {u.output_tokens} output "
-        f"({u.reasoning_tokens} reasoning); prices: {quotes[0].catalog_version}"
-    )
-    return 0
-
-
-def _check_findings(config: Config) -> list[dict[str, str]]:
-    """Models, aliases and allow-list entries that would fall back or have no price."""
-    pricer = Pricer(config)
-    findings: list[dict[str, str]] = []
-    routes = list(pricer.routes.items()) or [("(default)", pricer.route())]
-    names: list[tuple[str, str]] = [(a, "alias") for a in config.models.aliases]
-    names += [(d, "deployment") for d in config.models.deployments]
-    names += [(m, "allow") for m in config.models.allow or [] if "*" not in m]
-    for route_name, route in routes:
-        listed = [(m, "route.models") for m in route.config.models if m != "*"]
-        for model, origin in listed + names:
-            level, problem = "", ""
-            if not route.is_known(model):
-                if route.config.unknown_policy == "fallback":
-                    level, problem = "warning", "priced by the fallback"
-                else:
-                    level, problem = "error", "has no price: every call would be rejected"
-            elif route.entry(model) is None:
-                level, problem = "warning", "no catalog cost: margin unknown"
-            if problem:
-                findings.append(
-                    {
-                        "level": level,
-                        "route": route_name,
-                        "model": model,
-                        "from": origin,
-                        "problem": problem,
-                    }
-                )
-    return findings
-
-
-def _cmd_check(args: argparse.Namespace) -> int:
-    config = load_yaml(args.config)
-    findings = _check_findings(config)
-    errors = [f for f in findings if f["level"] == "error"]
-    if args.json:
-        _dump({"ok": not errors, "findings": findings})
-    else:
-        if findings:
-            print(
-                _table(
-                    ["level", "route", "model", "from", "problem"],
-                    [
-                        [f["level"], f["route"], f["model"], f["from"], f["problem"]]
-                        for f in findings
-                    ],
-                )
-            )
-        warnings = len(findings) - len(errors)
-        print(
-            f"{args.config}: {len(config.routes)} route(s), "
-            f"{len(errors)} error(s), {warnings} warning(s)"
-        )
-    return 1 if errors else 0
-
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    pricer = Pricer(_load(args.config))
-    rows: list[dict[str, Any]] = []
-    for entry in pricer.catalog.entries(args.pattern):
-        rates = entry.current_rates()
-        base = rates.base if isinstance(rates, TieredRates) else rates
-        per = base.per_mtok()
-        rows.append(
-            {
-                "model": entry.model_id,
-                "provider": entry.provider,
-                "source": entry.source,
-                "input_per_mtok": per.get("input"),
-                "output_per_mtok": per.get("output"),
-                "cache_read_per_mtok": per.get("cache_read"),
-                "cache_write_per_mtok": per.get("cache_write"),
-                "tiered": isinstance(rates, TieredRates),
-                "context_window": entry.context_window,
-            }
-        )
-    if args.json:
-        _dump(rows)
-        return 0
-    if not rows:
-        print(f"no model matches {args.pattern!r}", file=sys.stderr)
-        return 1
-
-    def usd(value: Decimal | None) -> str:
-        return "-" if value is None else f"${value:f}"
-
-    print(
-        _table(
-            [
-                "model",
-                "provider",
-                "input/1M",
-                "output/1M",
-                "cache read/1M",
-                "cache write/1M",
-                "context",
-            ],
-            [
-                [
-                    r["model"] + (" (tiered)" if r["tiered"] else ""),
-                    r["provider"],
-                    usd(r["input_per_mtok"]),
-                    usd(r["output_per_mtok"]),
-                    usd(r["cache_read_per_mtok"]),
-                    usd(r["cache_write_per_mtok"]),
-                    r["context_window"],
-                ]
-                for r in rows
-            ],
-        )
-    )
-    return 0
-
-
-def _cmd_tokens(args: argparse.Namespace) -> int:
-    from metered import tokens
-
-    source = sys.stdin if args.file in (None, "-") else open(args.file, encoding="utf-8")  # noqa: SIM115
-    with source:
-        text = source.read()
-    payload: Any = text
-    if args.chat:
-        try:
-            payload = json.loads(text)
-        except json.JSONDecodeError as exc:
-            print(
-                f"error: --chat input is not JSON ({exc.msg} at line {exc.lineno})", file=sys.stderr
-            )
-            return 1
-    count = tokens.count_request(payload, model=args.model, chat=args.chat)
-    usage = Usage(input_tokens=count.tokens, output_tokens=0, source="estimated")
-    quote = Pricer(_load(args.config)).quote(args.model, usage, route=args.route)
-    result = {
-        "model": args.model,
-        "tokens": count.tokens,
-        "encoding": count.encoding,
-        "exact": count.exact,
-        "input_cost_usd": quote.cost,
-        "input_price_usd": quote.price,
-        "pricing_source": quote.pricing_source,
-    }
-    if args.json:
-        _dump(result)
-        return 0
-    kind = "exact" if count.exact else "estimated"
-    print(
-        _table(
-            ["model", "tokens", "encoding", "count", "input cost", "input price"],
-            [
-                [
-                    args.model,
-                    count.tokens,
-                    count.encoding,
-                    kind,
-                    format_usd(quote.cost),
-                    format_usd(quote.price),
-                ]
-            ],
-        )
-    )
-    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -279,53 +27,22 @@ def _parser() -> argparse.ArgumentParser:
         prog="metered", description="Price, check and meter LLM calls."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    q = sub.add_parser("quote", help="price a call: cost, price, margin and pricing source")
-    q.add_argument("model", nargs="+", help="model id(s) as a caller would send them")
-    q.add_argument("--input", type=int, required=True, help="input tokens (total, cached included)")
-    q.add_argument("--output", type=int, required=True, help="output tokens (reasoning included)")
-    q.add_argument("--cache-read", type=int, default=0)
-    q.add_argument("--cache-write", type=int, default=0)
-    q.add_argument("--reasoning", type=int, default=0)
-    q.add_argument("--config", help="metered YAML config")
-    q.add_argument("--route", help="route name in the config")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=_cmd_quote)
-
-    c = sub.add_parser("check", help="validate a config; list models without a price")
-    c.add_argument("config")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_cmd_check)
-
-    m = sub.add_parser("models", help="search the price catalog (prices per 1M tokens)")
-    m.add_argument("pattern", nargs="?", help="case-insensitive regex on model or provider")
-    m.add_argument("--config", help="metered YAML config (adds its overrides)")
-    m.add_argument("--json", action="store_true")
-    m.set_defaults(func=_cmd_models)
-
-    t = sub.add_parser("tokens", help="count a text or a chat request the way it is billed")
-    t.add_argument("file", nargs="?", help="file to count; '-' or nothing reads stdin")
-    t.add_argument("--model", required=True, help="model id (picks the tokenizer and the price)")
-    t.add_argument(
-        "--chat",
-        action="store_true",
-        help="the input is a JSON chat request (messages, optional tools) or a messages list",
-    )
-    t.add_argument("--config", help="metered YAML config (for the price)")
-    t.add_argument("--route", help="route name in the config")
-    t.add_argument("--json", action="store_true")
-    t.set_defaults(func=_cmd_tokens)
-
-    from metered.analysis import add_report_parsers
-    from metered.gateway import add_gateway_parser
-
+    add_pricing_parsers(sub)
     add_gateway_parser(sub)
     add_report_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code."""
+    """Run the CLI.
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0, or 1 after one ``error:`` line on stderr. Usage errors raise
+        ``SystemExit(2)`` the way argparse does.
+    """
     args = _parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
