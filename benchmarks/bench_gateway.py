@@ -33,6 +33,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -142,7 +143,15 @@ def serve_upstream() -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     print(sock.getsockname()[1], flush=True)
-    config = uvicorn.Config(upstream_app, log_level="warning", access_log=False, lifespan="off")
+    # Keep idle connections for the whole run: with uvicorn's 5 s default, the gateway's pool
+    # sometimes reuses a connection the upstream is closing that instant and answers 502.
+    config = uvicorn.Config(
+        upstream_app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=600,
+    )
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -157,11 +166,15 @@ class Target:
     ) -> None:
         self.name = name
         self.log = log
-        # the gateway's access log goes to stdout: a pipe nobody reads would fill and stall it
-        stdout = subprocess.PIPE if pipe else subprocess.DEVNULL
         with log.open("wb") as out:
+            # the gateway's access log goes to stdout: into the log, which errors quote (a
+            # pipe nobody reads would fill and stall the server)
             self.process = subprocess.Popen(
-                argv, env=env, stdout=stdout, stderr=out, cwd=Path(__file__).parent.parent
+                argv,
+                env=env,
+                stdout=subprocess.PIPE if pipe else out,
+                stderr=out,
+                cwd=Path(__file__).parent.parent,
             )
         self.port = 0
 
@@ -187,6 +200,11 @@ class Target:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
                 return
             time.sleep(0.05)
+
+    def problems(self) -> str:
+        """The log's last lines other than successful requests' access-log lines."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join([line for line in lines if " 200 OK" not in line][-15:])
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the server (Linux /proc), ``None`` elsewhere."""
@@ -274,15 +292,17 @@ def _lua(kind: str, tmp: Path) -> Path:
     return script
 
 
-def load_wrk(port: int, kind: str, connections: int, seconds: int, tmp: Path) -> tuple[int, float]:
+def load_wrk(
+    target: Target, kind: str, connections: int, seconds: int, tmp: Path
+) -> tuple[int, float]:
     """Completed requests and the load generator's CPU seconds, with wrk."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
-    argv += ["-s", str(_lua(kind, tmp)), f"http://127.0.0.1:{port}{PATH}"]
+    argv += ["-s", str(_lua(kind, tmp)), f"http://127.0.0.1:{target.port}{PATH}"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"wrk saw errors:\n{out}")
+        raise RuntimeError(f"{target.name} {kind}: wrk saw errors:\n{out}\n{target.problems()}")
     found = re.search(r"(\d+) requests in", out)
     if found is None:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
@@ -329,12 +349,15 @@ async def _load_python(port: int, kind: str, connections: int, seconds: float) -
     return sum(await asyncio.gather(*(worker() for _ in range(connections))))
 
 
-def load(port: int, kind: str, connections: int, seconds: int, tmp: Path) -> tuple[int, float]:
+def load(target: Target, kind: str, connections: int, seconds: int, tmp: Path) -> tuple[int, float]:
     """Completed requests in ``seconds``, and the load generator's CPU seconds."""
     if shutil.which("wrk"):
-        return load_wrk(port, kind, connections, seconds, tmp)
+        return load_wrk(target, kind, connections, seconds, tmp)
     started = time.process_time()
-    done = asyncio.run(_load_python(port, kind, connections, seconds))
+    try:
+        done = asyncio.run(_load_python(target.port, kind, connections, seconds))
+    except RuntimeError as exc:
+        raise RuntimeError(f"{target.name} {kind}: {exc}\n{target.problems()}") from exc
     return done, time.process_time() - started
 
 
@@ -352,14 +375,14 @@ def measure(targets: list[Target], tmp: Path) -> tuple[dict[Cell, float], dict[C
     for target in targets:
         for kind in KINDS:
             check(target, kind)
-            load(target.port, kind, max(CONCURRENCY), WARMUP_SECONDS, tmp)
+            load(target, kind, max(CONCURRENCY), WARMUP_SECONDS, tmp)
     for _ in range(ROUNDS):
         for kind in KINDS:
             for connections in CONCURRENCY:
                 for target in targets:
                     cell = (target.name, kind, connections)
                     before = target.cpu_seconds()
-                    done, used = load(target.port, kind, connections, SECONDS, tmp)
+                    done, used = load(target, kind, connections, SECONDS, tmp)
                     after = target.cpu_seconds()
                     rps[cell] = max(rps.get(cell, 0.0), done / SECONDS)
                     generator = max(generator, used / SECONDS)
@@ -396,8 +419,13 @@ def main() -> int:
     if compare:
         print(f"compare: metered from {_where(compare)}")
     print(f"load: {generator}; best of {ROUNDS} rounds x {SECONDS} s per cell, interleaved")
-    with _servers(compare) as (targets, tmp):
-        rps, cpu, busiest = measure(targets, tmp)
+    # a SIGTERM (a CI timeout, `kill`) stops the servers too, as Ctrl-C does
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with _servers(compare) as (targets, tmp):
+            rps, cpu, busiest = measure(targets, tmp)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     names = [t.name for t in targets]
     head = f"{'workload':<10}{'conc':>5}{'bare r/s':>10}{'CPU/req':>9}"
     for name in names[1:]:
@@ -417,6 +445,10 @@ def main() -> int:
         "machine's load: compare ratios and CPU/req within one run."
     )
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _us(cpu: dict[Cell, float], cell: Cell) -> str:
