@@ -376,10 +376,11 @@ def measure(targets: list[Target], tmp: Path) -> tuple[dict[Cell, float], dict[C
         for kind in KINDS:
             check(target, kind)
             load(target, kind, max(CONCURRENCY), WARMUP_SECONDS, tmp)
-    for _ in range(ROUNDS):
+    for round_ in range(ROUNDS):
+        turn = round_ % len(targets)  # each target goes first in turn: no order bias
         for kind in KINDS:
             for connections in CONCURRENCY:
-                for target in targets:
+                for target in targets[turn:] + targets[:turn]:
                     cell = (target.name, kind, connections)
                     before = target.cpu_seconds()
                     done, used = load(target, kind, connections, SECONDS, tmp)
