@@ -88,9 +88,11 @@ COMPLETION = json.dumps(
 ).encode()
 
 
-def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-    data = {**_BASE, "object": "chat.completion.chunk", "choices": [choice], "usage": None}
+def _chunk(delta: dict[str, Any] | None, finish: str | None = None) -> bytes:
+    """A chat.completion.chunk event: a delta, or (``None``) the final usage chunk."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    usage = _USAGE if delta is None else None  # OpenAI sends null on every chunk but the last
+    data = {**_BASE, "object": "chat.completion.chunk", "choices": choices, "usage": usage}
     return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
@@ -100,11 +102,7 @@ STREAM = (
     _chunk({"content": "Paris"}),
     _chunk({"content": "."}),
     _chunk({}, "stop"),
-    b"data: "
-    + json.dumps(
-        {**_BASE, "object": "chat.completion.chunk", "choices": [], "usage": _USAGE}
-    ).encode()
-    + b"\n\n",
+    _chunk(None),
     b"data: [DONE]\n\n",
 )
 
@@ -225,7 +223,10 @@ def _free_port() -> int:
 def start_upstream(stack: contextlib.ExitStack, tmp: Path) -> Target:
     root = Path(__file__).resolve().parent.parent
     code = "from benchmarks.bench_gateway import serve_upstream; serve_upstream()"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), _pythonpath()]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH", "")])),
+    }
     target = Target("bare", [sys.executable, "-c", code], env, tmp / "upstream.log", pipe=True)
     stack.callback(target.stop)
     assert target.process.stdout is not None
@@ -245,7 +246,7 @@ def start_gateway(
     argv += ["--port", str(port), "--upstream", f"http://127.0.0.1:{upstream.port}"]
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [src, _pythonpath()])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH", "")])),
         "METERED_API_KEYS": f"{KEY}=acme",
         "METERED_UPSTREAM_API_KEY": "sk-fake-upstream",
     }
@@ -254,10 +255,6 @@ def start_gateway(
     target.port = port
     target.wait_open()
     return target
-
-
-def _pythonpath() -> str:
-    return os.environ.get("PYTHONPATH", "")
 
 
 # -- load ---------------------------------------------------------------------------------
