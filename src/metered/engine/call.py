@@ -38,9 +38,10 @@ from metered.engine.settle import (
     arun,
     outcome,
     remaining,
-    reserve,
+    reservation,
+    reserved,
     run,
-    settle,
+    settlement,
 )
 from metered.errors import InvalidRequest
 from metered.ledger import Charge, Receipt
@@ -226,14 +227,14 @@ class Call:
             self.payment_required = self.estimate.price
             # 5 reserve
             self._charges = request.payer.charges
-            runtime = self._runtime
-            receipt = yield from reserve(
+            result = yield reservation(
                 self.id,
                 request.payer.charges,
                 to_nanos(self.payment_required),
                 plan.mode,
-                runtime.hold_ttl_seconds,
+                self._runtime.hold_ttl_seconds,
             )
+            receipt = reserved(self.id, result)
             if receipt is not None and receipt.crossed:
                 self._alerts(receipt)
         except RecursionError:
@@ -363,7 +364,17 @@ class Call:
                 amount = to_nanos(price)
             else:
                 amount = 0
-            receipt, failed = yield from settle(self.id, charges, action, amount)
+            op = settlement(self.id, charges, action, amount)
+            if op is not None:
+                try:
+                    result = yield op
+                except Exception:
+                    # the upstream call already happened: accounting must not break it (a
+                    # hold that could not be settled expires at its TTL)
+                    logger.exception("metered: settlement failed for call %s", self.id)
+                    failed = True
+                else:
+                    receipt = None if op[0] == "release" else result
         if receipt is not None and receipt.remaining_nanos:
             # the first charge is this account, with the budgets remaining() reads
             left = receipt.remaining_nanos[0]
@@ -374,8 +385,16 @@ class Call:
         self._complete(fin, quote, action, receipt, failed, started, left)
 
     def _price(self, fin: Finish) -> tuple[Quote | None, Action]:
-        context = {"headers": self.headers, "body": self.body, "metadata": self.metadata}
-        return outcome(self._plan, self.model, self.estimate, fin, self.mode, context)
+        return outcome(
+            self._plan,
+            self.model,
+            self.estimate,
+            fin,
+            self.mode,
+            self.headers,
+            self.body,
+            self.metadata,
+        )
 
     def _complete(
         self,

@@ -88,20 +88,20 @@ def finished_facts(
 ) -> Facts:
     """The facts of a call that reached the upstream, once settled (or failed to)."""
     settled = status == "settled"
-    return Facts(
-        usage=quote.usage if quote is not None and settled else fin.usage,
-        quote=quote,
-        priced=settled,
-        status=status,
-        amount_nanos=amount_nanos,
-        settlement_ms=settlement_ms,
-        policy_decision="allowed",
-        policy_reason=None,
-        error_type=type(fin.error).__name__ if fin.error is not None else None,
-        fin=fin,
-        remaining_nanos=remaining_nanos,
-        timestamp=time.time(),
-        ended=ended,
+    return Facts(  # positional, in field order: built on every call
+        quote.usage if quote is not None and settled else fin.usage,
+        quote,
+        settled,
+        status,
+        amount_nanos,
+        settlement_ms,
+        "allowed",
+        None,
+        type(fin.error).__name__ if fin.error is not None else None,
+        fin,
+        remaining_nanos,
+        time.time(),
+        ended,
     )
 
 

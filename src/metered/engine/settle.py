@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from metered.engine.plan import Plan
 from metered.engine.record import Finish
 from metered.errors import LedgerError
-from metered.ledger import Budget, Charge, Ledger, Receipt, Threshold
+from metered.ledger import Budget, Charge, Hold, Ledger, Receipt, Threshold
 from metered.pricing.route import Quote
 from metered.records import RecordSink
 from metered.settlement import Action, SettlementMode, decide
@@ -40,9 +40,10 @@ __all__ = [
     "outcome",
     "protected",
     "remaining",
-    "reserve",
+    "reservation",
+    "reserved",
     "run",
-    "settle",
+    "settlement",
 ]
 
 logger = logging.getLogger("metered")
@@ -120,59 +121,50 @@ def protected(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
     return loop.create_task(coro)
 
 
-def reserve(
+def reservation(
     key: str,
     charges: tuple[Charge, ...],
     amount_nanos: int,
     mode: SettlementMode,
     ttl_seconds: float,
-) -> Flow[Receipt | None]:
-    """Step 5: hold the maximum price (``after-response``) or charge it (``before-response``).
+) -> Op:
+    """Step 5: hold the maximum price (``after-response``) or charge it (``before-response``)."""
+    if mode == "after-response":
+        return ("hold", (key, charges, amount_nanos), {"ttl_seconds": ttl_seconds})
+    return ("charge", (key, charges, amount_nanos), {})
+
+
+def reserved(key: str, result: Hold | Receipt) -> Receipt | None:
+    """What a reservation did: the charge's receipt, ``None`` for a hold.
 
     Raises:
-        BudgetExceeded: an account cannot pay (from the ledger).
         LedgerError: the ledger reports the call id as already held or charged. Ids are
             unique per call, so that is another call's entry (a replay): going ahead would
             let this call run unbudgeted, so it is refused.
     """
-    if mode == "after-response":
-        hold = yield ("hold", (key, charges, amount_nanos), {"ttl_seconds": ttl_seconds})
-        if hold.replayed:
+    if isinstance(result, Hold):
+        if result.replayed:
             raise LedgerError(f"call id {key!r} is already held by another call")
         return None
-    receipt: Receipt = yield ("charge", (key, charges, amount_nanos), {})
-    if receipt.status != "applied":
+    if result.status != "applied":
         raise LedgerError(f"call id {key!r} is already charged by another call")
-    return receipt
+    return result
 
 
-def settle(
+def settlement(
     key: str, charges: tuple[Charge, ...], action: Action, amount_nanos: int
-) -> Flow[tuple[Receipt | None, bool]]:
-    """Step 9: apply the settlement decision; returns ``(receipt, failed)``.
-
-    A ledger failure here is logged and reported as ``failed``, never raised: the upstream
-    call already happened, and accounting must not break the user's call (a hold that
-    could not be settled expires at its TTL).
-    """
-    op: Op
-    try:
-        if action.kind == "capture":
-            op = ("capture", (key, amount_nanos), {"charges": charges})
-        elif action.kind == "adjust":
-            op = ("adjust", (key, amount_nanos), {})
-        elif action.kind == "refund":
-            op = ("refund", (key,), {})
-        elif action.kind == "release":
-            yield ("release", (key,), {})
-            return None, False
-        else:
-            return None, False
-        receipt: Receipt = yield op
-    except Exception:
-        logger.exception("metered: settlement failed for call %s", key)
-        return None, True
-    return receipt, False
+) -> Op | None:
+    """Step 9: the ledger operation that applies a settlement decision, if any."""
+    kind = action.kind
+    if kind == "capture":
+        return ("capture", (key, amount_nanos), {"charges": charges})
+    if kind == "adjust":
+        return ("adjust", (key, amount_nanos), {})
+    if kind == "refund":
+        return ("refund", (key,), {})
+    if kind == "release":
+        return ("release", (key,), {})
+    return None
 
 
 def remaining(account: str, budgets: Sequence[Budget]) -> Flow[int | None]:
@@ -197,10 +189,12 @@ def outcome(
     estimate: Quote | None,
     fin: Finish,
     mode: SettlementMode,
-    context: Mapping[str, Any],
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    metadata: Mapping[str, Any],
 ) -> tuple[Quote | None, Action]:
     """What a finished call costs and what settlement does about it (step 8 and the
-    decision of step 9); ``context`` is what price rules may match on."""
+    decision of step 9); headers, body and metadata are what price rules match on."""
     pricer = plan.pricer if plan is not None else None
     settle_partial = pricer is not None and pricer.config.settle_partial_streams
     refund = pricer is not None and pricer.config.refund_on_failure
@@ -223,7 +217,8 @@ def outcome(
         # no usage reported: settle the pre-call estimate (the maximum), marked estimated
         usage = estimate.usage if estimate is not None else Usage(source="unknown")
     try:
-        return pricer.quote(model, usage, **context), action
+        quote = pricer.quote(model, usage, headers=headers, body=body, metadata=metadata)
+        return quote, action
     except Exception:
         logger.exception("metered: pricing failed after the call; settling the estimate")
         return estimate, action
