@@ -653,9 +653,22 @@ def test_count_cache_stays_within_its_budget(monkeypatch: pytest.MonkeyPatch) ->
     texts = [f"message number {i}" for i in range(20)] + ["x" * 30]
     counts = [cache.count(t) for t in texts]
     assert counts == [len(get_encoding("o200k_base").encode_ordinary(t)) for t in texts]
-    assert cache._chars <= 50
-    assert sum(map(len, cache._entries)) == cache._chars
-    assert "x" * 30 not in cache._entries
+    cached = [*cache._young, *cache._old]
+    assert sum(map(len, cached)) <= 50
+    assert sum(map(len, cache._young)) == cache._chars
+    assert "x" * 30 not in cached
+
+
+def test_count_cache_keeps_texts_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text counted again on every turn stays cached while newer texts push others out."""
+    monkeypatch.setattr(encodings, "_CACHE_MAX_CHARS", 100)
+    monkeypatch.setattr(encodings, "_CACHE_MAX_ENTRY_CHARS", 20)
+    cache = encodings._CountCache(get_encoding("o200k_base"))
+    for i in range(40):
+        cache.count("the system prompt")
+        cache.count(f"turn {i:04d}")
+    assert "the system prompt" in {**cache._young, **cache._old}
+    assert "turn 0000" not in {**cache._young, **cache._old}
 
 
 # --------------------------------------------------------------------------------------

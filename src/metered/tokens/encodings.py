@@ -10,8 +10,9 @@ name falls back to :func:`tiktoken.get_encoding` (which may download).
 A text's count is ``len(enc.encode_ordinary(text))``, which tiktoken documents as equal
 to ``enc.encode(text, disallowed_special=())``: special-token text such as
 ``<|endoftext|>`` in user content counts as ordinary text, the way the API treats it.
-Per-text counts are memoised in a bounded LRU (by total characters), so re-counting a
-conversation that grows by one message per turn costs only the new message.
+Per-text counts are memoised in a cache bounded by total characters that keeps the texts
+used recently, so re-counting a conversation that grows by one message per turn costs
+only the new message.
 
 Models without a public tokenizer (Claude, Gemini, Llama, Mistral, unknown ids) are
 counted with ``o200k_base`` and marked estimated; :func:`set_model_encoding` overrides
@@ -24,7 +25,6 @@ import binascii
 import gzip
 import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -114,46 +114,56 @@ _CACHE_MAX_ENTRY_CHARS: Final = 1 << 18
 
 
 class _CountCache:
-    """Token count per text, least recently used evicted first, bounded by characters."""
+    """Token count per text, bounded by characters; recently used texts survive eviction.
 
-    __slots__ = ("_chars", "_encode", "_entries", "_lock")
+    Two generations of plain dicts, each holding at most half the budget: a new text, or
+    one found in the old generation, goes into the young one; when the young one is full
+    it becomes the old one and the previous old one is dropped. A hit is a plain dict
+    read, which is safe without the lock on every CPython build (free-threaded ones
+    included), unlike reordering an OrderedDict; everything that writes takes the lock.
+    """
+
+    __slots__ = ("_chars", "_encode", "_lock", "_old", "_young")
 
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self._encode = encoding.encode_ordinary
-        self._entries: OrderedDict[str, int] = OrderedDict()
-        self._chars = 0
+        self._young: dict[str, int] = {}
+        self._old: dict[str, int] = {}
+        self._chars = 0  # characters of the texts in _young
         self._lock = threading.Lock()
 
     def count(self, text: str) -> int:
-        """Tokens of ``text``, from the cache when it was counted before."""
-        entries = self._entries
-        # The lookup and the recency update take the lock too: an OrderedDict's linked
-        # list is not safe to reorder while another thread evicts from it (and nothing
-        # protects it at all on a free-threaded build).
-        with self._lock:
-            n = entries.get(text)
-            if n is not None:
-                entries.move_to_end(text)
-                return n
-        # Encode outside the lock: two threads may count the same text once each, which
-        # is cheaper than serialising every encode.
-        n = len(self._encode(text))
-        size = len(text)
-        if size <= _CACHE_MAX_ENTRY_CHARS:
-            with self._lock:
-                if text not in entries:
-                    entries[text] = n
-                    self._chars += size
-                    while self._chars > _CACHE_MAX_CHARS:
-                        old, _ = entries.popitem(last=False)
-                        self._chars -= len(old)
+        """Tokens of ``text``, from the cache when it was counted recently."""
+        if type(text) is not str:
+            # key by the text itself: a str subclass may hash differently (a StrEnum
+            # member hashes its name) and run Python code inside the dict operations
+            text = str.__str__(text)
+        n = self._young.get(text)
+        if n is not None:
+            return n
+        n = self._old.get(text)
+        if n is None:
+            # Encode outside the lock: two threads may count the same text once each,
+            # which is cheaper than serialising every encode.
+            n = len(self._encode(text))
+        if len(text) <= _CACHE_MAX_ENTRY_CHARS:
+            self._keep(text, n)
         return n
+
+    def _keep(self, text: str, n: int) -> None:
+        size = len(text)
+        with self._lock:
+            if text in self._young:
+                return
+            if self._chars + size > _CACHE_MAX_CHARS // 2:
+                self._old, self._young, self._chars = self._young, {}, 0
+            self._young[text] = n
+            self._chars += size
 
     def clear(self) -> None:
         """Forget every cached count."""
         with self._lock:
-            self._entries.clear()
-            self._chars = 0
+            self._old, self._young, self._chars = {}, {}, 0
 
 
 @dataclass(frozen=True)
