@@ -32,7 +32,7 @@ from typing import Any
 
 from metered import tokens
 from metered.fitting.trimming import trim_messages
-from metered.tokens import count_chat, get_encoding
+from metered.tokens import count_chat, encodings, get_encoding
 
 ROUNDS = 3
 MODEL = "gpt-4o"
@@ -71,7 +71,7 @@ def _best(run: Callable[[], object], *, before: Callable[[], None] | None = None
 
 
 def _clear_counts() -> None:
-    tokens._get_loaded(tokens.encoding_name_for_model(MODEL)).cache.clear()
+    encodings._get_loaded(tokens.encoding_name_for_model(MODEL)).cache.clear()
 
 
 def seed_trim_messages(messages: list[Message], enc: Any, max_tokens: int = 2000) -> list[Message]:
@@ -185,6 +185,7 @@ _MEMORY_SCRIPT = """
 import json, os, sys, time, tracemalloc
 import tiktoken, tiktoken.load
 import metered.tokens as t
+from metered.tokens import encodings
 
 def rss():
     with open("/proc/self/status") as f:
@@ -193,7 +194,7 @@ def rss():
 def load():
     if sys.argv[1] == "metered":
         return t.get_encoding("o200k_base")
-    spec = t._BUNDLED["o200k_base"]
+    spec = encodings._BUNDLED["o200k_base"]
     ranks = tiktoken.load.load_tiktoken_bpe(sys.argv[3], expected_hash=spec.sha256)
     special = dict(spec.special_tokens)
     return tiktoken.Encoding(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from metered.pricing.route import PriceRequest
+from metered.pricing.rules import PriceRequest
 
 NOT_CALLABLE = "a price.fn must be callable"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.metadata import version
+from types import SimpleNamespace
 from typing import Any
 
 import genai_prices
@@ -13,6 +14,7 @@ from genai_prices.data_snapshot import get_snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import metered.pricing.catalog as catalog_module
 from metered.config import ModelOverride
 from metered.pricing.catalog import Catalog, CostRates, TieredRates, TimedRates
 from metered.providers.anthropic import from_anthropic
@@ -539,3 +541,17 @@ def test_lookup_cache_is_bounded() -> None:
     for i in range(_CACHE_LIMIT * 2 + 10):
         assert catalog.lookup(f"unknown-model-{i}") is None
     assert len(catalog._cache) <= _CACHE_LIMIT
+
+
+def test_timed_rates_switch_when_the_minute_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Time-dependent rates are re-selected in a new minute, never reused from the last one."""
+    cheap = SimpleNamespace(input_mtok=Decimal(1), output_mtok=Decimal(2))
+    dear = SimpleNamespace(input_mtok=Decimal(10), output_mtok=Decimal(20))
+    now = {"t": 60.0 * 1000}
+    model = SimpleNamespace(get_prices=lambda when: cheap if now["t"] < 60.0 * 1001 else dear)
+    monkeypatch.setattr(catalog_module, "time", SimpleNamespace(time=lambda: now["t"]))
+    rates = TimedRates(model)
+    usage = Usage(input_tokens=MTOK, output_tokens=0)
+    assert rates.cost(usage) == Decimal(1)
+    now["t"] = 60.0 * 1001
+    assert rates.cost(usage) == Decimal(10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import enum
 import gzip
 import json
 import os
@@ -23,7 +24,6 @@ import tiktoken.load
 import tiktoken.model
 from tiktoken_ext import openai_public
 
-from metered import tokens
 from metered.errors import InvalidRequest, MeteredError
 from metered.tokens import (
     ChatCounter,
@@ -34,6 +34,7 @@ from metered.tokens import (
     count_text,
     encoding_for_model,
     encoding_name_for_model,
+    encodings,
     estimate_usage,
     get_encoding,
     is_exact,
@@ -224,10 +225,10 @@ def corpus() -> str:
 def test_bundled_definition_equals_tiktoken(name: str, reference: dict[str, Any]) -> None:
     """Our pattern, special tokens and ranks are exactly tiktoken's for that encoding."""
     ref = reference[name]
-    ours = tokens._BUNDLED[name]
+    ours = encodings._BUNDLED[name]
     assert ours.pat_str == ref["pat_str"]
     assert dict(ours.special_tokens) == ref["special_tokens"]
-    assert tokens._read_ranks(ours) == ref["mergeable_ranks"]
+    assert encodings._read_ranks(ours) == ref["mergeable_ranks"]
 
 
 @pytest.mark.parametrize("name", BUNDLED)
@@ -268,24 +269,24 @@ def test_special_token_text_counts_as_ordinary_text() -> None:
 
 def test_corrupt_bundled_file_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A rank file whose sha256 does not match the published hash is not loaded."""
-    spec = replace(tokens._BUNDLED["cl100k_base"], sha256="0" * 64)
-    monkeypatch.setattr(tokens, "_BUNDLED", {"cl100k_base": spec})
-    monkeypatch.setattr(tokens, "_loaded", {})
+    spec = replace(encodings._BUNDLED["cl100k_base"], sha256="0" * 64)
+    monkeypatch.setattr(encodings, "_BUNDLED", {"cl100k_base": spec})
+    monkeypatch.setattr(encodings, "_loaded", {})
     with pytest.raises(MeteredError, match="corrupt"):
         get_encoding("cl100k_base")
 
 
 def test_concurrent_first_use_loads_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Threads racing on the first count build the encoding once and share it."""
-    monkeypatch.setattr(tokens, "_loaded", {})
+    monkeypatch.setattr(encodings, "_loaded", {})
     built: list[str] = []
-    real_build = tokens._build
+    real_build = encodings._build
 
     def counting_build(name: str) -> tiktoken.Encoding:
         built.append(name)
         return real_build(name)
 
-    monkeypatch.setattr(tokens, "_build", counting_build)
+    monkeypatch.setattr(encodings, "_build", counting_build)
     barrier = threading.Barrier(8)
     seen: list[tiktoken.Encoding] = []
 
@@ -324,8 +325,9 @@ before = dict(os.environ)
 
 import metered
 import metered.tokens as tokens
+from metered.tokens import encodings
 assert "tiktoken" not in sys.modules, "importing metered imported tiktoken"
-assert tokens._loaded == {}, "importing metered loaded an encoding"
+assert encodings._loaded == {}, "importing metered loaded an encoding"
 
 counts = [
     tokens.count_text("hello world", model="gpt-4o"),
@@ -369,8 +371,8 @@ def test_import_and_count_stay_offline(tmp_path: Path) -> None:
 @pytest.fixture
 def clean_overrides() -> Iterator[None]:
     yield
-    tokens._overrides.clear()
-    tokens._tokenizer.cache_clear()
+    for prefix in list(encodings._overrides):
+        set_model_encoding(prefix, None)
 
 
 @pytest.mark.parametrize(
@@ -490,6 +492,23 @@ def test_cookbook_messages_match_api(model: str, expected: int) -> None:
 def test_cookbook_tools_match_api(model: str, expected: int) -> None:
     """The cookbook's tool example counts what the OpenAI API reported."""
     assert count_chat(COOKBOOK_TOOL_MESSAGES, model=model, tools=COOKBOOK_TOOLS) == expected
+
+
+def test_override_applies_to_models_counted_before(clean_overrides: None) -> None:
+    """A model counted before set_model_encoding is counted with the new encoding after it."""
+    assert encoding_name_for_model("acme-late") == "o200k_base"
+    set_model_encoding("acme-", "cl100k_base")
+    assert ChatCounter("acme-late").encoding == "cl100k_base"
+
+
+def test_str_enum_role_counts_as_its_text() -> None:
+    """A StrEnum role (e.g. from an SDK type) counts exactly like the plain string."""
+
+    class Role(enum.StrEnum):
+        USER = "user"
+
+    plain = count_request([{"role": "user", "content": "hi"}], model="gpt-4o")
+    assert count_request([{"role": Role.USER, "content": "hi"}], model="gpt-4o") == plain
 
 
 def test_cookbook_body_is_exact() -> None:
@@ -628,15 +647,28 @@ def test_counter_counts_each_message_independently() -> None:
 
 def test_count_cache_stays_within_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-text count cache evicts old texts beyond its character budget, counts unchanged."""
-    monkeypatch.setattr(tokens, "_CACHE_MAX_CHARS", 50)
-    monkeypatch.setattr(tokens, "_CACHE_MAX_ENTRY_CHARS", 20)
-    cache = tokens._CountCache(get_encoding("o200k_base"))
+    monkeypatch.setattr(encodings, "_CACHE_MAX_CHARS", 50)
+    monkeypatch.setattr(encodings, "_CACHE_MAX_ENTRY_CHARS", 20)
+    cache = encodings._CountCache(get_encoding("o200k_base"))
     texts = [f"message number {i}" for i in range(20)] + ["x" * 30]
     counts = [cache.count(t) for t in texts]
     assert counts == [len(get_encoding("o200k_base").encode_ordinary(t)) for t in texts]
-    assert cache._chars <= 50
-    assert sum(map(len, cache._entries)) == cache._chars
-    assert "x" * 30 not in cache._entries
+    cached = [*cache._young, *cache._old]
+    assert sum(map(len, cached)) <= 50
+    assert sum(map(len, cache._young)) == cache._chars
+    assert "x" * 30 not in cached
+
+
+def test_count_cache_keeps_texts_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text counted again on every turn stays cached while newer texts push others out."""
+    monkeypatch.setattr(encodings, "_CACHE_MAX_CHARS", 100)
+    monkeypatch.setattr(encodings, "_CACHE_MAX_ENTRY_CHARS", 20)
+    cache = encodings._CountCache(get_encoding("o200k_base"))
+    for i in range(40):
+        cache.count("the system prompt")
+        cache.count(f"turn {i:04d}")
+    assert "the system prompt" in {**cache._young, **cache._old}
+    assert "turn 0000" not in {**cache._young, **cache._old}
 
 
 # --------------------------------------------------------------------------------------

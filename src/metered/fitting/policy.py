@@ -18,6 +18,12 @@ from typing import Any, Final, Literal
 
 from metered.errors import ConfigError, InvalidRequest, PolicyDenied
 from metered.pricing.resolve import PROVIDER_PREFIXES, ResolvedModel, normalize_model_id
+from metered.tokens.estimate import (
+    MAX_OUTPUT_TOKENS,
+    OUTPUT_LIMIT_PARAMS,
+    checked_output_limit,
+    requested_output_limit,
+)
 
 __all__ = [
     "DEFAULT_URGENT_MULTIPLIER",
@@ -104,13 +110,7 @@ class ModelPolicy:
 OutputApi = Literal["chat", "responses", "anthropic"]
 CapPolicy = Literal["clamp", "reject"]
 
-#: Names an output limit goes by: Chat Completions (``max_completion_tokens``, or the
-#: older ``max_tokens``), Responses (``max_output_tokens``), Anthropic (``max_tokens``).
-OUTPUT_LIMIT_PARAMS: Final = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 DEFAULT_URGENT_MULTIPLIER: Final = Decimal("1.5")
-#: No model emits a million tokens in one call: a larger output limit is a client bug or
-#: an attempt to make the reservation absurd.
-MAX_OUTPUT_TOKENS: Final = 1_000_000
 
 # o-series and gpt-5 reasoning models reject max_tokens in chat
 _COMPLETION_TOKENS_MODELS = re.compile(r"(?:o\d|gpt-5|codex-mini)(?![a-z0-9])")
@@ -132,16 +132,6 @@ class OutputCap:
     param: str
     clamped_from: int | None = None
     defaulted: bool = False
-
-
-def _positive_int(value: object, *, param: str) -> int:
-    # bool is an int subclass; True is not a token limit
-    if type(value) is not int or not 1 <= value <= MAX_OUTPUT_TOKENS:
-        raise InvalidRequest(
-            f"{param} must be an integer from 1 to {MAX_OUTPUT_TOKENS}, got {value!r}",
-            param=param,
-        )
-    return value
 
 
 def _config_int(value: int | None, key: str) -> int | None:
@@ -169,23 +159,6 @@ def output_limit_param(
     ):
         return "max_completion_tokens"
     return "max_tokens"
-
-
-def requested_output_limit(body: Mapping[str, Any]) -> int | None:
-    """The output limit a request body sets, whichever name carries it.
-
-    When several names are set, the largest wins, so a reservation never undercounts.
-
-    Raises:
-        InvalidRequest: a limit is not a positive integer (``param`` names it).
-    """
-    found: int | None = None
-    for name in OUTPUT_LIMIT_PARAMS:
-        value = body.get(name)
-        if value is not None:
-            limit = _positive_int(value, param=name)
-            found = limit if found is None else max(found, limit)
-    return found
 
 
 def _multiplier(value: Decimal | int | float | str) -> Decimal:
@@ -235,7 +208,7 @@ def cap_output(
     """
     name = param or output_limit_param(model, api)
     if requested is not None:
-        requested = _positive_int(requested, param=name)
+        requested = checked_output_limit(requested, param=name)
     cap = _config_int(cap, "cap")
     default = _config_int(default, "default")
     if policy not in ("clamp", "reject"):

@@ -158,13 +158,15 @@ class TimedRates:
     time-of-day constraints are no finer than that.
     """
 
-    __slots__ = ("_compiled", "_current", "_minute", "_model")
+    __slots__ = ("_compiled", "_current", "_model")
 
     def __init__(self, model: Any) -> None:
         self._model = model
         self._compiled: dict[int, CostRates | TieredRates] = {}
-        self._minute = -1
-        self._current: CostRates | TieredRates | None = None
+        # (minute, rates) in one attribute: read and replaced as a unit, so a reader never
+        # pairs one minute's rates with another minute's stamp (a price change at a
+        # minute boundary would otherwise bill the old rates under the new minute)
+        self._current: tuple[int, CostRates | TieredRates] | None = None
 
     def at(self, when: datetime | None = None) -> CostRates | TieredRates:
         """The rates in force now (or at ``when``)."""
@@ -172,11 +174,12 @@ class TimedRates:
             return self._select(when)
         minute = int(time.time() // 60)
         current = self._current
-        if minute != self._minute or current is None:
-            current = self._select(datetime.now(tz=UTC))
-            # benign race: concurrent callers compute the same rates
-            self._current, self._minute = current, minute
-        return current
+        if current is not None and current[0] == minute:
+            return current[1]
+        # concurrent callers may both select: they compute the same rates for the minute
+        rates = self._select(datetime.now(tz=UTC))
+        self._current = (minute, rates)
+        return rates
 
     def _select(self, when: datetime) -> CostRates | TieredRates:
         prices = self._model.get_prices(when)
@@ -331,7 +334,7 @@ class Catalog:
 
     def _snapshot_data(self) -> Any:
         if self._snapshot is None:
-            # Importing the snapshot module costs ~0.2 s; do it on first lookup, not import.
+            # The snapshot module is large: load it on first lookup, not on import.
             from genai_prices.data_snapshot import get_snapshot
 
             self._snapshot = get_snapshot()

@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
-from metered.config import Config, ModelPrice, RouteConfig, resolve_callable
+from metered.config import Config, RouteConfig
 from metered.errors import ConfigError, InvalidRequest, UnknownModel
-from metered.money import parse_amount
 from metered.pricing.catalog import Catalog, CatalogEntry, CostRates
 from metered.pricing.resolve import ResolvedModel, Resolver
+from metered.pricing.rules import (
+    MatchRule,
+    PriceFunction,
+    PriceRequest,
+    PricingMode,
+    Resale,
+    first_match,
+)
 from metered.usage import Usage
 
 __all__ = [
@@ -39,15 +46,12 @@ __all__ = [
 ]
 
 PricingSource = Literal["route.models", "default-table", "match", "price.fn", "fallback"]
-PricingMode = Literal["token-based", "flat", "per-second"]
-
-_ONE = Decimal(1)
+_PLAN_CACHE_LIMIT = 4096  # requested ids are user input: bound the cache
 _EMPTY: Mapping[str, Any] = {}
 
 
 class Quote(NamedTuple):
-    """The priced call (immutable; a named tuple because a quote is built on every call
-    and a frozen dataclass costs twice as much to construct).
+    """The priced call (immutable).
 
     Attributes:
         cost: upstream cost in USD, ``None`` when no catalog price is known.
@@ -77,19 +81,6 @@ class Quote(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class PriceRequest:
-    """What a ``price.fn`` callable receives."""
-
-    model: ResolvedModel
-    usage: Usage
-    cost: Decimal | None
-    route: str | None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: Mapping[str, Any] = field(default_factory=dict)
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
 class _Plan:
     """Everything about (route, model) that does not depend on the call: cached."""
 
@@ -97,7 +88,7 @@ class _Plan:
     entry: CatalogEntry | None
     cost: Callable[[Usage], Decimal] | None  # the entry's cost function, bound once
     per_second: bool
-    model_price: _Resale | None  # from route.models
+    model_price: Resale | None  # from route.models
     model_key: str | None
     floor: Decimal | None
     ceiling: Decimal | None
@@ -106,62 +97,6 @@ class _Plan:
 def _is_per_second(entry: CatalogEntry) -> bool:
     rates = entry.rates
     return isinstance(rates, CostRates) and rates.second is not None and rates.input is None
-
-
-class _Resale:
-    """A resale price compiled once: per-token/per-request rates, or a markup over cost."""
-
-    __slots__ = ("flat", "markup", "rates")
-
-    def __init__(self, price: ModelPrice) -> None:
-        def usd(rate: Any) -> Decimal | None:
-            return None if rate is None else rate.usd
-
-        self.markup = price.markup
-        self.flat = price.request is not None and price.input is None
-        self.rates = CostRates(
-            input=usd(price.input),
-            output=usd(price.output),
-            cache_read=usd(price.cache_read),
-            cache_write=usd(price.cache_write),
-            reasoning=usd(price.reasoning),
-            request=usd(price.request),
-        )
-
-    def apply(
-        self, usage: Usage, cost: Decimal | None, per_second: bool
-    ) -> tuple[Decimal | None, PricingMode]:
-        """The price of ``usage``; ``None`` for a markup without a cost (the next rule decides)."""
-        if self.markup is not None:
-            return (None if cost is None else cost * self.markup), (
-                "per-second" if per_second else "token-based"
-            )
-        return self.rates.cost(usage), "flat" if self.flat else "token-based"
-
-
-class _Condition:
-    __slots__ = ("expected", "path", "scope")
-
-    def __init__(self, key: str, expected: object) -> None:
-        self.scope, _, dotted = key.partition(".")
-        self.path = tuple(dotted.split("."))
-        if self.scope == "headers":
-            self.path = (dotted.lower(),)  # header names are case-insensitive
-        values = expected if isinstance(expected, list) else [expected]
-        self.expected = frozenset(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
-
-    def holds(
-        self, headers: Mapping[str, str], body: Mapping[str, Any], meta: Mapping[str, Any]
-    ) -> bool:
-        value: Any = {"headers": headers, "body": body, "metadata": meta}[self.scope]
-        for part in self.path:
-            if not isinstance(value, Mapping):
-                return False
-            value = value.get(part)
-            if value is None:
-                return False
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        return text in self.expected
 
 
 class RoutePricer:
@@ -181,23 +116,17 @@ class RoutePricer:
         self._resolver = resolver
         self._provider = route.upstream if route.upstream and "://" not in route.upstream else None
         self._models = {
-            name: _Resale(price) for name, price in self._normalised(route.models, "models").items()
+            name: Resale(price) for name, price in self._normalised(route.models, "models").items()
         }
         self._fallback = (
-            _Resale(route.fallback)
+            Resale(route.fallback)
             if route.fallback is not None and route.unknown_policy == "fallback"
             else None
         )
         self._floors = self._normalised(route.floors, "floors")
         self._ceilings = self._normalised(route.ceilings, "ceilings")
-        self._match = [
-            (tuple(_Condition(k, v) for k, v in rule.where.items()), _Resale(rule.price))
-            for rule in route.match
-        ]
-        fn = route.price
-        self._price_fn: Callable[[PriceRequest], Any] | None = (
-            resolve_callable(fn.fn) if fn is not None else None
-        )
+        self._match = tuple(MatchRule.compile(rule) for rule in route.match)
+        self._price_fn = PriceFunction(route.price.fn, name) if route.price is not None else None
         # The catalog cost (x markup) prices calls only when the operator asked for a
         # markup or set no resale prices at all: a route with its own models, match rules
         # or fallback must never quietly charge pass-through cost for a model it did not list.
@@ -221,7 +150,7 @@ class RoutePricer:
 
     def _plan(self, model: str) -> _Plan:
         # ids come from request bodies: a list or dict must be a 400, not a TypeError
-        plan = self._plans.get(model) if type(model) is str else None
+        plan = self._plans.get(model) if isinstance(model, str) else None
         if plan is not None:
             return plan
         resolved = self._resolver.resolve(model)  # raises InvalidRequest for a non-string
@@ -249,7 +178,7 @@ class RoutePricer:
             ceiling=self._ceilings.get("*") if ceiling is None else ceiling,
         )
         with self._lock:
-            if len(self._plans) > 4096:  # requested ids are user input: bound the cache
+            if len(self._plans) >= _PLAN_CACHE_LIMIT:
                 self._plans.clear()
             self._plans[model] = plan
         return plan
@@ -290,18 +219,28 @@ class RoutePricer:
             UnknownModel: no rule prices the model and the route rejects unknown models.
             InvalidRequest / PolicyDenied: the model id is not a valid id.
         """
-        plan = (self._plans.get(model) if type(model) is str else None) or self._plan(model)
+        plan = self._plan(model)
         entry = plan.entry
         cost = plan.cost(usage) if plan.cost is not None else None
         source: PricingSource
         price: Decimal | None = None
         mode: PricingMode = "token-based"
-        rule = self._matching_rule(headers, body, metadata) if self._match else None
+        rule = first_match(self._match, headers, body, metadata) if self._match else None
         if rule is not None:
             price, mode = rule.apply(usage, cost, plan.per_second)
             source = "match"
         if price is None and self._price_fn is not None:
-            price = self._call_price_fn(plan, usage, cost, headers, body, metadata)
+            price = self._price_fn(
+                PriceRequest(
+                    model=plan.resolved,
+                    usage=usage,
+                    cost=cost,
+                    route=self.name,
+                    headers=headers,
+                    body=body,
+                    metadata=metadata,
+                )
+            )
             source = "price.fn"
         if price is None and plan.model_price is not None:
             price, mode = plan.model_price.apply(usage, cost, plan.per_second)
@@ -320,60 +259,19 @@ class RoutePricer:
             price = plan.floor
         if plan.ceiling is not None and price > plan.ceiling:
             price = plan.ceiling
-        # positional, in field order: half the cost of keywords, on every quote
+        # positional, in field order: a quote is built on every call, twice per call
         return Quote(
             cost,
             price,
-            None if cost is None else price - cost,
+            None if cost is None else price - cost,  # margin
             source,
             mode,
             plan.resolved.requested,
-            entry.model_id if entry is not None else plan.model_key,
+            entry.model_id if entry is not None else plan.model_key,  # resolved_model
             entry.provider if entry is not None else plan.resolved.provider,
             self.name,
             usage,
             self._catalog.version,
-        )
-
-    def _matching_rule(
-        self, headers: Mapping[str, str], body: Mapping[str, Any], meta: Mapping[str, Any]
-    ) -> _Resale | None:
-        for conditions, price in self._match:
-            if all(c.holds(headers, body, meta) for c in conditions):
-                return price
-        return None
-
-    def _call_price_fn(
-        self,
-        plan: _Plan,
-        usage: Usage,
-        cost: Decimal | None,
-        headers: Mapping[str, str],
-        body: Mapping[str, Any],
-        metadata: Mapping[str, Any],
-    ) -> Decimal | None:
-        assert self._price_fn is not None
-        result = self._price_fn(
-            PriceRequest(
-                model=plan.resolved,
-                usage=usage,
-                cost=cost,
-                route=self.name,
-                headers=headers,
-                body=body,
-                metadata=metadata,
-            )
-        )
-        if result is None:
-            return None
-        if isinstance(result, Decimal) and result.is_finite() and result >= 0:
-            return result
-        if isinstance(result, str):
-            return parse_amount(result, key=f'routes."{self.name}".price.fn result')
-        raise ConfigError(
-            f'routes."{self.name}".price.fn',
-            "must return a non-negative Decimal, a '$' amount string or None",
-            result,
         )
 
 
