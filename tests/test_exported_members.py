@@ -21,6 +21,22 @@ def test_every_exported_name_resolves() -> None:
         assert getattr(metered, name) is not None, name
 
 
+#: Raised and answered by the HTTP doors themselves: importable from metered.errors, not
+#: exported from the package (no user code catches them).
+HTTP_ONLY = {
+    "NotFound",
+    "RequestTooLarge",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "UpstreamTimeout",
+}
+
+
+def test_http_door_errors_are_not_exported() -> None:
+    """What only the HTTP doors raise and answer stays out of the top-level API."""
+    assert not HTTP_ONLY & set(metered.__all__)
+
+
 def test_public_classes_are_exported() -> None:
     """Every public class of the modules the README shows is reachable from ``metered``."""
     from metered import clients, errors
@@ -34,7 +50,7 @@ def test_public_classes_are_exported() -> None:
         *[n for n in clients.__all__ if n.startswith("Metered")],
         "MeteredMiddleware",
         "MeteredWSGIMiddleware",
-    } - {"http_error"}
+    } - {"http_error", *HTTP_ONLY}
     assert expected <= set(metered.__all__)
     assert meter.Meter is metered.Meter
     assert asgi.MeteredMiddleware is metered.MeteredMiddleware

@@ -25,14 +25,9 @@ from metered.errors import (
     InvalidRequest,
     LedgerError,
     MeteredError,
-    NotFound,
     PolicyDenied,
-    RequestTooLarge,
-    Unauthorized,
     UnknownModel,
-    UnsupportedMediaType,
     UpstreamError,
-    UpstreamTimeout,
 )
 from metered.usage import Usage
 
@@ -43,8 +38,8 @@ if TYPE_CHECKING:
         MeteredAsyncOpenAI,
         MeteredOpenAI,
     )
-    from metered.context import bind
-    from metered.engine.meter import Call, Meter
+    from metered.context import CallerContext, bind
+    from metered.engine import Call, Meter
     from metered.http.asgi import ApiKeys, MeteredMiddleware
     from metered.http.wsgi import MeteredWSGIMiddleware
     from metered.ledger import Budget, MemoryLedger, RedisLedger
@@ -58,6 +53,7 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "Call",
+    "CallerContext",
     "ConfigError",
     "ContextOverflow",
     "InvalidRequest",
@@ -71,16 +67,11 @@ __all__ = [
     "MeteredMiddleware",
     "MeteredOpenAI",
     "MeteredWSGIMiddleware",
-    "NotFound",
     "PolicyDenied",
     "Quote",
     "RedisLedger",
-    "RequestTooLarge",
-    "Unauthorized",
     "UnknownModel",
-    "UnsupportedMediaType",
     "UpstreamError",
-    "UpstreamTimeout",
     "Usage",
     "UsageRecord",
     "__version__",
@@ -91,9 +82,10 @@ __all__ = [
 _LAZY = {
     "ApiKeys": "metered.http.asgi",
     "Budget": "metered.ledger",
-    "Call": "metered.engine.meter",
+    "Call": "metered.engine",
+    "CallerContext": "metered.context",
     "MemoryLedger": "metered.ledger",
-    "Meter": "metered.engine.meter",
+    "Meter": "metered.engine",
     "MeteredAnthropic": "metered.clients",
     "MeteredAsyncAnthropic": "metered.clients",
     "MeteredAsyncOpenAI": "metered.clients",
