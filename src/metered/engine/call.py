@@ -19,6 +19,7 @@ from typing import Any
 from opentelemetry.trace import Span
 
 from metered import context as _context
+from metered.engine import settle as flows
 from metered.engine.accounts import Request
 from metered.engine.plan import Plan, Planner, admit, check_request, responses_allowed
 from metered.engine.record import (
@@ -31,18 +32,7 @@ from metered.engine.record import (
     reasons,
     refused_facts,
 )
-from metered.engine.settle import (
-    Flow,
-    Once,
-    Runtime,
-    arun,
-    outcome,
-    remaining,
-    reservation,
-    reserved,
-    run,
-    settlement,
-)
+from metered.engine.settle import Flow, Once, Runtime
 from metered.errors import InvalidRequest
 from metered.ledger import Charge, Receipt
 from metered.money import from_nanos, to_nanos
@@ -69,14 +59,14 @@ def _new_id() -> str:
 def open_call(runtime: Runtime, planner: Planner, request: Request) -> Call:
     """Steps 2-5 for ``request``, reserving through the ledger's sync API."""
     call = Call(runtime, request)
-    run(call._open(planner, request), runtime.ledger)
+    flows.run(call._open(planner, request), runtime.ledger)
     return call
 
 
 async def aopen_call(runtime: Runtime, planner: Planner, request: Request) -> Call:
     """Steps 2-5 for ``request``, reserving through the ledger's async API."""
     call = Call(runtime, request)
-    await arun(call._open(planner, request), runtime.ledger)
+    await flows.arun(call._open(planner, request), runtime.ledger)
     return call
 
 
@@ -227,14 +217,14 @@ class Call:
             self.payment_required = self.estimate.price
             # 5 reserve
             self._charges = request.payer.charges
-            result = yield reservation(
+            result = yield flows.reservation(
                 self.id,
                 request.payer.charges,
                 to_nanos(self.payment_required),
                 plan.mode,
                 self._runtime.hold_ttl_seconds,
             )
-            receipt = reserved(self.id, result)
+            receipt = flows.reserved(self.id, result)
             if receipt is not None and receipt.crossed:
                 self._alerts(receipt)
         except RecursionError:
@@ -291,7 +281,7 @@ class Call:
             self._once.wait()
             return
         try:
-            run(self._settle(fin), self._runtime.ledger)
+            flows.run(self._settle(fin), self._runtime.ledger)
         finally:
             self._once.end()
 
@@ -320,7 +310,7 @@ class Call:
 
     async def _asettle(self, fin: Finish) -> None:
         try:
-            await arun(self._settle(fin), self._runtime.ledger)
+            await flows.arun(self._settle(fin), self._runtime.ledger)
         finally:
             self._once.end()
 
@@ -364,7 +354,7 @@ class Call:
                 amount = to_nanos(price)
             else:
                 amount = 0
-            op = settlement(self.id, charges, action, amount)
+            op = flows.settlement(self.id, charges, action, amount)
             if op is not None:
                 try:
                     result = yield op
@@ -376,16 +366,16 @@ class Call:
                 else:
                     receipt = None if op[0] == "release" else result
         if receipt is not None and receipt.remaining_nanos:
-            # the first charge is this account, with the budgets remaining() reads
+            # the first charge is this account, with the budgets Meter.remaining() reads
             left = receipt.remaining_nanos[0]
         elif self._request.payer.budgets:
-            left = yield from remaining(self.account, self._request.payer.budgets)
+            left = yield from flows.remaining(self.account, self._request.payer.budgets)
         else:
             left = None
         self._complete(fin, quote, action, receipt, failed, started, left)
 
     def _price(self, fin: Finish) -> tuple[Quote | None, Action]:
-        return outcome(
+        return flows.outcome(
             self._plan,
             self.model,
             self.estimate,
