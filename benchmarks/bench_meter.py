@@ -11,20 +11,21 @@ Baselines:
   the engine's call span ends with) + ``end``, on the same SDK pipeline (simple processor,
   in-memory exporter): the least a traced call can cost.
 
-The async shells (``abegin`` + ``afinish`` on an event loop) are timed too: with the
-in-process ledger they settle inline, without a task per call.
+The async shells (``abegin`` + ``afinish`` on an event loop) are timed too: settlement
+runs in a task the caller's cancellation cannot interrupt (started eagerly on 3.12+).
 
 Prompt estimation (tiktoken counting) is reported on its own: counting a 1K-token prompt
 never seen before (``cold``) and the same prompt again (``warm``: per-text counts are
 cached), and a metered call with a tiny prompt, whose estimation costs next to nothing.
 
-Targets: with the no-op OTel API and estimation excluded <= 15 us per call (the 1K-prompt
-call minus counting that prompt, warm; the tiny-prompt call, whose counting is next to
-nothing, is shown too); with SDK tracing <= 1.5x the bare-span baseline. The table also
+No absolute target (issue 10 replaced them with the client ratios of ``bench_clients``);
+the no-op figure (the 1K-prompt call minus counting that prompt, warm; and the tiny-prompt
+call) is compared with the figures before the redesign in ``benchmarks/README.md``
+(stop 8: 13.9 us), which it should not exceed by more than 10%. The table also
 shows what tracing adds on its own (traced call minus no-op call) against the bare span,
 and a third baseline: the engine's own span (its attribute values and settlement event)
-emitted bare through the SDK. When a target is missed the no-op call is profiled and the
-engine's hottest functions are printed.
+emitted bare through the SDK. The no-op call is profiled and the engine's hottest
+functions are printed.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ CALLS = 2_000
 MODEL = "gpt-4o"
 CONFIG: dict[str, Any] = {"default_budgets": ["$1000000/total"]}
 USAGE = Usage(input_tokens=1_000, output_tokens=200)
-TARGET_NOOP_US = 15.0
-TARGET_SDK_RATIO = 1.5
+# the no-op figure before the redesign (stop 8), for the 10% regression check
+STOP8_NOOP_US = 13.9
 _WORDS = [
     "the",
     "quick",
@@ -312,17 +313,14 @@ def main() -> None:
     for name, us, ratio in rows:
         print(f"{name:{width}s}  {us:8.2f}  {ratio}")
 
-    noop_ok = max(noop_excl, noop_tiny) <= TARGET_NOOP_US
-    sdk_ok = sdk_tiny / span <= TARGET_SDK_RATIO
     print(
-        f"target no-op <= {TARGET_NOOP_US:.0f} us (estimation excluded): "
-        f"{noop_excl:.1f} us (tiny prompt {noop_tiny:.1f} us) {'met' if noop_ok else 'MISSED'}; "
-        f"target SDK <= {TARGET_SDK_RATIO}x bare span: {sdk_tiny / span:.2f}x "
-        f"{'met' if sdk_ok else 'MISSED'} (tracing alone {tracing / span:.2f}x)"
+        f"no-op, estimation excluded: {noop_excl:.1f} us (tiny prompt {noop_tiny:.1f} us), "
+        f"{noop_excl / STOP8_NOOP_US:.2f}x stop 8's {STOP8_NOOP_US} us (another run: compare "
+        f"on a quiet machine); SDK {sdk_tiny / span:.2f}x bare span "
+        f"(tracing alone {tracing / span:.2f}x)"
     )
-    if not (noop_ok and sdk_ok):
-        print("\nhot spots in metered, no-op OTel, tiny prompt (cProfile, by own time):")
-        print(_profile(noop, tiny))
+    print("\nhot spots in metered, no-op OTel, tiny prompt (cProfile, by own time):")
+    print(_profile(noop, tiny))
     noop.close()
     traced.close()
     metered_sdk.close()
