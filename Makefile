@@ -31,6 +31,7 @@ sdk-matrix: $(STAMP)
 	scripts/sdk_matrix.sh
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks $(BENCH)
 
 clean:
