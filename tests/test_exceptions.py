@@ -18,8 +18,8 @@ from metered.errors import (
     RequestTooLarge,
     UnknownModel,
     UpstreamError,
-    http_error,
 )
+from metered.http.errors import http_error
 
 
 @pytest.mark.parametrize(

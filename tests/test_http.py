@@ -1,5 +1,5 @@
-"""Tests for metered.http._doors: what the ASGI and WSGI doors share (caller keys, request checks,
-usage read from responses as they pass through)."""
+"""Tests for metered.http (identity, request, response, wire): what the ASGI and WSGI
+doors share (caller keys, request checks, usage read from responses as they pass through)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from metered.context import CallerContext
 from metered.engine.meter import Meter
 from metered.errors import ConfigError, InvalidRequest
 from metered.http import wire
-from metered.http._doors import ApiKeys, StreamMeter, caller_of, gateway_routes, parse_request
+from metered.http.identity import ApiKeys, caller_of
+from metered.http.request import gateway_routes, parse_request
+from metered.http.wire import StreamMeter
 from metered.testing import FakeUpstream
 
 HI = [{"role": "user", "content": "hi"}]
@@ -248,7 +250,7 @@ def test_caller_of_normalises_resolver_results() -> None:
 
 def test_unknown_key_named_by_secret_is_tracked_but_not_identified() -> None:
     """With a secret, an unlisted key gets a stable account but still counts as unidentified."""
-    from metered.http._doors import is_unidentified
+    from metered.http.identity import is_unidentified
 
     keys = ApiKeys({"sk-known": "acme"}, secret="s3cret")
     known = keys.account("sk-known")

@@ -22,8 +22,8 @@ from metered.errors import (
     InvalidRequest,
     PolicyDenied,
     UnknownModel,
-    http_error,
 )
+from metered.http.errors import http_error
 from metered.ledger import Balance, MemoryLedger
 from metered.money import to_nanos
 from metered.records import UsageRecord

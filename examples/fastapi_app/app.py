@@ -23,9 +23,10 @@ from fastapi.responses import StreamingResponse
 
 from metered.clients import MeteredAsyncOpenAI
 from metered.context import current
-from metered.engine.meter import Meter
+from metered.engine import Meter
 from metered.gateway import GatewayProxy, resolve_upstream
-from metered.http.asgi import ApiKeys, MeteredMiddleware
+from metered.http.asgi import MeteredMiddleware
+from metered.http.identity import ApiKeys
 
 HERE = Path(__file__).parent
 MODEL = os.environ.get("EXAMPLE_MODEL", "gpt-4o-mini")

@@ -26,8 +26,9 @@ from flask import Flask, Response, request, stream_with_context
 
 from metered.clients import MeteredOpenAI
 from metered.context import current
-from metered.engine.meter import Meter
-from metered.http.wsgi import ApiKeys, MeteredWSGIMiddleware
+from metered.engine import Meter
+from metered.http.identity import ApiKeys
+from metered.http.wsgi import MeteredWSGIMiddleware
 from metered.testing import FakeUpstream
 
 HERE = Path(__file__).parent

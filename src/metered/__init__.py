@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     )
     from metered.context import CallerContext, bind
     from metered.engine import Call, Meter
-    from metered.http.asgi import ApiKeys, MeteredMiddleware
+    from metered.http.asgi import MeteredMiddleware
+    from metered.http.identity import ApiKeys
     from metered.http.wsgi import MeteredWSGIMiddleware
     from metered.ledger import Budget, MemoryLedger, RedisLedger
     from metered.pricing.route import Quote
@@ -80,7 +81,7 @@ __all__ = [
 
 # public name -> module that defines it (imported on first access)
 _LAZY = {
-    "ApiKeys": "metered.http.asgi",
+    "ApiKeys": "metered.http.identity",
     "Budget": "metered.ledger",
     "Call": "metered.engine",
     "CallerContext": "metered.context",

@@ -18,7 +18,7 @@
     └── LedgerError            the budget store failed (HTTP 503)
 
 Every exception carries data fields (never only a message) and maps to an HTTP status
-and an OpenAI-shaped JSON error body in one place: :func:`http_error`.
+and an OpenAI-shaped JSON error body in one place: :func:`metered.http.errors.http_error`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ __all__ = [
     "UnsupportedMediaType",
     "UpstreamError",
     "UpstreamTimeout",
-    "http_error",
 ]
 
 
@@ -266,19 +265,3 @@ class LedgerError(MeteredError):
     status_code = 503
     error_type = "server_error"
     code = "ledger_unavailable"
-
-
-def http_error(exc: MeteredError) -> tuple[int, dict[str, Any]]:
-    """Map an error to ``(status, body)`` with OpenAI's error shape plus metered details."""
-    body: dict[str, Any] = {
-        "error": {
-            "message": exc.message,
-            "type": exc.error_type,
-            "param": getattr(exc, "param", None),
-            "code": exc.code,
-        }
-    }
-    details = exc.details()
-    if details:
-        body["error"]["metered"] = details
-    return exc.status_code, body

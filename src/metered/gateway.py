@@ -40,14 +40,11 @@ from urllib.parse import urlsplit
 
 from metered.engine.meter import Meter
 from metered.errors import ConfigError, MeteredError, NotFound, UpstreamError, UpstreamTimeout
-from metered.http._doors import (
-    CREDENTIAL_HEADERS,
-    ApiKeys,
-    TotalHeader,
-    error_parts,
-    gateway_routes,
-)
 from metered.http.asgi import ASGIApp, Message, MeteredMiddleware, Receive, Scope, Send
+from metered.http.errors import error_parts
+from metered.http.identity import ApiKeys
+from metered.http.request import CREDENTIAL_HEADERS, gateway_routes
+from metered.http.response import TotalHeader
 
 if TYPE_CHECKING:
     import httpx

@@ -43,29 +43,33 @@ from typing import Any, Literal
 from metered.context import RequestTotals, bind, metering_by_route
 from metered.engine.meter import Meter
 from metered.errors import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
-from metered.http._doors import (
-    COST_HEADER,
-    PRICE_HEADER,
+from metered.http.errors import error_parts
+from metered.http.identity import (
     ApiKeys,
     AsyncIdentify,
-    GatewayResponse,
-    GatewayRoute,
     Identify,
-    TotalHeader,
-    annotate_request_span,
     bindings,
     caller_of,
+    is_unidentified,
+)
+from metered.http.request import (
+    GatewayRoute,
     check_content_type,
     check_door_options,
-    check_total_headers,
-    error_parts,
     gateway_routes,
-    is_unidentified,
     parse_request,
     prepare_stream,
     public_headers,
-    total_headers,
     upstream_bytes,
+)
+from metered.http.response import (
+    COST_HEADER,
+    PRICE_HEADER,
+    GatewayResponse,
+    TotalHeader,
+    annotate_request_span,
+    check_total_headers,
+    total_headers,
 )
 
 __all__ = ["COST_HEADER", "PRICE_HEADER", "ApiKeys", "MeteredMiddleware"]

@@ -1,0 +1,235 @@
+"""Gateway routes and the checks a metered request passes before the engine sees it:
+content type, size, JSON depth, the stream options the gateway adds, the bytes it forwards.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from metered.errors import (
+    ConfigError,
+    InvalidRequest,
+    UnsupportedMediaType,
+)
+
+if TYPE_CHECKING:
+    from metered.engine.meter import Api, Meter
+
+__all__ = [
+    "CREDENTIAL_HEADERS",
+    "MAX_JSON_DEPTH",
+    "GatewayRoute",
+    "check_content_type",
+    "check_door_options",
+    "gateway_routes",
+    "parse_request",
+    "prepare_stream",
+    "public_headers",
+    "upstream_bytes",
+]
+
+
+#: Headers that carry credentials: never passed to pricing rules, hooks, spans or logs.
+CREDENTIAL_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
+)
+#: Deepest nesting of arrays and objects in a gateway request: far beyond real requests
+#: (tool schemas nest a few levels), far below the interpreter's recursion limit that
+#: counting, pricing and forwarding the body rely on.
+MAX_JSON_DEPTH: Final = 100
+_TOO_DEEP = f"the request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+
+
+def check_door_options(unidentified: str, max_choices: int) -> None:
+    """Validate the middlewares' ``unidentified`` and ``max_choices`` options.
+
+    Raises:
+        ConfigError: naming the bad option.
+    """
+    if unidentified not in ("allow", "reject"):
+        raise ConfigError("unidentified", "must be 'allow' or 'reject'", unidentified)
+    if type(max_choices) is not int or max_choices < 1:
+        raise ConfigError("max_choices", "must be a positive integer", max_choices)
+
+
+# -- gateway routes -------------------------------------------------------------------
+
+_ROUTE_NAME = re.compile(r"([A-Z]+) (/\S*)")
+_DEFAULT_MAX_BODY = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRoute:
+    """One HTTP route metered as an LLM call (a ``routes:`` entry named ``METHOD /path``).
+
+    Attributes:
+        name: the route name, e.g. ``"POST /v1/chat/completions"``.
+        api: the wire format, from the path: ``chat``, ``responses`` or ``anthropic``.
+        provider: the upstream provider, for telemetry.
+        max_body_bytes: larger request bodies are refused with 413.
+        pricing_route: the config route that prices it; ``None`` for the default rules
+            (a route served without a ``routes:`` entry of its own).
+    """
+
+    name: str
+    method: str
+    path: str
+    api: Api
+    provider: str
+    max_body_bytes: int
+    pricing_route: str | None
+
+
+def _api_of(path: str) -> Api:
+    if path.endswith("/responses"):
+        return "responses"
+    if path.endswith("/messages"):
+        return "anthropic"
+    return "chat"
+
+
+def gateway_routes(
+    meter: Meter, names: Iterable[str] | None = None
+) -> dict[tuple[str, str], GatewayRoute]:
+    """The gateway routes of a meter, keyed by ``(method, path)``.
+
+    Args:
+        meter: its config's routes named ``METHOD /path`` are gateway routes; routes named
+            otherwise price client calls and are skipped.
+        names: route names to meter instead; a name absent from the config is priced by
+            the default rules.
+
+    Raises:
+        ConfigError: an explicit name is not ``METHOD /path``.
+    """
+    configured = meter.config.routes
+    chosen = list(names) if names is not None else list(configured)
+    routes: dict[tuple[str, str], GatewayRoute] = {}
+    for name in chosen:
+        match = _ROUTE_NAME.fullmatch(name)
+        if match is None:
+            if names is None:
+                continue
+            raise ConfigError(f"routes[{name!r}]", "a gateway route is named 'METHOD /path'")
+        method, path = match.groups()
+        api = _api_of(path)
+        config = configured.get(name)
+        upstream = config.upstream if config is not None else None
+        if upstream and "://" not in upstream and upstream != "fake":
+            provider = upstream
+        else:
+            provider = "anthropic" if api == "anthropic" else "openai"
+        limit = config.max_body_bytes if config is not None else _DEFAULT_MAX_BODY
+        routes[(method, path)] = GatewayRoute(
+            name, method, path, api, provider, limit, name if config is not None else None
+        )
+    return routes
+
+
+def public_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Request headers for pricing rules and hooks: lower-cased, credentials removed."""
+    out: dict[str, str] = {}
+    for name, value in items:
+        name = name.lower()
+        if name not in CREDENTIAL_HEADERS:
+            out[name] = value
+    return out
+
+
+def check_content_type(value: str | None) -> None:
+    """Gateway routes take JSON only.
+
+    Raises:
+        UnsupportedMediaType: the body is declared as something else (or not declared).
+    """
+    media = (value or "").partition(";")[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise UnsupportedMediaType(
+            f"the request body must be JSON (content-type: application/json), got "
+            f"{media or 'no content-type'}"
+        )
+
+
+def parse_request(raw: bytes, *, max_choices: int = 1) -> dict[str, Any]:
+    """Parse and check a gateway request body before it reaches the engine.
+
+    The engine checks the rest (``stream``, output limits) as it does for every door.
+
+    Raises:
+        InvalidRequest: not a JSON object, nested too deep, no string model, a
+            ``stream_options`` that is not an object, or ``n`` above ``max_choices``
+            (``param`` names the field).
+    """
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidRequest(_TOO_DEEP) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    # a body that barely decoded would raise RecursionError when counted or re-encoded;
+    # fewer brackets than the limit cannot nest that deep (the common case: no walk)
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _nests_deeper(body, MAX_JSON_DEPTH):
+        raise InvalidRequest(_TOO_DEEP)
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("'model' is required", param="model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' must be a non-empty string", param="model")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object", param="stream_options")
+    n = body.get("n")
+    if n is not None and (type(n) is not int or not 1 <= n <= max_choices):
+        raise InvalidRequest(
+            f"'n' must be an integer from 1 to {max_choices} on this endpoint", param="n"
+        )
+    return body
+
+
+def _nests_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:
+    """Whether decoded JSON nests arrays and objects more than ``limit`` levels deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if type(child) in (dict, list))
+    return False
+
+
+def prepare_stream(body: dict[str, Any], api: Api) -> bool:
+    """Ask a chat stream for its usage chunk; ``True`` when the client did not ask for it.
+
+    The client then must not see that extra chunk (strip it, as the client proxies do):
+    its stream stays exactly what the upstream would have sent it.
+    """
+    if api != "chat" or body.get("stream") is not True:
+        return False
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    body["stream_options"] = {**(options or {}), "include_usage": True}
+    return True
+
+
+def upstream_bytes(raw: bytes, sent: Mapping[str, Any], fitted: Mapping[str, Any]) -> bytes:
+    """The request bytes to forward upstream: the client's own when metering changed
+    nothing in the body (no re-encoding, which costs most for the longest histories),
+    else the fitted body as JSON.
+
+    ``fitted`` is the engine's copy of ``sent`` (``call.body``): whatever fitting or
+    :func:`prepare_stream` changed (a clamped or filled-in limit, a trimmed history,
+    ``stream_options``) is a different object under its key, or a different key set.
+    """
+    if fitted.keys() == sent.keys() and all(fitted[key] is value for key, value in sent.items()):
+        return raw
+    return json.dumps(fitted, separators=(",", ":")).encode()
