@@ -16,13 +16,13 @@ import openai
 import pytest
 
 from harness import Recorder, serve_asgi
+from metered.cli.gateway import add_gateway_parser
 from metered.engine.meter import Meter
 from metered.errors import ConfigError, UpstreamError
 from metered.gateway import (
     DEFAULT_ROUTES,
     GatewayProxy,
     Upstream,
-    add_gateway_parser,
     create_app,
     resolve_upstream,
 )

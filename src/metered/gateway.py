@@ -30,12 +30,11 @@ cost header is off: it would tell your customers your upstream cost).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from metered.engine.meter import Meter
@@ -53,9 +52,7 @@ __all__ = [
     "DEFAULT_ROUTES",
     "GatewayProxy",
     "Upstream",
-    "add_gateway_parser",
     "create_app",
-    "gateway_command",
     "resolve_upstream",
 ]
 
@@ -347,49 +344,3 @@ def create_app(
         routes=[route.name for route in routes.values()],
         total_headers=total_headers,
     )
-
-
-def add_gateway_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``gateway`` subcommand to the ``metered`` CLI's subparsers."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "gateway",
-        help="serve a metered OpenAI-compatible endpoint",
-        description=(
-            "Serve the config's 'METHOD /path' routes as a metered OpenAI-compatible proxy. "
-            "Callers' keys come from METERED_API_KEYS='key=account,...'."
-        ),
-    )
-    parser.add_argument("--config", help="metered YAML config (default: catalog prices only)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8787, help="port to listen on")
-    parser.add_argument(
-        "--upstream",
-        help="openai | anthropic | fake | URL (default: each route's upstream, else fake)",
-    )
-    parser.add_argument("--timeout", type=float, default=600.0, help="upstream timeout in seconds")
-    parser.add_argument(
-        "--require-key", action="store_true", help="answer 401 to callers without a known key"
-    )
-    parser.set_defaults(func=gateway_command)
-    return parser
-
-
-def gateway_command(args: argparse.Namespace) -> int:
-    """Run the gateway until interrupted (the ``metered gateway`` subcommand)."""
-    import uvicorn
-
-    meter = Meter.from_yaml(args.config) if args.config else Meter()
-    app = create_app(
-        meter,
-        upstream=args.upstream,
-        unidentified="reject" if args.require_key else "allow",
-        timeout=args.timeout,
-    )
-    if not args.require_key and args.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning(
-            "serving %s without --require-key: callers without a known key are served "
-            "on the upstream's API key as the anonymous account",
-            args.host,
-        )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0
