@@ -826,6 +826,39 @@ async def test_side_calls_inside_a_gateway_route_are_still_metered(
     assert all("x-metered-account" not in r.headers for r in upstream.requests)
 
 
+async def test_a_side_call_before_the_forward_is_metered_and_the_forward_is_not(
+    meter: Meter, upstream: FakeUpstream, records: list[UsageRecord]
+) -> None:
+    """The forward is recognised by its request, not by coming first: a moderation call
+    made before it is charged to its own account, and the caller pays once, by the route."""
+    llm = MeteredAsyncOpenAI(upstream.openai_client(async_=True), meter=meter)
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def forward(body: dict[str, Any]) -> Any:
+        await llm.chat.completions.create(  # a side call first: metered as usual
+            model="gpt-4o-mini", messages=HI, extra_headers={"x-metered-account": "moderation"}
+        )
+        completion = await llm.chat.completions.create(**body)
+        return completion.model_dump()
+
+    app.add_middleware(MeteredMiddleware, meter=meter, identify=by_header)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://a") as c:
+        response = await c.post(
+            "/v1/chat/completions",
+            headers={"x-user": "alice"},
+            json={"model": "gpt-4o", "messages": HI},
+        )
+    assert response.status_code == 200
+    assert sorted((r.account or "", r.requested_model) for r in records) == [
+        ("alice", "gpt-4o"),
+        ("moderation", "gpt-4o-mini"),
+    ]
+    assert meter.spent("alice") == Decimal("0.05")
+    assert meter.spent("moderation") > 0
+    assert len(upstream.requests) == 2
+
+
 async def test_reject_refuses_unknown_keys_even_with_a_secret(
     meter: Meter, upstream: FakeUpstream
 ) -> None:

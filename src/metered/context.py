@@ -67,7 +67,12 @@ _totals: ContextVar[RequestTotals | None] = ContextVar("metered.totals", default
 # set while a gateway route's app serves a request the middleware already meters: a
 # one-item list, shared by every task that copies the context, emptied by the first
 # client call (the one that forwards the request)
-_route_metered: ContextVar[list[bool] | None] = ContextVar("metered.route_metered", default=None)
+# the request a gateway route meters, until the call that forwards it takes it
+_route_request: ContextVar[list[Mapping[str, Any]] | None] = ContextVar(
+    "metered.route_request", default=None
+)
+# what makes a client call the forward of the route's request: the same model and prompt
+_REQUEST_KEYS = ("model", "messages", "input", "system", "instructions", "tools")
 # records of every call finished in this context, for metered.testing.capture_spend()
 _captured: ContextVar[list[Any] | None] = ContextVar("metered.captured", default=None)
 
@@ -102,40 +107,52 @@ def current() -> CallerContext:
     )
 
 
-def take_route_metering() -> bool:
-    """Whether this client call forwards a request a gateway route already meters.
+def take_route_metering(request: Mapping[str, Any]) -> bool:
+    """Whether a client call is the forward of the request a gateway route already meters.
 
-    True once per gateway request (the first client call made while serving it, in any
-    task started during it); later calls, e.g. a moderation side call, are metered as
-    usual. The client proxies then pass the forwarding call straight through, so the
+    The forward is identified by what it sends, not by when it is made: its model and
+    prompt (``messages`` / ``input``, ``system``, ``instructions``, ``tools``) are the
+    route's fitted request. The first such call takes the mark, in any task started while
+    the route is served; every other call, e.g. a moderation side call before or after,
+    is metered as usual. The client proxies pass the forward straight through, so the
     caller is charged once, by the route.
     """
-    pending = _route_metered.get()
+    pending = _route_request.get()
     if not pending:
         return False
     try:
-        pending.pop()
+        routed = pending[0]
     except IndexError:  # another thread took it first
+        return False
+    if any(routed.get(key) != request.get(key) for key in _REQUEST_KEYS):
+        return False
+    try:
+        pending.pop()
+    except IndexError:
         return False
     return True
 
 
-def mark_route_metered() -> Token[list[bool] | None]:
-    """Mark the current context as serving a request a gateway route meters (see
-    :func:`take_route_metering`); returns the token to reset it with."""
-    return _route_metered.set([True])
+def mark_route_metered(request: Mapping[str, Any]) -> Token[list[Mapping[str, Any]] | None]:
+    """Mark the current context as serving ``request`` (a gateway route's fitted body),
+    which the route meters (see :func:`take_route_metering`); returns the token to reset
+    it with."""
+    return _route_request.set([request])
 
 
 class metering_by_route:
-    """``with metering_by_route():`` marks the block like :func:`mark_route_metered`."""
+    """``with metering_by_route(request):`` marks the block like :func:`mark_route_metered`."""
 
-    __slots__ = ("_token",)
+    __slots__ = ("_request", "_token")
+
+    def __init__(self, request: Mapping[str, Any]) -> None:
+        self._request = request
 
     def __enter__(self) -> None:
-        self._token = mark_route_metered()
+        self._token = mark_route_metered(self._request)
 
     def __exit__(self, *exc_info: object) -> None:
-        _route_metered.reset(self._token)
+        _route_request.reset(self._token)
 
 
 def captured_records() -> list[Any] | None:

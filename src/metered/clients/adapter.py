@@ -342,7 +342,7 @@ def call(
     Raises:
         PolicyDenied, BudgetExceeded, InvalidRequest: before anything is sent upstream.
     """
-    if take_route_metering():  # the gateway route serving this request meters it already
+    if take_route_metering(kwargs):  # the forward of a gateway route's request: metered there
         return method(**_without_metering_headers(kwargs))
     prepared = prepare(ctx, endpoint, kwargs)
     call_ = ctx.meter.begin(prepared.body, api=endpoint.api, **prepared.begin)
@@ -360,7 +360,7 @@ async def acall(
     ctx: ClientContext, endpoint: Endpoint, method: Callable[..., Any], kwargs: dict[str, Any]
 ) -> Any:
     """Async :func:`call`."""
-    if take_route_metering():  # the gateway route serving this request meters it already
+    if take_route_metering(kwargs):  # the forward of a gateway route's request: metered there
         return await method(**_without_metering_headers(kwargs))
     prepared = prepare(ctx, endpoint, kwargs)
     call_ = await ctx.meter.abegin(prepared.body, api=endpoint.api, **prepared.begin)

@@ -212,7 +212,7 @@ class MeteredMiddleware:
         )
         inner = {**scope, "headers": _with_length(scope["headers"], len(upstream_body))}
         try:
-            with metering_by_route():
+            with metering_by_route(call.body):
                 await self.app(inner, replay, relay.send)
         except Exception as exc:
             await relay.fail(exc)

@@ -130,9 +130,8 @@ class MeteredWSGIMiddleware:
             )
             body = context.run(self.app, environ, start)
         else:
-            # the app call and a lazily built body both run in this context: mark it, so
-            # a metered client forwarding the request does not charge the caller again
-            context.run(mark_route_metered)
+            # the app call and a lazily built body both run in this context, which
+            # _gateway marks with the route's request once begun
             body = context.run(self._gateway, route, environ, start_response, totals)
         return _InContext(body, context, totals)
 
@@ -157,6 +156,8 @@ class MeteredWSGIMiddleware:
             )
         except MeteredError as exc:
             return _respond(start_response, *error_parts(exc))
+        # a metered client forwarding this request must not charge the caller again
+        mark_route_metered(call.body)
         strip = prepare_stream(call.body, route.api)
         data = upstream_bytes(raw, body, call.body)
         inner = {**environ, "wsgi.input": io.BytesIO(data), "CONTENT_LENGTH": str(len(data))}
