@@ -29,6 +29,7 @@ __all__ = [
     "normalised",
     "reader",
     "string",
+    "whole",
 ]
 
 #: The wire formats metered reads (the engine's ``Api`` values).
@@ -230,3 +231,15 @@ class StreamReader:
         if usage is not None:
             return usage, False
         return self.delivered(prompt_tokens), not (ended or self.outcome.complete)
+
+
+def whole(response: Any, usage: Usage | None, finish_reasons: list[str]) -> Outcome:
+    """The :class:`Outcome` of a whole (non-streamed) response: what every format reads the
+    same way (model, id), with the format's own usage and finish reasons."""
+    return Outcome(
+        usage=usage,
+        response_model=string(get(response, "model")),
+        response_id=string(get(response, "id")),
+        finish_reasons=finish_reasons,
+        complete=True,
+    )

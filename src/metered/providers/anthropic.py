@@ -24,6 +24,7 @@ from metered.providers._common import (
     normalised,
     reader,
     string,
+    whole,
 )
 from metered.usage import Usage
 
@@ -84,13 +85,7 @@ def finish_reasons(message: Any) -> list[str]:
 
 def read(message: Any) -> Outcome:
     """Usage, model, id and stop reason of a whole Anthropic message."""
-    return Outcome(
-        usage=from_anthropic(message),
-        response_model=string(get(message, "model")),
-        response_id=string(get(message, "id")),
-        finish_reasons=finish_reasons(message),
-        complete=True,
-    )
+    return whole(message, from_anthropic(message), finish_reasons(message))
 
 
 def message_text(message: Any) -> list[str]:

@@ -22,6 +22,7 @@ from metered.providers._common import (
     normalised,
     reader,
     string,
+    whole,
 )
 from metered.providers.openai_responses import responses_usage
 from metered.usage import Usage
@@ -70,13 +71,7 @@ def finish_reasons(response: Any) -> list[str]:
 
 def read(response: Any) -> Outcome:
     """Usage, model, id and finish reasons of a whole chat completion."""
-    return Outcome(
-        usage=from_openai_chat(response),
-        response_model=string(get(response, "model")),
-        response_id=string(get(response, "id")),
-        finish_reasons=finish_reasons(response),
-        complete=True,
-    )
+    return whole(response, from_openai_chat(response), finish_reasons(response))
 
 
 class ChatStream(StreamReader):

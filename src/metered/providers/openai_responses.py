@@ -27,6 +27,7 @@ from metered.providers._common import (
     normalised,
     reader,
     string,
+    whole,
 )
 from metered.usage import Usage
 
@@ -94,13 +95,7 @@ def finish_reasons(response: Any) -> list[str]:
 
 def read(response: Any) -> Outcome:
     """Usage, model, id and finish reasons of a whole Responses API response."""
-    return Outcome(
-        usage=from_openai_responses(response),
-        response_model=string(get(response, "model")),
-        response_id=string(get(response, "id")),
-        finish_reasons=finish_reasons(response),
-        complete=True,
-    )
+    return whole(response, from_openai_responses(response), finish_reasons(response))
 
 
 class ResponsesStream(StreamReader):
