@@ -431,6 +431,37 @@ def test_gateway_route_forwarding_from_a_lazy_body_is_charged_once(
     assert meter.spent("al") == Decimal("0.05")
 
 
+def test_a_side_call_before_the_forward_is_metered_and_the_forward_is_not(
+    make_meter: MeterFactory, records: list[UsageRecord]
+) -> None:
+    """The forward is recognised by its request, not by coming first: a moderation call
+    made before it is charged to its own account, and the caller pays once, by the route."""
+    upstream = FakeUpstream()
+    meter = make_meter(CONFIG)
+    llm = MeteredOpenAI(upstream.openai_client(), meter=meter)
+    app = Flask(__name__)
+
+    @app.post("/v1/chat/completions")
+    def forward() -> Any:
+        body = request.get_json()
+        llm.chat.completions.create(  # a side call first: metered as usual
+            model="gpt-4o-mini", messages=HI, extra_headers={"x-metered-account": "moderation"}
+        )
+        return llm.chat.completions.create(**body).model_dump()
+
+    app.wsgi_app = MeteredWSGIMiddleware(app.wsgi_app, meter=meter, identify=by_header)  # type: ignore[method-assign]
+    response = app.test_client().post(
+        "/v1/chat/completions", json={"model": "gpt-4o", "messages": HI}, headers={"x-user": "al"}
+    )
+    assert response.status_code == 200
+    assert sorted((r.account or "", r.requested_model) for r in records) == [
+        ("al", "gpt-4o"),
+        ("moderation", "gpt-4o-mini"),
+    ]
+    assert meter.spent("al") == Decimal("0.05")
+    assert len(upstream.requests) == 2
+
+
 def test_a_marked_forward_from_a_lazy_body_is_charged_once(
     make_meter: MeterFactory, records: list[UsageRecord]
 ) -> None:
