@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind
 
 from harness import Recorder, serve_asgi
 from metered.clients import MeteredAsyncOpenAI
-from metered.context import CallerContext, current
+from metered.context import CallerContext, current, forwarding
 from metered.engine.meter import Meter
 from metered.http.asgi import ApiKeys, MeteredMiddleware
 from metered.records import UsageRecord
@@ -856,6 +856,40 @@ async def test_a_side_call_before_the_forward_is_metered_and_the_forward_is_not(
     ]
     assert meter.spent("alice") == Decimal("0.05")
     assert meter.spent("moderation") > 0
+    assert len(upstream.requests) == 2
+
+
+async def test_a_marked_forward_that_changes_the_request_is_charged_once(
+    meter: Meter, upstream: FakeUpstream, records: list[UsageRecord]
+) -> None:
+    """A forward marked with forwarding() passes through even when the handler adds a
+    system prompt, and a side call made before it is still metered."""
+    llm = MeteredAsyncOpenAI(upstream.openai_client(async_=True), meter=meter)
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def forward(body: dict[str, Any]) -> Any:
+        await llm.chat.completions.create(  # a side call first: metered as usual
+            model="gpt-4o-mini", messages=HI, extra_headers={"x-metered-account": "moderation"}
+        )
+        body["messages"] = [{"role": "system", "content": "be brief"}, *body["messages"]]
+        with forwarding():
+            completion = await llm.chat.completions.create(**body)
+        return completion.model_dump()
+
+    app.add_middleware(MeteredMiddleware, meter=meter, identify=by_header)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://a") as c:
+        response = await c.post(
+            "/v1/chat/completions",
+            headers={"x-user": "alice"},
+            json={"model": "gpt-4o", "messages": HI},
+        )
+    assert response.status_code == 200
+    assert sorted((r.account or "", r.requested_model) for r in records) == [
+        ("alice", "gpt-4o"),
+        ("moderation", "gpt-4o-mini"),
+    ]
+    assert meter.spent("alice") == Decimal("0.05")
     assert len(upstream.requests) == 2
 
 

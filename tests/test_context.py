@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from metered.context import CallerContext, RequestTotals, bind, current, current_totals
+from metered.context import (
+    CallerContext,
+    RequestTotals,
+    bind,
+    current,
+    current_totals,
+    forwarding,
+    metering_by_route,
+    take_route_metering,
+)
 from metered.engine.meter import Meter
 from metered.usage import Usage
 
@@ -176,3 +185,31 @@ async def test_request_totals_accumulate_async_calls(make_meter: MeterFactory) -
     with bind(totals=totals):
         await asyncio.gather(*(work() for _ in range(3)))
     assert (totals.calls, totals.price) == (3, Decimal("0.15"))
+
+
+# -- the forward of a gateway route --------------------------------------------------------
+
+
+def test_outside_a_gateway_route_no_call_is_the_forward() -> None:
+    """Without a route being served, even a marked call is metered as usual."""
+    with forwarding():
+        assert not take_route_metering(BODY)
+
+
+def test_the_route_request_is_taken_once_by_the_call_sending_it() -> None:
+    """An unmarked call sending the route's own request is the forward, only once."""
+    other = {**BODY, "model": "gpt-4o-mini"}
+    with metering_by_route(BODY):
+        assert not take_route_metering(other)
+        assert take_route_metering(dict(BODY))
+        assert not take_route_metering(dict(BODY))
+
+
+def test_a_marked_call_is_the_forward_whatever_it_sends() -> None:
+    """forwarding() makes the call the forward even when its request was changed."""
+    changed = {**BODY, "messages": [{"role": "system", "content": "be brief"}, *BODY["messages"]]}
+    with metering_by_route(BODY):
+        assert not take_route_metering(changed)
+        with forwarding():
+            assert take_route_metering(changed)
+        assert not take_route_metering(BODY)

@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 
 from harness import Recorder, serve_wsgi
 from metered.clients import MeteredOpenAI
-from metered.context import current
+from metered.context import current, forwarding
 from metered.engine.meter import Meter
 from metered.http.wsgi import ApiKeys, MeteredWSGIMiddleware
 from metered.records import UsageRecord
@@ -460,3 +460,35 @@ def test_a_side_call_before_the_forward_is_metered_and_the_forward_is_not(
     ]
     assert meter.spent("al") == Decimal("0.05")
     assert len(upstream.requests) == 2
+
+
+def test_a_marked_forward_from_a_lazy_body_is_charged_once(
+    make_meter: MeterFactory, records: list[UsageRecord]
+) -> None:
+    """A forward marked with forwarding() inside the body generator passes through even
+    though the handler changed the request."""
+    upstream = FakeUpstream()
+    meter = make_meter(CONFIG)
+    llm = MeteredOpenAI(upstream.openai_client(), meter=meter)
+    app = Flask(__name__)
+
+    @app.post("/v1/chat/completions")
+    def forward() -> Response:
+        body = request.get_json()
+        body["messages"] = [{"role": "system", "content": "be brief"}, *body["messages"]]
+
+        def relay() -> Iterator[str]:  # runs while the server iterates the body
+            with forwarding():
+                completion = llm.chat.completions.create(**body)
+            yield completion.model_dump_json()
+
+        return Response(relay(), mimetype="application/json")
+
+    app.wsgi_app = MeteredWSGIMiddleware(app.wsgi_app, meter=meter, identify=by_header)  # type: ignore[method-assign]
+    response = app.test_client().post(
+        "/v1/chat/completions", json={"model": "gpt-4o", "messages": HI}, headers={"x-user": "al"}
+    )
+    assert response.status_code == 200
+    assert [r.pricing_source for r in records] == ["route.models"]
+    assert meter.spent("al") == Decimal("0.05")
+    assert len(upstream.requests) == 1

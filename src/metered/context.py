@@ -22,6 +22,7 @@ __all__ = [
     "bind",
     "current",
     "current_totals",
+    "forwarding",
 ]
 
 
@@ -64,14 +65,15 @@ _route: ContextVar[str | None] = ContextVar("metered.route", default=None)
 _urgent: ContextVar[bool] = ContextVar("metered.urgent", default=False)
 _metadata: ContextVar[Mapping[str, Any] | None] = ContextVar("metered.metadata", default=None)
 _totals: ContextVar[RequestTotals | None] = ContextVar("metered.totals", default=None)
-# set while a gateway route's app serves a request the middleware already meters: a
-# one-item list, shared by every task that copies the context, emptied by the first
-# client call (the one that forwards the request)
-# the request a gateway route meters, until the call that forwards it takes it
+# the request a gateway route meters, while its app serves it: a one-item list shared by
+# every task that copies the context, emptied by the client call that forwards it, so the
+# caller is charged once whichever task forwards
 _route_request: ContextVar[list[Mapping[str, Any]] | None] = ContextVar(
     "metered.route_request", default=None
 )
-# what makes a client call the forward of the route's request: the same model and prompt
+# set by forwarding(): the handler's own, explicit word that this call is the forward
+_forwarding: ContextVar[bool] = ContextVar("metered.forwarding", default=False)
+# what makes an unmarked client call the forward of the route's request: the same model and prompt
 _REQUEST_KEYS = ("model", "messages", "input", "system", "instructions", "tools")
 # records of every call finished in this context, for metered.testing.capture_spend()
 _captured: ContextVar[list[Any] | None] = ContextVar("metered.captured", default=None)
@@ -110,12 +112,14 @@ def current() -> CallerContext:
 def take_route_metering(request: Mapping[str, Any]) -> bool:
     """Whether a client call is the forward of the request a gateway route already meters.
 
-    The forward is identified by what it sends, not by when it is made: its model and
-    prompt (``messages`` / ``input``, ``system``, ``instructions``, ``tools``) are the
-    route's fitted request. The first such call takes the mark, in any task started while
-    the route is served; every other call, e.g. a moderation side call before or after,
-    is metered as usual. The client proxies pass the forward straight through, so the
-    caller is charged once, by the route.
+    The forward is the call the handler marks with :class:`forwarding`, whatever it sends
+    (it may add a system prompt or change the model). A handler that marks nothing is
+    served too: then the forward is the call that sends the route's own fitted request
+    (same ``model``, ``messages`` / ``input``, ``system``, ``instructions``, ``tools``).
+    Never the order of calls: a side call before or after it, e.g. a moderation call, is
+    metered as usual. Only one call takes the route's request, in any task started while
+    the route is served; the client proxies pass it straight through, so the caller is
+    charged once, by the route.
     """
     pending = _route_request.get()
     if not pending:
@@ -124,13 +128,39 @@ def take_route_metering(request: Mapping[str, Any]) -> bool:
         routed = pending[0]
     except IndexError:  # another thread took it first
         return False
-    if any(routed.get(key) != request.get(key) for key in _REQUEST_KEYS):
+    if not _forwarding.get() and any(routed.get(key) != request.get(key) for key in _REQUEST_KEYS):
         return False
     try:
         pending.pop()
     except IndexError:
         return False
     return True
+
+
+class forwarding:
+    """Mark the client call made in the block as the forward of the gateway route's request.
+
+    Example::
+
+        @app.post("/v1/chat/completions")
+        async def forward(body: dict[str, Any]) -> Any:
+            await llm.chat.completions.create(model="gpt-4o-mini", ...)  # a side call: metered
+            body["messages"] = [SYSTEM, *body["messages"]]
+            with metered.context.forwarding():  # the route meters this one already
+                return await llm.chat.completions.create(**body)
+
+    The gateway route's door meters the request; the marked call passes through unmetered
+    once, even when it sends a request the handler changed. Outside a gateway route, or
+    once the route's forward was made, a marked call is metered as usual.
+    """
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _forwarding.set(True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _forwarding.reset(self._token)
 
 
 def mark_route_metered(request: Mapping[str, Any]) -> Token[list[Mapping[str, Any]] | None]:
