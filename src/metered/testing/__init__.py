@@ -30,9 +30,9 @@ Faults are queued and consumed one per request, in order: :meth:`FakeUpstream.fa
 request received is recorded (:attr:`FakeUpstream.requests`) with credentials redacted.
 """
 
-from metered.testing._adapters import serve_asgi
 from metered.testing._exchange import DEFAULT_MODELS, DEFAULT_REPLY, RecordedRequest
 from metered.testing.capture import SpendCapture, capture_spend
+from metered.testing.transports import serve_asgi
 from metered.testing.upstream import FakeUpstream
 
 __all__ = [

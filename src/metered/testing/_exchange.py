@@ -6,12 +6,7 @@ from __future__ import annotations
 import codecs
 import functools
 import re
-from collections.abc import (
-    Awaitable,
-    Callable,
-    Generator,
-    MutableMapping,
-)
+from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -168,6 +163,10 @@ class _Generation:
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+
+Generate = Callable[..., _Generation]
+"""The upstream's generation step: a request and its prompt size -> the reply to send."""
 
 
 # -- request helpers ----------------------------------------------------------------

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import (
-    Iterator,
-)
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from metered import context as _context_vars
 from metered.records import UsageRecord
-
-if TYPE_CHECKING:
-    pass
 
 
 class SpendCapture:

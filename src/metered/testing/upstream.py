@@ -9,22 +9,10 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import (
-    Callable,
-    Iterable,
-    Iterator,
-)
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from metered.errors import InvalidRequest
-from metered.testing._adapters import (
-    _http_library,
-    _not_injected,
-    _transport_class,
-    serve_asgi,
-    serve_scope,
-)
-from metered.testing._apis import chat_reply, messages_reply, responses_reply
 from metered.testing._exchange import (
     _FAKE_HOST,
     _REDACTED,
@@ -44,7 +32,17 @@ from metered.testing._exchange import (
     _streaming,
     generation,
 )
-from metered.testing._formats import _error_reply, _json_reply, _model_entry, _model_list
+from metered.testing._wire import _error_reply, _json_reply, _model_entry, _model_list
+from metered.testing.anthropic import messages_reply
+from metered.testing.openai_chat import chat_reply
+from metered.testing.openai_responses import responses_reply
+from metered.testing.transports import (
+    _http_library,
+    _not_injected,
+    _transport_class,
+    serve_asgi,
+    serve_scope,
+)
 
 if TYPE_CHECKING:
     import anthropic

@@ -11,11 +11,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import (
-    AsyncIterator,
-    Callable,
-    Iterator,
-)
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from metered.testing._exchange import (
