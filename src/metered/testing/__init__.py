@@ -28,6 +28,14 @@ Faults are queued and consumed one per request, in order: :meth:`FakeUpstream.fa
 (an HTTP error in the provider's error shape, or an error event mid-stream),
 :meth:`FakeUpstream.disconnect_next` and :meth:`FakeUpstream.timeout_next`. Every
 request received is recorded (:attr:`FakeUpstream.requests`) with credentials redacted.
+
+Layout: :mod:`~metered.testing.upstream` holds :class:`FakeUpstream` and its one request
+handler; each API's answers live in :mod:`~metered.testing.openai_chat`,
+:mod:`~metered.testing.openai_responses` and :mod:`~metered.testing.anthropic`, over the
+framing and error bodies they share (``_wire``) and the request record, faults and reply
+generation (``_exchange``); :mod:`~metered.testing.transports` reaches the upstream
+through httpx/httpx2 transports or a loopback socket; :mod:`~metered.testing.capture`
+holds :func:`capture_spend`.
 """
 
 from metered.testing._exchange import DEFAULT_MODELS, DEFAULT_REPLY, RecordedRequest
