@@ -24,7 +24,7 @@ from metered.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from metered.http.errors import error_parts, http_error, http_status
+from metered.http.errors import error_parts, http_error
 
 
 @pytest.mark.parametrize(
@@ -145,12 +145,6 @@ def test_a_subclass_answers_as_its_nearest_mapped_base() -> None:
         "insufficient_quota",
         "quarantined",
     )
-
-
-def test_http_status_is_the_status_of_http_error() -> None:
-    """http_status gives the status alone, the same http_error answers with."""
-    error = LedgerError("redis down")
-    assert http_status(error) == http_error(error)[0] == 503
 
 
 def test_error_parts_is_a_json_answer_with_retry_after_when_known() -> None:

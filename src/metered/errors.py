@@ -4,22 +4,21 @@
 
     MeteredError
     ├── ConfigError            bad configuration, raised at load time (names the key)
-    ├── PolicyDenied           the call is not allowed
+    ├── PolicyDenied           the call is not allowed (HTTP 400)
     │   ├── UnknownModel       no price for the model and the route rejects unknown models
     │   └── ContextOverflow    the prompt cannot be made to fit the context window
-    ├── BudgetExceeded         the account cannot pay for the call
-    ├── RequestTooLarge        the request body is over the configured size
-    ├── InvalidRequest         the request is malformed
-    │   ├── Unauthorized       no known caller where the door requires one
-    │   ├── NotFound           no route serves the method and path
-    │   └── UnsupportedMediaType  a gateway route got a body that is not JSON
-    ├── UpstreamError          the upstream call failed
-    │   └── UpstreamTimeout    the upstream did not answer in time
-    └── LedgerError            the budget store failed
+    ├── BudgetExceeded         the account cannot pay for the call (HTTP 402)
+    ├── RequestTooLarge        the request body is over the configured size (HTTP 413)
+    ├── InvalidRequest         the request is malformed (HTTP 400)
+    │   ├── Unauthorized       no known caller where the door requires one (HTTP 401)
+    │   ├── NotFound           no route serves the method and path (HTTP 404)
+    │   └── UnsupportedMediaType  a gateway route got a body that is not JSON (HTTP 415)
+    ├── UpstreamError          the upstream call failed (HTTP 502)
+    │   └── UpstreamTimeout    the upstream did not answer in time (HTTP 504)
+    └── LedgerError            the budget store failed (HTTP 503)
 
-Every exception carries data fields (never only a message) and a machine-readable
-``code``. Nothing here knows HTTP: the doors answer each error with a status and an
-OpenAI-shaped JSON body in one place, :func:`metered.http.errors.http_error`.
+Every exception carries data fields (never only a message) and maps to an HTTP status
+and an OpenAI-shaped JSON error body in one place: :func:`metered.http.errors.http_error`.
 """
 
 from __future__ import annotations
@@ -48,6 +47,8 @@ __all__ = [
 class MeteredError(Exception):
     """Root of every error metered raises on purpose."""
 
+    status_code: int = 500
+    error_type: str = "metered_error"
     code: str = "metered_error"
 
     def __init__(self, message: str) -> None:
@@ -94,6 +95,8 @@ class ConfigError(MeteredError, ValueError):
 class PolicyDenied(MeteredError):
     """The call is refused by policy before anything is sent upstream or charged."""
 
+    status_code = 400
+    error_type = "invalid_request_error"
     code = "model_not_allowed"
 
     def __init__(self, message: str, *, model: str | None = None, reason: str = "denied") -> None:
@@ -146,6 +149,8 @@ class ContextOverflow(PolicyDenied):
 class BudgetExceeded(MeteredError):
     """The account's budget cannot cover the call's maximum price."""
 
+    status_code = 402
+    error_type = "insufficient_quota"
     code = "budget_exceeded"
 
     def __init__(
@@ -189,6 +194,8 @@ class BudgetExceeded(MeteredError):
 class RequestTooLarge(MeteredError):
     """The request body is larger than the configured maximum."""
 
+    status_code = 413
+    error_type = "invalid_request_error"
     code = "request_too_large"
 
     def __init__(self, size: int, limit: int) -> None:
@@ -203,6 +210,8 @@ class RequestTooLarge(MeteredError):
 class InvalidRequest(MeteredError):
     """The request cannot be metered as sent (malformed body, missing model, ...)."""
 
+    status_code = 400
+    error_type = "invalid_request_error"
     code = "invalid_request"
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
@@ -211,26 +220,31 @@ class InvalidRequest(MeteredError):
 
 
 class Unauthorized(InvalidRequest):
-    """The request names no known caller and the door requires one."""
+    """The request names no known caller and the door requires one (HTTP 401)."""
 
+    status_code = 401
     code = "invalid_api_key"
 
 
 class NotFound(InvalidRequest):
-    """No route serves the request's method and path."""
+    """No route serves the request's method and path (HTTP 404)."""
 
+    status_code = 404
     code = "not_found"
 
 
 class UnsupportedMediaType(InvalidRequest):
-    """A gateway route received a body that is not JSON."""
+    """A gateway route received a body that is not JSON (HTTP 415)."""
 
+    status_code = 415
     code = "unsupported_media_type"
 
 
 class UpstreamError(MeteredError):
     """The upstream call failed; carries the upstream status when there was one."""
 
+    status_code = 502
+    error_type = "upstream_error"
     code = "upstream_error"
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
@@ -239,12 +253,15 @@ class UpstreamError(MeteredError):
 
 
 class UpstreamTimeout(UpstreamError):
-    """The upstream did not answer in time."""
+    """The upstream did not answer in time (HTTP 504)."""
 
+    status_code = 504
     code = "upstream_timeout"
 
 
 class LedgerError(MeteredError):
     """The budget store failed (unreachable, script error, ...)."""
 
+    status_code = 503
+    error_type = "server_error"
     code = "ledger_unavailable"
