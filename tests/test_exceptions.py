@@ -1,4 +1,5 @@
-"""Tests for metered.exceptions: the tree, the data each error carries, the HTTP mapping."""
+"""Tests for metered.errors: the tree and the data each error carries (the HTTP mapping
+is tested in test_http_errors.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from metered.errors import (
     UnknownModel,
     UpstreamError,
 )
-from metered.http.errors import http_error
 
 
 @pytest.mark.parametrize(
@@ -112,89 +112,3 @@ def test_budget_exceeded_carries_amounts() -> None:
         Decimal("0.02"),
     )
     assert "BudgetExceeded(account='team-a'" in repr(error)
-
-
-@pytest.mark.parametrize(
-    ("error", "status", "type_", "code"),
-    [
-        (MeteredError("boom"), 500, "metered_error", "metered_error"),
-        (ConfigError("k", "is bad"), 500, "metered_error", "config_error"),
-        (PolicyDenied("no", model="gpt-4o"), 400, "invalid_request_error", "model_not_allowed"),
-        (UnknownModel("m"), 400, "invalid_request_error", "unknown_model"),
-        (
-            ContextOverflow("m", needed=9000, limit=8000),
-            400,
-            "invalid_request_error",
-            "context_length_exceeded",
-        ),
-        (
-            BudgetExceeded("a", limit=Decimal(1), spent=Decimal(1), required=Decimal("0.1")),
-            402,
-            "insufficient_quota",
-            "budget_exceeded",
-        ),
-        (RequestTooLarge(5_000_000, 4_194_304), 413, "invalid_request_error", "request_too_large"),
-        (
-            InvalidRequest("model is required", param="model"),
-            400,
-            "invalid_request_error",
-            "invalid_request",
-        ),
-        (UpstreamError("bad gateway", status=502), 502, "upstream_error", "upstream_error"),
-        (LedgerError("redis down"), 503, "server_error", "ledger_unavailable"),
-    ],
-)
-def test_http_error_maps_status_and_openai_shape(
-    error: MeteredError, status: int, type_: str, code: str
-) -> None:
-    """Each error maps to one status and an OpenAI-shaped error body."""
-    got_status, body = http_error(error)
-    assert got_status == status
-    assert body["error"]["message"] == error.message
-    assert (body["error"]["type"], body["error"]["code"]) == (type_, code)
-
-
-def test_http_error_body_names_the_param() -> None:
-    """InvalidRequest tells the client which parameter was wrong."""
-    _, body = http_error(InvalidRequest("model must be a string", param="model"))
-    assert body["error"]["param"] == "model"
-    assert "metered" not in body["error"]
-
-
-def test_http_error_adds_budget_details_as_strings() -> None:
-    """Budget details are JSON-safe strings, never floats."""
-    _, body = http_error(
-        BudgetExceeded(
-            "team-a",
-            limit=Decimal(5),
-            spent=Decimal("4.99"),
-            required=Decimal("0.02"),
-            window="day",
-            retry_after=60,
-        )
-    )
-    assert body["error"]["metered"] == {
-        "account": "team-a",
-        "limit_usd": "5",
-        "spent_usd": "4.99",
-        "required_usd": "0.02",
-        "window": "day",
-        "retry_after_seconds": 60,
-    }
-
-
-def test_http_error_adds_context_overflow_details() -> None:
-    """ContextOverflow tells the client how many tokens were needed and allowed."""
-    _, body = http_error(ContextOverflow("gpt-4o", needed=130_000, limit=128_000))
-    assert body["error"]["metered"] == {
-        "model": "gpt-4o",
-        "reason": "context_overflow",
-        "needed_tokens": 130_000,
-        "limit_tokens": 128_000,
-    }
-
-
-def test_http_error_adds_request_size_details() -> None:
-    """RequestTooLarge reports the size and the limit in bytes."""
-    _, body = http_error(RequestTooLarge(5_000_000, 4_194_304))
-    assert body["error"]["metered"] == {"size_bytes": 5_000_000, "limit_bytes": 4_194_304}

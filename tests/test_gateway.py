@@ -185,6 +185,25 @@ async def test_unreachable_upstream_answers_502(meter: Meter, records: list[Usag
     assert records[-1].settlement_status == "released"
 
 
+async def test_unreachable_upstream_url_credentials_stay_out_of_the_answer_and_the_log(
+    meter: Meter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A URL upstream's user info, path and query never reach the 502 body or the log."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    target = resolve_upstream(f"http://gw:s3cret-pw@127.0.0.1:{port}/v1?key=s3cret-q", environ={})
+    assert target.name == f"http://127.0.0.1:{port}"
+    app = metered_proxy(meter, target)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://g") as c:
+        response = await c.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": HI})
+    assert response.status_code == 502
+    assert f"127.0.0.1:{port}" in response.json()["error"]["message"]
+    assert "s3cret" not in response.text
+    assert caplog.records
+    assert "s3cret" not in caplog.text
+
+
 async def test_upstream_failing_mid_stream_cuts_the_stream_and_releases(
     meter: Meter, records: list[UsageRecord]
 ) -> None:

@@ -92,7 +92,8 @@ class Upstream:
     """Where a route's requests go.
 
     Attributes:
-        name: ``openai``, ``anthropic``, ``fake`` or the URL, for messages.
+        name: ``openai``, ``anthropic``, ``fake`` or the URL's scheme, host and port: what
+            error bodies and logs show (never credentials).
         base_url: scheme, host and optional path prefix.
         headers: credentials added to every upstream request.
         transport: an in-process transport (the fake upstream), else ``None``.
@@ -139,9 +140,27 @@ def resolve_upstream(name: str | None, *, environ: Mapping[str, str] | None = No
         value = f"Bearer {key}" if header == "authorization" else key
         return Upstream(name, base_url, ((header, value),))
     if urlsplit(name).scheme not in ("http", "https"):
-        raise ConfigError("upstream", "must be openai, anthropic, fake or an http(s) URL", name)
+        raise ConfigError(
+            "upstream", "must be openai, anthropic, fake or an http(s) URL", _shown(name)
+        )
     key = env.get("METERED_UPSTREAM_API_KEY") or env.get("OPENAI_API_KEY")
-    return Upstream(name, name, (("authorization", f"Bearer {key}"),) if key else ())
+    return Upstream(_shown(name), name, (("authorization", f"Bearer {key}"),) if key else ())
+
+
+def _shown(url: str) -> str:
+    """A URL as error bodies, logs and spans may show it: scheme, host and port only.
+
+    User info (``https://user:password@host``), a path or a query may carry credentials.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:  # not a number: show no port rather than the raw text
+        port = ""
+    return f"{parts.scheme}://{host}{port}"
 
 
 class GatewayProxy:

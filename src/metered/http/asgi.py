@@ -27,8 +27,10 @@ Two jobs, one middleware::
    client sees when it had not asked for it, like the client proxies do. The app behind
    a gateway route may forward the body with a plain HTTP client (as
    :class:`~metered.gateway.GatewayProxy` does) or with a ``MeteredOpenAI`` client: the
-   first metered client call made while serving the route passes through unmetered
-   (the route already meters it); later side calls are metered as usual.
+   forward passes through unmetered once (the route already meters it). The forward is
+   the call the handler marks with :class:`metered.context.forwarding`, else the call
+   that sends the route's own fitted request; never the first call by order, so side
+   calls made before or after it (moderation, a summary) are metered as usual.
 
 The middleware is pure ASGI and stateless: per-request state lives in the call.
 """

@@ -11,13 +11,10 @@ import hmac
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from metered.context import CallerContext
 from metered.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "ApiKeys",
