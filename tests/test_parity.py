@@ -64,11 +64,12 @@ class Scripted:
     what :class:`FakeUpstream` cannot script (thinking and refusal deltas, a stream that
     just stops)."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, content_type: str = "text/event-stream") -> None:
         self.body = body
+        self.content_type = content_type
 
     def _reply(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=self.body, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, content=self.body, headers={"content-type": self.content_type})
 
     def httpx_transport(self) -> httpx.BaseTransport:
         return httpx.MockTransport(self._reply)
@@ -81,7 +82,7 @@ class Scripted:
         library = importlib.import_module(sdk.DefaultHttpxClient.__mro__[1].__module__)
 
         def reply(request: Any) -> Any:
-            headers = {"content-type": "text/event-stream"}
+            headers = {"content-type": self.content_type}
             return library.Response(200, content=self.body, headers=headers)
 
         return library.Client(transport=library.MockTransport(reply))
@@ -99,7 +100,7 @@ class Scripted:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         while (await receive()).get("more_body", False):
             pass
-        headers = [(b"content-type", b"text/event-stream")]
+        headers = [(b"content-type", self.content_type.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
 
@@ -191,6 +192,87 @@ def chat_refusal() -> Scripted:
     return Scripted(b"".join(pieces))
 
 
+# Whole responses from OpenAI-compatible servers that report no usage (vLLM, Ollama, proxies)
+TOOL_ARGUMENTS = '{"city": "Paris", "unit": "celsius"}'
+NO_USAGE_REPLIES: dict[str, dict[str, Any]] = {
+    "chat": {
+        "id": "chatcmpl-nu",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "gpt-4o-2024-08-06",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "logprobs": None,
+                "message": {
+                    "role": "assistant",
+                    "content": "Let me check the weather for you.",
+                    "refusal": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": TOOL_ARGUMENTS},
+                        }
+                    ],
+                },
+            }
+        ],
+    },
+    "responses": {
+        "id": "resp_nu",
+        "object": "response",
+        "created_at": 0,
+        "model": "gpt-4o-2024-08-06",
+        "status": "completed",
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "output": [
+            {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [
+                    {"type": "output_text", "text": "Let me check the weather.", "annotations": []}
+                ],
+            },
+            {
+                "id": "fc_1",
+                "type": "function_call",
+                "call_id": "call_1",
+                "name": "get_weather",
+                "arguments": TOOL_ARGUMENTS,
+                "status": "completed",
+            },
+        ],
+    },
+    "anthropic": {
+        "id": "msg_nu",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-6",
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "content": [
+            {"type": "text", "text": "Let me check the weather for you."},
+            {
+                "type": "tool_use",
+                "id": "toolu_1",
+                "name": "get_weather",
+                "input": json.loads(TOOL_ARGUMENTS),
+            },
+        ],
+    },
+}
+
+
+def no_usage(api: str) -> Callable[[], Scripted]:
+    return lambda: Scripted(json.dumps(NO_USAGE_REPLIES[api]).encode(), "application/json")
+
+
 # -- scenarios ----------------------------------------------------------------------------
 
 
@@ -239,6 +321,11 @@ SCENARIOS = {
         "responses", {**RESPONSES, "stream": True}, cut_responses_reasoning_refusal
     ),
     "chat-refusal-stream": Scenario("chat", {**CHAT, "stream": True}, chat_refusal),
+    "chat-json-no-usage": Scenario("chat", CHAT, no_usage("chat")),
+    "responses-json-no-usage": Scenario("responses", RESPONSES, no_usage("responses")),
+    "anthropic-json-no-usage": Scenario(
+        "anthropic", MESSAGES, no_usage("anthropic"), headers=ANTHROPIC_HEADERS
+    ),
     "chat-upstream-error": Scenario("chat", CHAT, fault=lambda up: up.fail_next(500)),
     "anthropic-upstream-error": Scenario(
         "anthropic", MESSAGES, fault=lambda up: up.fail_next(529), headers=ANTHROPIC_HEADERS
@@ -407,6 +494,21 @@ def test_cut_responses_stream_counts_reasoning_and_refusal() -> None:
     assert {r["tokens_out"] for r in found.values()} == {found["proxy"]["tokens_out"]}
     assert found["proxy"]["tokens_out"] > 10
     assert found["proxy"]["response_id"] == "resp_cut"
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "anthropic"])
+def test_a_response_without_usage_is_counted_not_billed_at_the_maximum(api: str) -> None:
+    """A whole response with no usage block settles the prompt count plus the counted
+    output (text and tool call), marked estimated, at every door; never the hold's
+    maximum output."""
+    found = records_of(SCENARIOS[f"{api}-json-no-usage"])
+    record = found["proxy"]
+    assert record["tokens_source"] == "estimated"
+    assert record["settlement_status"] == "settled"
+    # "Let me check the weather..." + get_weather + its JSON arguments: ~20 tokens
+    assert 15 <= record["tokens_out"] <= 40
+    assert record["tokens_in"] > 0
+    assert record["settlement_amount"] < record["payment_required"]
 
 
 def test_upstream_error_releases_at_every_door() -> None:

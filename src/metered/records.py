@@ -84,6 +84,8 @@ class UsageRecord:
     response_id: str | None
     server_address: str | None
     catalog_version: str | None
+    # who set the output limit sent upstream (caller, tier, model, budget); None: no limit
+    max_tokens_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: Decimals as strings (exact), tuples as lists."""

@@ -66,6 +66,7 @@ class ATTR:
     POLICY_REASON = "metered.policy.reason"
     TRIM_DROPPED = "metered.trim.messages_dropped"
     MAX_TOKENS_CLAMPED_FROM = "metered.max_tokens.clamped_from"
+    MAX_TOKENS_SOURCE = "metered.max_tokens.source"
     ROUTE = "metered.route"
     TIER = "metered.tier"
     FEATURE = "metered.feature"
@@ -179,6 +180,7 @@ _RECORD_ATTRIBUTES = (
     (ATTR.POLICY_REASON, "policy_reason"),
     (ATTR.TRIM_DROPPED, "trimmed_messages"),
     (ATTR.MAX_TOKENS_CLAMPED_FROM, "max_tokens_clamped_from"),
+    (ATTR.MAX_TOKENS_SOURCE, "max_tokens_source"),
     (ATTR.ROUTE, "route"),
     (ATTR.TIER, "tier"),
     (ATTR.FEATURE, "feature"),

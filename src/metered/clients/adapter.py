@@ -330,8 +330,8 @@ def _deliver(
         except Exception:  # the caller may never parse it: their call must not fail here
             logger.warning("metered: could not parse a raw response; settling the estimate")
             return result, {"response": result, "status": result.status_code}
-        return result, outcome(parsed, status=result.status_code)
-    return result, outcome(result)
+        return result, outcome(call_, parsed, status=result.status_code)
+    return result, outcome(call_, result)
 
 
 def call(
@@ -348,7 +348,7 @@ def call(
     call_ = ctx.meter.begin(prepared.body, api=endpoint.api, **prepared.begin)
     result = invoke(call_, method, prepared.options)
     if isinstance(result, BaseModel):  # the common case: a parsed, non-streamed response
-        call_.finish(**endpoint.observer.finish_args(result))
+        call_.finish(**endpoint.observer.finish_args(call_, result))
         return result
     delivered, outcome = _deliver(call_, endpoint, prepared, result)
     if outcome is not None:
@@ -366,7 +366,7 @@ async def acall(
     call_ = await ctx.meter.abegin(prepared.body, api=endpoint.api, **prepared.begin)
     result = await ainvoke(call_, method, prepared.options)
     if isinstance(result, BaseModel):
-        await call_.afinish(**endpoint.observer.finish_args(result))
+        await call_.afinish(**endpoint.observer.finish_args(call_, result))
         return result
     delivered, outcome = _deliver(call_, endpoint, prepared, result)
     if outcome is not None:

@@ -8,10 +8,21 @@ finish reasons, delivered text) is the format's, the same code the HTTP doors ru
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from metered.providers import ANTHROPIC, CHAT, RESPONSES, Format, Outcome, StreamReader
+from metered.providers import (
+    ANTHROPIC,
+    CHAT,
+    RESPONSES,
+    Format,
+    Outcome,
+    StreamReader,
+    settled_usage,
+)
 from metered.providers.anthropic import message_text
+
+if TYPE_CHECKING:
+    from metered.engine.call import Call
 
 __all__ = [
     "AnthropicObserver",
@@ -51,11 +62,12 @@ class StreamObserver:
         return self.reader.outcome
 
     @classmethod
-    def finish_args(cls, response: Any, *, status: int | None = 200) -> dict[str, Any]:
-        """``Call.finish`` keyword arguments for a whole response of this format."""
+    def finish_args(cls, call: Call, response: Any, *, status: int | None = 200) -> dict[str, Any]:
+        """``Call.finish`` keyword arguments for a whole response of this format (one that
+        reports no usage is counted: see :func:`~metered.providers.settled_usage`)."""
         out = cls.format.read(response)
         return {
-            "usage": out.usage,
+            "usage": settled_usage(out, call.model or "", call.prompt_tokens),
             "response": response,
             "status": status,
             "response_model": out.response_model,

@@ -100,12 +100,12 @@ class Tally:
     def settle_response(self, response: Any, *, status: int | None = 200) -> None:
         """Finish the call from a whole (non-streamed) response."""
         if self.claim():
-            self.call.finish(**self.observer.finish_args(response, status=status))
+            self.call.finish(**self.observer.finish_args(self.call, response, status=status))
 
     async def asettle_response(self, response: Any, *, status: int | None = 200) -> None:
         """Async :meth:`settle_response`."""
         if self.claim():
-            await self.call.afinish(**self.observer.finish_args(response, status=status))
+            await self.call.afinish(**self.observer.finish_args(self.call, response, status=status))
 
     def abandon(self) -> None:
         """The last proxy was garbage-collected: close the response, settle what was seen."""

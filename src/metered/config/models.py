@@ -383,5 +383,7 @@ class Config(_Strict):
     tiers: dict[str, TierConfig] = Field(default_factory=dict)
     accounts: dict[str, AccountConfig] = Field(default_factory=dict)
     default_budgets: list[BudgetText] = Field(default_factory=list)
+    # the least output a budget-limited call is still sent for; below it the call is a 402
+    min_output_tokens: int = Field(default=16, gt=0)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     records: RecordsConfig = Field(default_factory=RecordsConfig)

@@ -19,9 +19,10 @@ from typing import Any
 from opentelemetry.trace import Span
 
 from metered import context as _context
+from metered.engine import plan as planning
 from metered.engine import settle as flows
 from metered.engine.accounts import Request
-from metered.engine.plan import Plan, Planner, admit, check_request, responses_allowed
+from metered.engine.plan import LimitSource, Plan, Planner
 from metered.engine.record import (
     Facts,
     Finish,
@@ -91,37 +92,15 @@ class Call:
         call.record.settlement_status  # "settled"
     """
 
+    # fmt: off
     __slots__ = (
-        "_charges",
-        "_events",
-        "_facts",
-        "_first_chunk",
-        "_once",
-        "_plan",
-        "_record",
-        "_request",
-        "_runtime",
-        "_span",
-        "_started",
-        "account",
-        "api",
-        "body",
-        "clamped_from",
-        "estimate",
-        "feature",
-        "headers",
-        "id",
-        "metadata",
-        "model",
-        "output_limit",
-        "payment_required",
-        "prompt_tokens",
-        "provider",
-        "route_name",
-        "server_address",
-        "tier",
+        "_charges", "_events", "_facts", "_first_chunk", "_once", "_plan", "_record", "_request",
+        "_runtime", "_span", "_started", "account", "api", "body", "clamped_from", "estimate",
+        "feature", "headers", "id", "metadata", "model", "output_limit", "output_limit_source",
+        "payment_required", "prompt_tokens", "provider", "route_name", "server_address", "tier",
         "trimmed",
     )
+    # fmt: on
 
     def __init__(self, runtime: Runtime, request: Request) -> None:
         self.id = _new_id()
@@ -141,6 +120,7 @@ class Call:
         self.prompt_tokens = 0
         self.output_limit = 0
         self.clamped_from: int | None = None
+        self.output_limit_source: LimitSource | None = None
         self.trimmed = 0
         self.estimate: Quote | None = None
         self.payment_required = _ZERO
@@ -202,29 +182,38 @@ class Call:
 
     def _open(self, planner: Planner, request: Request) -> Flow[None]:
         try:
-            check_request(request)
+            planning.check_request(request)
             plan = self._plan = planner.plan(
                 request.route, self.body.get("model"), self.api, request.payer.tier, request.urgent
             )
             self.model = plan.model
             self.route_name = plan.pricer.name
-            fitted, self.estimate = admit(plan, self, request.urgent)  # steps 2 (hooks), 3, 4
+            charges = request.payer.charges
+            # a budgeted call always sends a limit, and at most what its budget pays for
+            budgeted = any(charge.budgets for charge in charges)
+            fitted, self.estimate = planning.admit(
+                plan, self, request.urgent, budgeted
+            )  # 2 (hooks), 3, 4
             self.body = fitted.body
             self.prompt_tokens = fitted.prompt_tokens
             self.output_limit = fitted.output_limit
+            self.output_limit_source = fitted.source
             self.clamped_from = fitted.clamped_from
             self.trimmed = fitted.trimmed
             self.payment_required = self.estimate.price
-            # 5 reserve
-            self._charges = request.payer.charges
-            result = yield flows.reservation(
-                self.id,
-                request.payer.charges,
-                to_nanos(self.payment_required),
-                plan.mode,
-                self._runtime.hold_ttl_seconds,
-            )
+            # 5 reserve: the maximum price, else the most the budgets leave above the floor
+            self._charges = charges
+            amount = to_nanos(self.payment_required)
+            floor = planning.floor_price(plan, self) if budgeted else None
+            ttl = self._runtime.hold_ttl_seconds
+            result = yield flows.reservation(self.id, charges, amount, plan.mode, ttl, floor)
             receipt = flows.reserved(self.id, result)
+            if result.amount_nanos < amount:
+                self.body, self.output_limit, self.estimate = planning.afford(
+                    plan, self, result.amount_nanos
+                )
+                self.output_limit_source = "budget"
+                self.payment_required = from_nanos(result.amount_nanos)
             if receipt is not None and receipt.crossed:
                 self._alerts(receipt)
         except RecursionError:
@@ -330,7 +319,7 @@ class Call:
         plan = self._plan
         vetoed = False
         if error is None and plan is not None and plan.on_response:
-            vetoed = not responses_allowed(plan.on_response, self, response)
+            vetoed = not planning.responses_allowed(plan.on_response, self, response)
         return Finish(
             usage,
             error,

@@ -21,12 +21,14 @@ from metered.config import Config, TierConfig, resolve_callable
 from metered.errors import InvalidRequest, PolicyDenied
 from metered.fitting.policy import (
     ModelPolicy,
+    OutputCap,
     apply_output_cap,
     cap_output,
     output_limit_param,
     requested_output_limit,
 )
 from metered.fitting.trimming import trim_messages
+from metered.money import to_nanos
 from metered.pricing.resolve import normalize_model_id
 from metered.pricing.route import Pricer, Quote, RoutePricer
 from metered.settlement import SettlementMode
@@ -41,10 +43,12 @@ __all__ = [
     "DEFAULT_OUTPUT_TOKENS",
     "Api",
     "Fit",
+    "LimitSource",
     "OnResponse",
     "Plan",
     "Planner",
     "admit",
+    "afford",
     "check_request",
     "choices",
     "fit",
@@ -65,6 +69,10 @@ _MAX_PLANS = 4096
 
 PlanKey = tuple[str | None, str, Api, str | None, bool]
 
+#: Who set a call's output limit: the caller, the tier's cap, the model's maximum (or the
+#: default) filled in for a budgeted call, or the budget itself.
+LimitSource = Literal["caller", "tier", "model", "budget"]
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:
@@ -76,6 +84,7 @@ class Plan:
     tier_cfg: TierConfig | None
     cap: int | None  # the tier's output cap, urgent allowance applied
     reserve: int  # output tokens reserved when the caller sets no limit
+    floor: int  # the least output a budget-limited call is sent for
     window: int | None  # the model's context window, if known
     # None for the Responses API (counted per item). Shared by the plan's calls, which
     # read only totals from it.
@@ -93,6 +102,7 @@ class Fit(NamedTuple):
     output_limit: int  # the most the call may output (what the estimate reserves)
     clamped_from: int | None  # the caller's limit, when the tier's cap lowered it
     trimmed: int  # history messages dropped to fit the context window
+    source: LimitSource | None  # who set the limit sent upstream; None: no limit sent
 
 
 class Planner:
@@ -166,6 +176,7 @@ class Planner:
             tier_cfg=tier_cfg,
             cap=cap,
             reserve=(entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS,
+            floor=self._config.min_output_tokens,
             window=entry.context_window if entry is not None else None,
             counter=None
             if api == "responses"
@@ -186,7 +197,7 @@ def check_request(request: Request) -> None:
         raise InvalidRequest("'stream' must be a boolean", param="stream")
 
 
-def admit(plan: Plan, call: Call, urgent: bool) -> tuple[Fit, Quote]:
+def admit(plan: Plan, call: Call, urgent: bool, budgeted: bool) -> tuple[Fit, Quote]:
     """The per-call part of steps 2-4: the route's ``onRequest`` hook, the fit, and the
     estimate (the prompt counted, every choice at its output limit)."""
     if plan.on_request is not None and plan.on_request(call) is False:
@@ -195,20 +206,56 @@ def admit(plan: Plan, call: Call, urgent: bool) -> tuple[Fit, Quote]:
             model=plan.model,
             reason="hook",
         )
-    fitted = fit(plan, call.body, call.api, urgent)
-    usage = estimated(fitted.prompt_tokens, fitted.output_limit * choices(fitted.body))
-    estimate = plan.pricer.quote(
-        plan.model, usage, headers=call.headers, body=fitted.body, metadata=call.metadata
+    fitted = fit(plan, call.body, call.api, urgent, budgeted)
+    return fitted, _quote(plan, call, fitted.body, fitted.prompt_tokens, fitted.output_limit)
+
+
+def _quote(plan: Plan, call: Call, body: dict[str, Any], prompt: int, limit: int) -> Quote:
+    usage = estimated(prompt, limit * choices(body))
+    return plan.pricer.quote(
+        plan.model, usage, headers=call.headers, body=body, metadata=call.metadata
     )
-    return fitted, estimate
 
 
-def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool) -> Fit:
-    """Step 3: the tier's output cap and history trimming, for one request body."""
+def afford(plan: Plan, call: Call, held_nanos: int) -> tuple[dict[str, Any], int, Quote]:
+    """The largest output limit the amount a budget let the ledger hold pays for.
+
+    The ledger held less than the call's maximum price, but at least the price at the
+    plan's floor (or the call's own, smaller, limit): find, by bisection over the route's
+    prices (which grow with output), the largest limit whose price fits in the hold, and
+    write it into the body that goes upstream. Returns the body, the limit and its quote.
+    """
+    low, high = min(plan.floor, call.output_limit), call.output_limit
+    best = _quote(plan, call, call.body, call.prompt_tokens, low)
+    while high - low > 1:
+        mid = (low + high) // 2
+        quote = _quote(plan, call, call.body, call.prompt_tokens, mid)
+        if to_nanos(quote.price) <= held_nanos:
+            low, best = mid, quote
+        else:
+            high = mid
+    param = output_limit_param(plan.base, call.api, body=call.body)
+    return apply_output_cap(call.body, OutputCap(low, param)), low, best
+
+
+def floor_price(plan: Plan, call: Call) -> int:
+    """Nano-USD of the call at the least output it is worth sending for."""
+    limit = min(plan.floor, call.output_limit)
+    return to_nanos(_quote(plan, call, call.body, call.prompt_tokens, limit).price)
+
+
+def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool, budgeted: bool = False) -> Fit:
+    """Step 3: the tier's output cap and history trimming, for one request body.
+
+    A ``budgeted`` call always sends an output limit (the model's maximum, else
+    :data:`DEFAULT_OUTPUT_TOKENS`, when neither the caller nor the tier sets one): the
+    amount held must bound what the provider may return.
+    """
     requested = requested_output_limit(body)
     cap = plan.cap
     limit = requested
     clamped_from = None
+    source: LimitSource | None = "caller" if requested is not None else None
     if cap is not None and (requested is None or requested > cap):
         # clamp, reject or fill in the cap: the uncommon case goes through the policy
         tier_cfg = plan.tier_cfg
@@ -226,12 +273,17 @@ def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool) -> Fit:
         body = apply_output_cap(body, capped)
         limit = capped.limit
         clamped_from = capped.clamped_from
+        source = "tier"
     # the maximum the call may output: its limit, else the model's cap, else a default
     reserved = limit or plan.reserve
+    if budgeted and limit is None:
+        param = output_limit_param(plan.base, api, body=body)
+        body = apply_output_cap(body, OutputCap(reserved, param))
+        source = "model"
     counter = plan.counter
     if counter is None:  # the Responses API
         prompt = count_request(body, model=plan.base).tokens
-        return Fit(body, prompt, reserved, clamped_from, 0)
+        return Fit(body, prompt, reserved, clamped_from, 0, source)
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise InvalidRequest("'messages' must be a list of messages", param="messages")
@@ -240,7 +292,7 @@ def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool) -> Fit:
     prompt = counter.total(messages, tools=tools, system=system)
     window = plan.window
     if window is None or prompt + min(reserved, window) <= window:
-        return Fit(body, prompt, reserved, clamped_from, 0)
+        return Fit(body, prompt, reserved, clamped_from, 0, source)
     result = trim_messages(
         messages,
         model=plan.base,
@@ -252,7 +304,7 @@ def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool) -> Fit:
     )
     if result.trimmed:
         body["messages"] = result.messages
-    return Fit(body, result.prompt_tokens, reserved, clamped_from, len(result.dropped))
+    return Fit(body, result.prompt_tokens, reserved, clamped_from, len(result.dropped), source)
 
 
 def responses_allowed(hooks: tuple[OnResponse, ...], call: Call, response: Any) -> bool:

@@ -192,6 +192,7 @@ def build_record(
         response_id=_str_or_none(fin.response_id) if fin else None,
         server_address=call.server_address,
         catalog_version=quote.catalog_version if quote is not None else None,
+        max_tokens_source=call.output_limit_source,
     )
 
 

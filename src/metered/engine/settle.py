@@ -127,11 +127,17 @@ def reservation(
     amount_nanos: int,
     mode: SettlementMode,
     ttl_seconds: float,
+    floor_nanos: int | None = None,
 ) -> Op:
-    """Step 5: hold the maximum price (``after-response``) or charge it (``before-response``)."""
+    """Step 5: hold the maximum price (``after-response``) or charge it (``before-response``).
+
+    With ``floor_nanos`` the ledger reserves less when the budgets cannot pay it all, but
+    never less than the floor (see :meth:`~metered.ledger.Ledger.hold`).
+    """
+    extra: dict[str, Any] = {} if floor_nanos is None else {"floor_nanos": floor_nanos}
     if mode == "after-response":
-        return ("hold", (key, charges, amount_nanos), {"ttl_seconds": ttl_seconds})
-    return ("charge", (key, charges, amount_nanos), {})
+        return ("hold", (key, charges, amount_nanos), {"ttl_seconds": ttl_seconds, **extra})
+    return ("charge", (key, charges, amount_nanos), extra)
 
 
 def reserved(key: str, result: Hold | Receipt) -> Receipt | None:

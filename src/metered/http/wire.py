@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from metered.errors import UpstreamError
-from metered.providers import FORMATS, Outcome, StreamReader
+from metered.providers import FORMATS, Outcome, StreamReader, settled_usage
 from metered.usage import Usage
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ def finish_args(
         return args
     if outcome.error is not None:
         args["error"] = UpstreamError(outcome.error, status=status)
-    usage = outcome.usage
+    usage = settled_usage(outcome, call.model or "", call.prompt_tokens)
     if stream is not None:
         usage, partial = stream.reader.measured(call.prompt_tokens)
         if partial:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metered.providers import anthropic, openai_chat, openai_responses
-from metered.providers._common import Outcome, StreamReader, WireFormat
+from metered.providers._common import Outcome, StreamReader, WireFormat, settled_usage
 from metered.usage import Usage
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "Outcome",
     "StreamReader",
     "WireFormat",
+    "settled_usage",
 ]
 
 

@@ -23,11 +23,13 @@ __all__ = [
     "Outcome",
     "StreamReader",
     "WireFormat",
+    "add_text",
     "as_int",
     "error_message",
     "get",
     "normalised",
     "reader",
+    "settled_usage",
     "string",
     "whole",
 ]
@@ -141,6 +143,8 @@ class Outcome:
         finish_reasons: why generation stopped, in the format's one vocabulary.
         error: an error the response reported in its body (in-stream errors).
         complete: the response ran to its natural end.
+        delivered: the billed output of a whole response that reports no usage (text,
+            refusals, reasoning, tool-call names and arguments), to count instead.
     """
 
     usage: Usage | None = None
@@ -149,6 +153,7 @@ class Outcome:
     finish_reasons: list[str] = field(default_factory=list)
     error: str | None = None
     complete: bool = False
+    delivered: list[str] = field(default_factory=list)
 
 
 class StreamReader:
@@ -233,13 +238,42 @@ class StreamReader:
         return self.delivered(prompt_tokens), not (ended or self.outcome.complete)
 
 
-def whole(response: Any, usage: Usage | None, finish_reasons: list[str]) -> Outcome:
+def whole(
+    response: Any,
+    usage: Usage | None,
+    finish_reasons: list[str],
+    delivered: Callable[[Any], list[str]],
+) -> Outcome:
     """The :class:`Outcome` of a whole (non-streamed) response: what every format reads the
-    same way (model, id), with the format's own usage and finish reasons."""
+    same way (model, id), with the format's own usage, finish reasons and, only when the
+    response reports no usage, its ``delivered`` output pieces."""
     return Outcome(
         usage=usage,
         response_model=string(get(response, "model")),
         response_id=string(get(response, "id")),
         finish_reasons=finish_reasons,
         complete=True,
+        delivered=delivered(response) if usage is None else [],
     )
+
+
+def settled_usage(outcome: Outcome, model: str, prompt_tokens: int) -> Usage | None:
+    """The usage to settle a whole response on.
+
+    The provider's report when there is one. A response read whole that reports none
+    (vLLM, Ollama and other OpenAI-compatible servers may omit it) is counted, like a
+    stream without a usage chunk: the engine's prompt count plus the delivered output,
+    marked ``estimated``, never the pre-call maximum. ``None`` only for a body that could
+    not be read at all.
+    """
+    if outcome.usage is not None or not outcome.complete:
+        return outcome.usage
+    text = "".join(outcome.delivered)
+    output = count_text(text, model=model) if text else 0
+    return Usage(input_tokens=prompt_tokens, output_tokens=output, source="estimated")
+
+
+def add_text(pieces: list[str], value: object) -> None:
+    """Append ``value`` to ``pieces`` when it is a non-empty string."""
+    if isinstance(value, str) and value:
+        pieces.append(value)

@@ -13,11 +13,13 @@ stream cut short: text, thinking and tool-input JSON deltas, all billed as outpu
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from metered.providers._common import (
     Outcome,
     StreamReader,
+    add_text,
     as_int,
     error_message,
     get,
@@ -85,7 +87,26 @@ def finish_reasons(message: Any) -> list[str]:
 
 def read(message: Any) -> Outcome:
     """Usage, model, id and stop reason of a whole Anthropic message."""
-    return whole(message, from_anthropic(message), finish_reasons(message))
+    return whole(message, from_anthropic(message), finish_reasons(message), delivered)
+
+
+def delivered(message: Any) -> list[str]:
+    """The billed output of a whole message: text, thinking and tool inputs (as JSON)."""
+    pieces = message_text(message)
+    blocks = get(message, "content")
+    for block in blocks if isinstance(blocks, list) else ():
+        if get(block, "type") in ("tool_use", "server_tool_use"):
+            add_text(pieces, get(block, "name"))
+            tool_input = get(block, "input")
+            if tool_input is not None:
+                add_text(pieces, json.dumps(_plain(tool_input), separators=(",", ":")))
+    return pieces
+
+
+def _plain(value: Any) -> Any:
+    # an SDK block's input is already a dict; a pydantic model dumps to one
+    dump = getattr(value, "model_dump", None)
+    return dump() if callable(dump) else value
 
 
 def message_text(message: Any) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 from metered.providers._common import (
     Outcome,
     StreamReader,
+    add_text,
     error_message,
     get,
     normalised,
@@ -71,7 +72,23 @@ def finish_reasons(response: Any) -> list[str]:
 
 def read(response: Any) -> Outcome:
     """Usage, model, id and finish reasons of a whole chat completion."""
-    return whole(response, from_openai_chat(response), finish_reasons(response))
+    return whole(response, from_openai_chat(response), finish_reasons(response), delivered)
+
+
+def delivered(response: Any) -> list[str]:
+    """The billed output of every choice: content, refusal, tool-call names and arguments."""
+    pieces: list[str] = []
+    choices = get(response, "choices")
+    for choice in choices if isinstance(choices, list) else ():
+        message = get(choice, "message")
+        add_text(pieces, get(message, "content"))
+        add_text(pieces, get(message, "refusal"))
+        calls = get(message, "tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = get(call, "function")
+            add_text(pieces, get(function, "name"))
+            add_text(pieces, get(function, "arguments"))
+    return pieces
 
 
 class ChatStream(StreamReader):

@@ -22,6 +22,7 @@ from typing import Any
 from metered.providers._common import (
     Outcome,
     StreamReader,
+    add_text,
     error_message,
     get,
     normalised,
@@ -95,7 +96,24 @@ def finish_reasons(response: Any) -> list[str]:
 
 def read(response: Any) -> Outcome:
     """Usage, model, id and finish reasons of a whole Responses API response."""
-    return whole(response, from_openai_responses(response), finish_reasons(response))
+    return whole(response, from_openai_responses(response), finish_reasons(response), delivered)
+
+
+def delivered(response: Any) -> list[str]:
+    """The billed output items: message text and refusals, reasoning summaries and text,
+    function and custom tool calls (what the stream's delta events carry)."""
+    pieces: list[str] = []
+    items = get(response, "output")
+    for item in items if isinstance(items, list) else ():
+        add_text(pieces, get(item, "name"))
+        add_text(pieces, get(item, "arguments"))
+        add_text(pieces, get(item, "input"))
+        for key in ("content", "summary"):
+            parts = get(item, key)
+            for part in parts if isinstance(parts, list) else ():
+                add_text(pieces, get(part, "text"))
+                add_text(pieces, get(part, "refusal"))
+    return pieces
 
 
 class ResponsesStream(StreamReader):
