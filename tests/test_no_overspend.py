@@ -33,7 +33,7 @@ from metered.records import UsageRecord
 from metered.testing import FakeUpstream
 from tests.redis_server import redis_server_fixture  # noqa: F401
 
-BUDGET = "$0.002/day"  # 2,000,000 nano-USD: exhausted well before the workers stop
+BUDGET = "$2/day"  # calls cost up to $0.16 each: exhausted well before the workers stop
 PRICES = {"gpt-4o": {"input": "$1 / 1M tokens", "output": "$10 / 1M tokens"}}
 PATH = "/v1/chat/completions"
 CONFIG: dict[str, Any] = {
