@@ -34,7 +34,7 @@ from metered.engine.record import (
     refused_facts,
 )
 from metered.engine.settle import Flow, Once, Runtime
-from metered.errors import InvalidRequest
+from metered.errors import BudgetExceeded, InvalidRequest
 from metered.ledger import Charge, Receipt
 from metered.money import from_nanos, to_nanos
 from metered.pricing.route import Quote
@@ -201,12 +201,19 @@ class Call:
             self.clamped_from = fitted.clamped_from
             self.trimmed = fitted.trimmed
             self.payment_required = self.estimate.price
-            # 5 reserve: the maximum price, else the most the budgets leave above the floor
+            # 5 reserve the maximum price; when the budgets cannot pay it, the most they
+            # leave above the floor (a second, elastic, reservation: the common case pays
+            # for no floor quote), and send the output limit that amount pays for
             self._charges = charges
             amount = to_nanos(self.payment_required)
-            floor = planning.floor_price(plan, self) if budgeted else None
             ttl = self._runtime.hold_ttl_seconds
-            result = yield flows.reservation(self.id, charges, amount, plan.mode, ttl, floor)
+            try:
+                result = yield flows.reservation(self.id, charges, amount, plan.mode, ttl)
+            except BudgetExceeded:
+                floor = planning.floor_price(plan, self)
+                if floor >= amount:
+                    raise
+                result = yield flows.reservation(self.id, charges, amount, plan.mode, ttl, floor)
             receipt = flows.reserved(self.id, result)
             if result.amount_nanos < amount:
                 self.body, self.output_limit, self.estimate = planning.afford(
