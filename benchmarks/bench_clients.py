@@ -83,9 +83,11 @@ class _StubCall:
     """A call whose settlement does nothing (the proxy still reads the whole response)."""
 
     span = None
+    prompt_tokens = 0
 
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
+        self.model = body.get("model")
 
     def finish(self, usage: Usage | None = None, **outcome: Any) -> None:
         return None
