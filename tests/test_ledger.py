@@ -497,11 +497,12 @@ async def test_async_methods_share_the_sync_state(ledger: MemoryLedger) -> None:
 def test_clock_stepping_back_across_midnight_keeps_the_new_days_spend(
     ledger: MemoryLedger,
 ) -> None:
-    """A spend dated before midnight (a lagging clock) never wipes the new day's counter."""
+    """A spend dated before midnight (a lagging clock) never wipes the new day's counter:
+    it counts in the day the account has already entered."""
     charge = (user("$5/day"),)
     after_midnight = ts(2026, 11, 26, 0, 0, 10)
     ledger.charge("k1", charge, usd("1"), now=after_midnight)
     ledger.charge("k2", charge, usd("2"), now=ts(2026, 11, 25, 23, 59, 59))  # clock lagged
     today = ledger.balance("user", budget("$5/day"), now=ts(2026, 11, 26, 0, 0, 20))
-    assert today.spent_nanos == usd("1")
+    assert today.spent_nanos == usd("3")
     assert ledger.balance("user", now=after_midnight).spent_nanos == usd("3")  # total keeps both

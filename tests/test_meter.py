@@ -361,7 +361,8 @@ async def test_concurrent_calls_never_overspend_one_dollar(
             return {"error": TimeoutError("upstream timed out")}
         if roll < 0.3:
             return {}  # no usage reported: the estimate is settled
-        output = rng.randint(0, max_output)
+        # a provider that honours the limit it is sent (the budget may have lowered it)
+        output = rng.randint(0, call.output_limit)
         return {"usage": Usage(input_tokens=call.prompt_tokens, output_tokens=output)}
 
     async def async_call(i: int) -> None:

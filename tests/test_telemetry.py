@@ -270,21 +270,24 @@ def test_denied_call_span(
 def test_over_budget_call_span(
     make_meter: MeterFactory, span_exporter: InMemorySpanExporter
 ) -> None:
-    """A 402 refusal records the price it would have needed and the budget left."""
+    """A 402 refusal records the price it would have needed and the budget left; the
+    error names the least the call could have cost (its minimum useful output)."""
     meter = make_meter({**CONFIG, "accounts": {"u1": {"budgets": ["$0.0001/total"]}}})
     with pytest.raises(BudgetExceeded) as caught:
         begin(meter, chat(max_tokens=100))
-    required = caught.value.required
     span = only_span(span_exporter)
     assert span.status.status_code is StatusCode.ERROR
+    prompt = count_chat(HI, model="gpt-4o")
     estimate = meter.quote(
-        "gpt-4o",
-        Usage(input_tokens=count_chat(HI, model="gpt-4o"), output_tokens=100, source="estimated"),
-        route="chat",
+        "gpt-4o", Usage(input_tokens=prompt, output_tokens=100, source="estimated"), route="chat"
+    )
+    least = meter.quote(
+        "gpt-4o", Usage(input_tokens=prompt, output_tokens=16, source="estimated"), route="chat"
     )
     assert estimate.cost is not None
     assert estimate.margin is not None
-    assert estimate.price == required
+    assert caught.value.required == least.price > Decimal("0.0001")
+    required = estimate.price
     assert contract(span) == refused(
         **{
             ATTR.REQUEST_MODEL: "gpt-4o",

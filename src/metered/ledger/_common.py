@@ -47,6 +47,17 @@ def check_amount(amount: object) -> int:
     return amount
 
 
+def check_floor(floor: object, amount: int) -> int | None:
+    """A reservation's ``floor_nanos``: ``None``, or an amount from 0 to ``amount``."""
+    if floor is None:
+        return None
+    check_amount(floor)
+    assert isinstance(floor, int)
+    if floor > amount:
+        raise ValueError(f"floor_nanos must not exceed the amount ({amount}), got {floor}")
+    return floor
+
+
 def check_ttl(ttl: object) -> float:
     """A hold's time to live in seconds, checked.
 

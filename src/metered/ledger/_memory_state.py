@@ -86,7 +86,9 @@ class Account:
         """Spend in the current period of a window, given ``calendar_periods(now)``."""
         i = where.calendar
         if i is not None:
-            return self.nanos[i] if self.periods[i] == now_periods[i].id else 0
+            # a stored period later than the caller's is the current one (see land)
+            stored = self.periods[i]
+            return self.nanos[i] if stored is not None and stored >= now_periods[i].id else 0
         if where.rolling is None:
             return self.total
         series = self.rolling.get(where.rolling)
@@ -100,17 +102,15 @@ class Account:
         periods, nanos = self.periods, self.nanos
         for i in range(3):
             period = at_periods[i].id
-            if periods[i] == period:
+            stored = periods[i]
+            current = period == now_periods[i].id
+            if stored == period or (current and stored is not None and stored > period):
+                # The stored period, or a later one: the caller's clock lags (a replica
+                # behind another, a clock stepped back across midnight), and its spend
+                # counts in the period the account has already moved to, never in none.
                 nanos[i] += delta
-            elif (
-                delta > 0
-                and period == now_periods[i].id
-                and (
-                    periods[i] is None or period > periods[i]  # type: ignore[operator]
-                )
-            ):
-                # Period ids sort by time: a clock that stepped back across midnight must
-                # not wipe the spend of the day that has already begun.
+            elif delta > 0 and current:
+                # Period ids sort by time: the account enters the caller's later period.
                 periods[i] = period
                 nanos[i] = delta
             # Otherwise the spend's period has closed: a correction to it is dropped.
@@ -228,22 +228,32 @@ def crossings(
     )
 
 
-def check_budgets(accounts: dict[str, Account], plan: Plan, amount: int, now: float) -> None:
-    """Raise BudgetExceeded for the first account and budget that cannot pay."""
+def check_budgets(
+    accounts: dict[str, Account], plan: Plan, amount: int, now: float, floor: int | None = None
+) -> int:
+    """The amount to reserve (see :meth:`~metered.ledger.Ledger.hold`): ``amount`` when
+    every budget can pay it; with a ``floor``, else the most every budget of every account
+    can still pay, if that is at least the floor.
+
+    Raises:
+        BudgetExceeded: for the first account and budget that cannot pay ``amount`` (the
+            floor, when one is given).
+    """
     now_periods = calendar_periods(now) if plan.calendar else NO_PERIODS
+    least = amount
     for payer in plan.payers:
         if not payer.watches:
             continue
         account = accounts.get(payer.name)
-        if account is None:
-            for watch in payer.watches:
-                if amount > watch.limit:
-                    raise exceeded(payer.name, None, watch.budget, 0, amount, now)
-            continue
         for watch in payer.watches:
-            used = account.spent(watch, now, now_periods) + account.held
-            if used + amount > watch.limit:
-                raise exceeded(payer.name, account, watch.budget, used, amount, now)
+            used = 0 if account is None else account.spent(watch, now, now_periods) + account.held
+            left = watch.limit - used
+            if left < least:
+                if floor is None or left < floor:
+                    need = amount if floor is None else floor
+                    raise exceeded(payer.name, account, watch.budget, used, need, now)
+                least = left
+    return least
 
 
 def least_remaining(accounts: dict[str, Account], plan: Plan, now: float) -> tuple[int | None, ...]:

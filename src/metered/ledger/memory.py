@@ -29,6 +29,7 @@ from metered.ledger._common import (
     PlanCache,
     check_amount,
     check_balance_args,
+    check_floor,
     check_key,
     check_now,
     check_ttl,
@@ -129,10 +130,12 @@ class MemoryLedger(Ledger):
         *,
         ttl_seconds: float,
         now: float | None = None,
+        floor_nanos: int | None = None,
     ) -> Hold:
         check_key(key)
         plan = self._plan(charges)
         check_amount(amount_nanos)
+        check_floor(floor_nanos, amount_nanos)
         check_ttl(ttl_seconds)
         now = check_now(now, self._clock)
         with self._lock:
@@ -143,7 +146,7 @@ class MemoryLedger(Ledger):
                 require_kind(entry, hold=True, key=key)
                 return replayed_hold(key, entry)
             if plan.watched:
-                check_budgets(self._accounts, plan, amount_nanos, now)
+                amount_nanos = check_budgets(self._accounts, plan, amount_nanos, now, floor_nanos)
             expires_at = now + ttl_seconds
             entry = Entry(plan, True, "held", amount_nanos, 0, now, expires_at)
             accounts = self._accounts
@@ -222,10 +225,12 @@ class MemoryLedger(Ledger):
         *,
         enforce: bool = True,
         now: float | None = None,
+        floor_nanos: int | None = None,
     ) -> Receipt:
         check_key(key)
         plan = self._plan(charges)
         check_amount(amount_nanos)
+        check_floor(floor_nanos, amount_nanos)
         now = check_now(now, self._clock)
         with self._lock:
             if self._deadlines and self._deadlines[0][0] <= now:
@@ -235,7 +240,7 @@ class MemoryLedger(Ledger):
                 require_kind(entry, hold=False, key=key)
                 return self._unchanged(key, entry, now)
             if enforce and plan.watched:
-                check_budgets(self._accounts, plan, amount_nanos, now)
+                amount_nanos = check_budgets(self._accounts, plan, amount_nanos, now, floor_nanos)
             entry = Entry(plan, False, "charged", 0, amount_nanos, now, now)
             self._entries[key] = entry
             crossed, remaining = self._record(entry, amount_nanos, now)

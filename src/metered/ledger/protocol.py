@@ -24,7 +24,8 @@ class Ledger(Protocol):
     an amount that is not an ``int`` (``bool`` is not one) from 0 to 2**53 - 1; charges
     that are not a non-empty sequence of :class:`Charge` naming each account once
     (``capture``'s fallback charges too, whether or not the key is known); a
-    ``ttl_seconds`` that is not a finite positive number; a ``now`` that is not finite
+    ``ttl_seconds`` that is not a finite positive number; a ``floor_nanos`` that is not
+    ``None`` or an amount no greater than the call's; a ``now`` that is not finite
     epoch seconds; a ``balance`` account that is not a non-empty ``str`` or a budget
     that is not a :class:`Budget`, :class:`Window` or ``None``. Using a key for the other
     kind of entry (capturing a charge, adjusting a live hold) is a :class:`ValueError`
@@ -43,6 +44,7 @@ class Ledger(Protocol):
         *,
         ttl_seconds: float,
         now: float | None = None,
+        floor_nanos: int | None = None,
     ) -> Hold:
         """Reserve ``amount_nanos`` on every account in ``charges``, atomically.
 
@@ -53,12 +55,17 @@ class Ledger(Protocol):
             ttl_seconds: after this the hold stops counting (a crashed caller never
                 locks budget); capture still records spend after expiry.
             now: epoch seconds.
+            floor_nanos: make the hold elastic: when the budgets cannot pay
+                ``amount_nanos``, hold the most that every budget of every account can
+                still pay, if that is at least ``floor_nanos`` (0 to ``amount_nanos``).
+                :attr:`Hold.amount_nanos` says what was held. Decided inside the one
+                atomic operation, so concurrent holds never sum above a budget.
 
         Raises:
-            BudgetExceeded: the first account and budget (in order) that cannot pay;
-                nothing is held on any account. ``retry_after`` is the seconds until
-                the window frees enough (calendar reset, rolling spend ageing out), or
-                ``None`` when waiting cannot help.
+            BudgetExceeded: the first account and budget (in order) that cannot pay
+                (``floor_nanos``, when given); nothing is held on any account.
+                ``retry_after`` is the seconds until the window frees enough (calendar
+                reset, rolling spend ageing out), or ``None`` when waiting cannot help.
         """
         ...
 
@@ -70,6 +77,7 @@ class Ledger(Protocol):
         *,
         ttl_seconds: float,
         now: float | None = None,
+        floor_nanos: int | None = None,
     ) -> Hold:
         """Async :meth:`hold`."""
         ...
@@ -119,6 +127,7 @@ class Ledger(Protocol):
         *,
         enforce: bool = True,
         now: float | None = None,
+        floor_nanos: int | None = None,
     ) -> Receipt:
         """Spend ``amount_nanos`` now on every account in ``charges``, atomically.
 
@@ -129,6 +138,8 @@ class Ledger(Protocol):
             enforce: check budgets first (like :meth:`hold`); ``False`` records the
                 spend regardless.
             now: epoch seconds.
+            floor_nanos: when enforcing, charge elastically as :meth:`hold` holds
+                (:attr:`Receipt.amount_nanos` says what was charged).
 
         Raises:
             BudgetExceeded: when enforcing and an account cannot pay; nothing is charged.
@@ -143,6 +154,7 @@ class Ledger(Protocol):
         *,
         enforce: bool = True,
         now: float | None = None,
+        floor_nanos: int | None = None,
     ) -> Receipt:
         """Async :meth:`charge`."""
         ...

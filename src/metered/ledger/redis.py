@@ -3,9 +3,8 @@
 Same rules and results as :class:`~metered.ledger.MemoryLedger` (see
 :mod:`metered.ledger`), with the state in Redis. Every operation is ONE Lua script, so
 it is atomic across processes: a hold checks and reserves on every account of the call
-with no other caller in between. One addition for many clocks: spend dated in a period
-that another replica has already closed (its clock ran ahead) lands in ``total`` only,
-never moving the account back into the old period.
+with no other caller in between. For many clocks, the rule of :mod:`metered.ledger`: a
+period another replica has already entered is the current one for every replica.
 
 How the state is laid out in Redis, and why time always comes from the caller: see
 :mod:`metered.ledger._redis_scripts`.
@@ -31,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
-from typing import Any, TypeVar, cast, overload
+from typing import TypeVar, overload
 
 import redis
 import redis.asyncio
@@ -40,30 +39,21 @@ import redis.cluster
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import RedisClusterException, RedisError
 
-from metered.config.budgets import Budget, Window, calendar_periods
+from metered.config.budgets import Budget, Window
 from metered.errors import LedgerError
 from metered.ledger._common import (
     PlanCache,
-    check_amount,
-    check_balance_args,
-    check_key,
-    check_now,
-    check_ttl,
     threshold_fractions,
 )
+from metered.ledger._redis_ops import Operations
 from metered.ledger._redis_scripts import (
-    CALENDAR,
     Op,
     Plan,
-    failure,
     has_hash_tag,
-    receipt_parser,
     script_sources,
-    text,
-    wrong_kind,
 )
 from metered.ledger.protocol import Ledger
-from metered.ledger.types import DEFAULT_THRESHOLDS, Balance, Charge, EntryState, Hold, Receipt
+from metered.ledger.types import DEFAULT_THRESHOLDS, Balance, Charge, Hold, Receipt
 
 __all__ = ["RedisLedger"]
 
@@ -79,7 +69,7 @@ _STORE_ERRORS = (RedisError, RedisClusterException, OSError)
 _PLAN_CACHE_SIZE = 1024
 
 
-class RedisLedger(Ledger):
+class RedisLedger(Operations, Ledger):
     """:class:`~metered.ledger.Ledger` in Redis, shared by processes and replicas.
 
     The rules and results of :class:`~metered.ledger.MemoryLedger`; each operation is one
@@ -198,8 +188,9 @@ class RedisLedger(Ledger):
         *,
         ttl_seconds: float,
         now: float | None = None,
+        floor_nanos: int | None = None,
     ) -> Hold:
-        return self._run(self._hold(key, charges, amount_nanos, ttl_seconds, now))
+        return self._run(self._hold(key, charges, amount_nanos, ttl_seconds, now, floor_nanos))
 
     async def ahold(
         self,
@@ -209,8 +200,11 @@ class RedisLedger(Ledger):
         *,
         ttl_seconds: float,
         now: float | None = None,
+        floor_nanos: int | None = None,
     ) -> Hold:
-        return await self._arun(self._hold(key, charges, amount_nanos, ttl_seconds, now))
+        return await self._arun(
+            self._hold(key, charges, amount_nanos, ttl_seconds, now, floor_nanos)
+        )
 
     def capture(
         self,
@@ -246,8 +240,9 @@ class RedisLedger(Ledger):
         *,
         enforce: bool = True,
         now: float | None = None,
+        floor_nanos: int | None = None,
     ) -> Receipt:
-        return self._run(self._charge(key, charges, amount_nanos, enforce, now))
+        return self._run(self._charge(key, charges, amount_nanos, enforce, now, floor_nanos))
 
     async def acharge(
         self,
@@ -257,8 +252,10 @@ class RedisLedger(Ledger):
         *,
         enforce: bool = True,
         now: float | None = None,
+        floor_nanos: int | None = None,
     ) -> Receipt:
-        return await self._arun(self._charge(key, charges, amount_nanos, enforce, now))
+        op = self._charge(key, charges, amount_nanos, enforce, now, floor_nanos)
+        return await self._arun(op)
 
     def adjust(self, key: str, amount_nanos: int, *, now: float | None = None) -> Receipt:
         return self._run(self._correct(key, amount_nanos, False, now))
@@ -305,119 +302,7 @@ class RedisLedger(Ledger):
             await self._aclient.aclose()
         self.close()
 
-    # --- operations: arguments in, reply parser out -----------------------------------
-
-    def _hold(
-        self,
-        key: str,
-        charges: Sequence[Charge],
-        amount: int,
-        ttl_seconds: float,
-        now: float | None,
-    ) -> Op[Hold]:
-        check_key(key)
-        plan = self._plan(charges)
-        check_amount(amount)
-        check_ttl(ttl_seconds)
-        now = check_now(now, self._clock)
-        expires_at = now + ttl_seconds
-
-        def parse(reply: Any) -> Hold:
-            tag = text(reply[0])
-            if tag == "held":
-                return Hold(key, "held", amount, plan.accounts, expires_at)
-            if tag == "replay":
-                accounts = tuple(text(a) for a in reply[4])
-                state = cast(EntryState, text(reply[1]))
-                return Hold(key, state, reply[2], accounts, float(reply[3]), replayed=True)
-            raise failure(key, reply, plan, amount, now, wanted="hold")
-
-        return self._op("hold", key, now, (amount, expires_at, plan.spec), parse)
-
-    def _capture(
-        self, key: str, amount: int, charges: Sequence[Charge] | None, now: float | None
-    ) -> Op[Receipt]:
-        check_key(key)
-        fallback = "" if charges is None else self._plan(charges).spec
-        check_amount(amount)
-        now = check_now(now, self._clock)
-        parse = receipt_parser(key, "hold", self._fractions)
-        return self._op("capture", key, now, (amount, fallback), parse)
-
-    def _release(self, key: str, now: float | None) -> Op[None]:
-        check_key(key)
-        now = check_now(now, self._clock)
-
-        def parse(reply: Any) -> None:
-            if text(reply[0]) == "!":
-                raise wrong_kind(key, text(reply[1]), "hold")
-
-        return self._op("release", key, now, (), parse)
-
-    def _charge(
-        self,
-        key: str,
-        charges: Sequence[Charge],
-        amount: int,
-        enforce: bool,
-        now: float | None,
-    ) -> Op[Receipt]:
-        check_key(key)
-        plan = self._plan(charges)
-        check_amount(amount)
-        now = check_now(now, self._clock)
-        args = (amount, plan.spec, "1" if enforce else "0")
-        parse = receipt_parser(key, "charge", self._fractions, plan, amount, now)
-        return self._op("charge", key, now, args, parse)
-
-    def _correct(self, key: str, amount: int, refund: bool, now: float | None) -> Op[Receipt]:
-        check_key(key)
-        check_amount(amount)
-        now = check_now(now, self._clock)
-        args = (amount, "1" if refund else "0")
-        return self._op("correct", key, now, args, receipt_parser(key, "correct", self._fractions))
-
-    def _balance(
-        self, account: str, budget: Budget | Window | None, now: float | None
-    ) -> Op[Balance]:
-        window, limit = check_balance_args(account, budget)
-        now = check_now(now, self._clock)
-
-        def parse(reply: Any) -> Balance:
-            spent, held = reply
-            return Balance(
-                account=account,
-                window=window,
-                spent_nanos=spent,
-                held_nanos=held,
-                limit_nanos=limit,
-                remaining_nanos=None if limit is None else max(0, limit - spent - held),
-                resets_at=window.period(now).ends_at,
-            )
-
-        args = (account, CALENDAR[window.kind], window.seconds or 0, window.granule)
-        return self._op("balance", account, now, args, parse, entry=False)
-
-    def _sweep(self, now: float | None) -> Op[int]:
-        now = check_now(now, self._clock)
-        return self._op("sweep", "", now, (), int)
-
-    # --- internals ----------------------------------------------------------------------
-
-    def _op(
-        self,
-        script: str,
-        name: str,
-        now: float,
-        args: tuple[str | int | float, ...],
-        parse: Callable[[Any], T],
-        *,
-        entry: bool = True,
-    ) -> Op[T]:
-        day, week, month = calendar_periods(now)
-        key = self._prefix + ("e:" if entry else "a:") + name
-        common = (self._prefix, now, self._retain, day.id, week.id, month.id)
-        return Op(script, (self._holds_key, key), common + args, parse)
+    # --- the round trip ---------------------------------------------------------------
 
     def _run(self, op: Op[T]) -> T:
         if not self._scripts:
@@ -444,4 +329,5 @@ class RedisLedger(Ledger):
 
 
 def _unavailable(operation: str, exc: Exception) -> LedgerError:
-    return LedgerError(f"redis ledger {operation} failed: {type(exc).__name__}: {exc}")
+    # the exception's text may name the server's address: it stays in the chained cause
+    return LedgerError(f"budget store unavailable ({operation}: {type(exc).__name__})")

@@ -164,7 +164,10 @@ local function spent_in(name, b)
   local ci = b.ci
   if ci > 0 then
     local r = redis.call('HMGET', account_key(name), 'p' .. ci, 'n' .. ci)
-    if r[1] == PERIODS[ci] then return tonumber(r[2]) end
+    -- Period ids sort in time order. A stored period later than the caller's is the
+    -- current one (the caller's clock lags another replica's): its spend counts, so a
+    -- lagging replica never sees an exhausted budget as empty. An earlier one is closed.
+    if r[1] and r[1] >= PERIODS[ci] then return tonumber(r[2]) end
     return 0
   elseif ci == 0 then
     return tonumber(redis.call('HGET', account_key(name), 'total')) or 0
@@ -172,24 +175,33 @@ local function spent_in(name, b)
   return rolling_total(name, b.seconds, b.width)
 end
 
--- The first account and budget (in order) that cannot pay `amount`, as a failure reply.
-local function check(spec, amount)
+-- What to reserve, or nil and the failure reply of the first account and budget (in
+-- order) that cannot pay. Without a floor: `amount` when every budget can pay it. With a
+-- floor: `amount` if it fits, else the most every budget of every account can still pay,
+-- if that is at least the floor (the failure then names the first that cannot pay it).
+local function check(spec, amount, floor)
+  local least = amount
   for pi, payer in ipairs(spec) do
     if #payer.budgets > 0 then
       local held = held_of(payer.name)
       for bi, b in ipairs(payer.budgets) do
         local used = spent_in(payer.name, b) + held
-        if used + amount > b.limit then
-          local retry = -1
-          if b.ci < 0 and amount <= b.limit then
-            retry = rolling_retry(payer.name, b, used + amount - b.limit)
+        local left = b.limit - used
+        if left < least then
+          if floor == nil or left < floor then
+            local need = floor or amount
+            local retry = -1
+            if b.ci < 0 and need <= b.limit then
+              retry = rolling_retry(payer.name, b, used + need - b.limit)
+            end
+            return nil, {'!', 'exceeded', pi, bi, used, retry}
           end
-          return {'!', 'exceeded', pi, bi, used, retry}
+          least = left
         end
       end
     end
   end
-  return nil
+  return least, nil
 end
 
 -- Add delta to the calendar periods the spend landed in (dated by at_periods).
@@ -197,11 +209,12 @@ local function land(ak, delta, at_periods)
   local r = redis.call('HMGET', ak, 'p1', 'p2', 'p3')
   for i = 1, 3 do
     local period = at_periods[i]
-    if r[i] == period then
+    if r[i] == period or (period == PERIODS[i] and r[i] and r[i] > period) then
+      -- the stored period, or a later one: the caller's clock lags another replica's,
+      -- and its spend counts in the period the account has already moved to
       redis.call('HINCRBY', ak, 'n' .. i, delta)
-    elseif delta > 0 and period == PERIODS[i] and (not r[i] or r[i] < period) then
-      -- Period ids sort in time order: a caller whose clock lags behind never moves an
-      -- account back into a period that has already closed.
+    elseif delta > 0 and period == PERIODS[i] then
+      -- Period ids sort in time order: the account enters the caller's (later) period
       redis.call('HSET', ak, 'p' .. i, period, 'n' .. i, delta)
     end
     -- otherwise the spend's period has closed: a correction to it is dropped
