@@ -93,11 +93,15 @@ def create_app(meter: Meter | None = None) -> FastAPI:
 
     @app.post("/support/stream")
     async def stream(question: str = Body(embed=True)) -> StreamingResponse:
+        # Begin the metered call here, before the response starts: a caller over budget
+        # (or a denied model) then gets metered's 402/400 JSON from the middleware. Raised
+        # inside the generator below, it would come after the 200 had gone out.
+        chunks = await llm.chat.completions.create(
+            model=MODEL, messages=messages(question), stream=True
+        )
+
         async def tokens() -> Any:
             # still charged to the caller: the middleware's binding covers the generator
-            chunks = await llm.chat.completions.create(
-                model=MODEL, messages=messages(question), stream=True
-            )
             async for chunk in chunks:
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content

@@ -87,12 +87,13 @@ def create_app(meter: Meter | None = None) -> Flask:
     @app.post("/support/stream")
     def stream() -> Response:
         question = request.get_json()["question"]
+        # Begin the metered call here, before the response starts: a caller over budget
+        # (or a denied model) then gets metered's 402/400 JSON. Raised inside the
+        # generator below, it would come after the 200 had gone out.
+        chunks = llm.chat.completions.create(model=MODEL, messages=messages(question), stream=True)
 
         def tokens() -> Iterator[str]:
             # runs while the server sends the body: still charged to the caller
-            chunks = llm.chat.completions.create(
-                model=MODEL, messages=messages(question), stream=True
-            )
             for chunk in chunks:
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content

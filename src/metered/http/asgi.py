@@ -151,28 +151,41 @@ class MeteredMiddleware:
         route = self._routes.get((scope["method"], scope["path"])) if self._routes else None
         with bind(totals=totals, **bindings(caller)):
             if route is None:
-                await self.app(scope, receive, self._with_totals(send, totals))
+                await self._handler(scope, receive, send, totals)
             else:
                 await self._gateway(route, scope, receive, send, totals)
             if totals.calls:
                 annotate_request_span(totals)
 
-    def _with_totals(self, send: Send, totals: RequestTotals) -> Send:
+    async def _handler(
+        self, scope: Scope, receive: Receive, send: Send, totals: RequestTotals
+    ) -> None:
+        """Serve a request with the app's own handler. A metered refusal the handler lets
+        through (``BudgetExceeded``, ``PolicyDenied``...) before its response started is
+        answered as on gateway routes: JSON in OpenAI's error shape, never a 500. After
+        the response started nothing can be changed: it propagates to the server."""
         which = self._totals
-        if not which:
-            return send
+        started = False
 
-        async def send_with_totals(message: Message) -> None:
-            # a content-length means the body was complete before the headers went out:
-            # every call the handler made is in the totals
-            if message["type"] == "http.response.start" and totals.calls and which:
-                headers = list(message.get("headers", ()))
-                if any(name.lower() == b"content-length" for name, _ in headers):
-                    headers += _encode(total_headers(totals, which))
-                    message = {**message, "headers": headers}
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                # a content-length means the body was complete before the headers went
+                # out: every call the handler made is in the totals
+                if totals.calls and which:
+                    headers = list(message.get("headers", ()))
+                    if any(name.lower() == b"content-length" for name, _ in headers):
+                        headers += _encode(total_headers(totals, which))
+                        message = {**message, "headers": headers}
             await send(message)
 
-        return send_with_totals
+        try:
+            await self.app(scope, receive, tracked)
+        except MeteredError as exc:
+            if started:
+                raise
+            await _respond(send, *error_parts(exc))
 
     async def _gateway(
         self,

@@ -25,6 +25,7 @@ from metered.context import RequestTotals, bind, mark_route_metered
 from metered.engine.meter import Meter
 from metered.errors import MeteredError, RequestTooLarge, Unauthorized, UpstreamError
 from metered.http.errors import error_parts
+from metered.http.handlers import add_exception_handlers, is_flask_app
 from metered.http.identity import ApiKeys, Identify, bindings, caller_of, is_unidentified
 from metered.http.request import (
     GatewayRoute,
@@ -108,6 +109,11 @@ class MeteredWSGIMiddleware:
         self._routes = gateway_routes(meter, routes)
         self._totals = check_total_headers(total_headers)
         self._max_choices = max_choices
+        # Flask answers a view's exception with its own 500 before this middleware sees
+        # it: wrapping ``flask_app.wsgi_app`` registers metered's handlers on the app
+        owner = getattr(app, "__self__", None)
+        if is_flask_app(owner):
+            add_exception_handlers(owner)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -123,12 +129,15 @@ class MeteredWSGIMiddleware:
         with bind(totals=totals, **bindings(caller)):
             context = contextvars.copy_context()
         if route is None:
-            start = (
-                _with_totals(start_response, totals, self._totals)
-                if self._totals
-                else start_response
-            )
-            body = context.run(self.app, environ, start)
+            start = _Start(start_response, totals, self._totals)
+            try:
+                body = context.run(self.app, environ, start)
+            except MeteredError as exc:
+                # a refusal the handler let through, before its response started: answered
+                # as on gateway routes (see metered.http.handlers)
+                if start.started:
+                    raise
+                body = _respond(start_response, *error_parts(exc))
         else:
             # the app call and a lazily built body both run in this context, which
             # _gateway marks with the route's request once begun
@@ -316,22 +325,31 @@ class _InContext:
                 self._context.run(annotate_request_span, self._totals)
 
 
-def _with_totals(
-    start_response: StartResponse, totals: RequestTotals, which: tuple[TotalHeader, ...]
-) -> StartResponse:
-    if not which:
-        return start_response
+class _Start:
+    """The app's ``start_response``: notes that the response started, and adds the totals
+    headers to a response whose body was complete before its headers (a content-length:
+    every call the handler made is in the totals)."""
 
-    def start_with_totals(
-        status: str, headers: Headers, exc_info: ExcInfo | None = None, /
-    ) -> Write:
-        # a content-length means the body was complete before the headers: every call
-        # the handler made is in the totals
-        if totals.calls and which and any(name.lower() == "content-length" for name, _ in headers):
-            headers = [*headers, *total_headers(totals, which)]
-        return start_response(status, headers, exc_info)
+    __slots__ = ("_start", "_totals", "_which", "started")
 
-    return start_with_totals
+    def __init__(
+        self, start_response: StartResponse, totals: RequestTotals, which: tuple[TotalHeader, ...]
+    ) -> None:
+        self._start = start_response
+        self._totals = totals
+        self._which = which
+        self.started = False
+
+    def __call__(self, status: str, headers: Headers, exc_info: ExcInfo | None = None, /) -> Write:
+        self.started = True
+        which = self._which
+        if (
+            which
+            and self._totals.calls
+            and any(name.lower() == "content-length" for name, _ in headers)
+        ):
+            headers = [*headers, *total_headers(self._totals, which)]
+        return self._start(status, headers, exc_info)
 
 
 def _request_headers(environ: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
