@@ -17,6 +17,7 @@ import pytest
 
 from harness import Recorder, serve_asgi
 from metered.cli.gateway import add_gateway_parser
+from metered.config import KNOWN_UPSTREAMS, load_config
 from metered.engine.meter import Meter
 from metered.errors import ConfigError, UpstreamError
 from metered.gateway import (
@@ -57,7 +58,7 @@ def meter(make_meter: MeterFactory) -> Meter:
 
 @pytest.fixture
 async def client(meter: Meter) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(meter, upstream="fake", environ={})
+    app = create_app(meter, upstream="fake", unidentified="allow", environ={})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
         yield c
 
@@ -67,7 +68,7 @@ async def client(meter: Meter) -> AsyncIterator[httpx.AsyncClient]:
 
 def test_gateway_serves_the_openai_sdk_over_http(meter: Meter) -> None:
     """With the fake upstream, the unmodified SDK gets completions, streams and the model list."""
-    app = create_app(meter, upstream="fake", environ={})
+    app = create_app(meter, upstream="fake", environ={"METERED_API_KEYS": "sk-x=acme"})
     with (
         serve_asgi(app) as url,
         openai.OpenAI(api_key="sk-x", base_url=f"{url}/v1", max_retries=0) as sdk,
@@ -93,7 +94,7 @@ async def test_unknown_paths_get_a_json_404(client: httpx.AsyncClient) -> None:
 async def test_default_routes_when_the_config_names_none(make_meter: MeterFactory) -> None:
     """With no METHOD /path routes configured, chat completions and responses are served."""
     meter = make_meter({})
-    app = create_app(meter, upstream="fake", environ={})
+    app = create_app(meter, upstream="fake", unidentified="allow", environ={})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://g") as c:
         chat = await c.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": HI})
         responses = await c.post("/v1/responses", json={"model": "gpt-4o", "input": "hi"})
@@ -275,6 +276,61 @@ def test_upstream_url_does_not_double_the_v1_prefix() -> None:
         == "http://h:1/v1/chat/completions"
     )
     assert Upstream("x", "http://h:1").url("/v1/models", "a=1") == "http://h:1/v1/models?a=1"
+
+
+async def test_callers_without_a_known_key_are_refused_by_default(meter: Meter) -> None:
+    """The gateway fails closed: no key, or a key it does not know, is a 401."""
+    app = create_app(meter, upstream="fake", environ={"METERED_API_KEYS": "sk-a=acme"})
+    body = {"model": "gpt-4o", "messages": HI}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://g") as c:
+        anonymous = await c.post("/v1/chat/completions", json=body)
+        unknown = await c.post(
+            "/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-nope"}
+        )
+        known = await c.post(
+            "/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-a"}
+        )
+    assert (anonymous.status_code, unknown.status_code, known.status_code) == (401, 401, 200)
+    assert anonymous.json()["error"]["code"] == "invalid_api_key"
+    assert meter.spent("anonymous") == 0
+
+
+async def test_the_config_can_name_the_account_unidentified_callers_pay_as(
+    make_meter: MeterFactory,
+) -> None:
+    meter = make_meter({**CONFIG, "gateway": {"unidentified_account": "trial"}})
+    app = create_app(meter, upstream="fake", environ={"METERED_API_KEYS": "sk-a=acme"})
+    body = {"model": "gpt-4o", "messages": HI}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://g") as c:
+        served = await c.post("/v1/chat/completions", json=body)
+        known = await c.post(
+            "/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-a"}
+        )
+    assert (served.status_code, known.status_code) == (200, 200)
+    assert (meter.spent("trial"), meter.spent("acme")) == (Decimal("0.05"), Decimal("0.05"))
+    assert meter.spent("anonymous") == 0
+
+
+def test_a_route_without_an_upstream_is_a_config_error_not_the_fake(
+    make_meter: MeterFactory,
+) -> None:
+    """The built-in fake answers only when asked for."""
+    with pytest.raises(ConfigError, match="no upstream"):
+        create_app(make_meter(CONFIG), environ={})
+    with pytest.raises(ConfigError, match="no upstream"):
+        create_app(make_meter({}), environ={})  # the default routes too
+
+
+def test_a_route_naming_an_unknown_upstream_fails_at_load() -> None:
+    with pytest.raises(ConfigError, match="upstream"):
+        load_config({"routes": {"POST /v1/chat/completions": {"upstream": "opnai"}}})
+    load_config({"routes": {"POST /v1/chat/completions": {"upstream": "https://llm.internal/v1"}}})
+
+
+def test_the_upstream_names_the_config_accepts_are_the_ones_the_gateway_serves() -> None:
+    from metered import gateway
+
+    assert {*gateway._KNOWN, "fake"} == set(KNOWN_UPSTREAMS)
 
 
 def test_unknown_upstream_name_is_a_config_error() -> None:

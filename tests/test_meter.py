@@ -22,6 +22,7 @@ from metered.errors import (
     InvalidRequest,
     PolicyDenied,
     UnknownModel,
+    UnknownTier,
 )
 from metered.http.errors import http_error
 from metered.ledger import Balance, MemoryLedger
@@ -530,11 +531,26 @@ def test_urgent_call_gets_the_tier_multiplier(make_meter: MeterFactory) -> None:
     call.finish()
 
 
-def test_unknown_tier_gets_the_smallest_cap(make_meter: MeterFactory) -> None:
-    """A tier name that is not configured fails closed: the smallest cap, never no cap."""
+def test_an_unknown_tier_is_refused_with_a_typed_400(
+    make_meter: MeterFactory, records: list[UsageRecord]
+) -> None:
+    """A tier name that is not configured is refused (400 ``unknown_tier``, nothing held,
+    a refused record), never mapped to another tier: a typo must neither unlock more nor
+    silently give a paying caller less."""
     meter = make_meter({"tiers": {"free": {"max_tokens": 200}, "pro": {"max_tokens": 1000}}})
-    call = meter.begin(chat(max_tokens=5000), tier="enterprize")
-    assert call.body["max_tokens"] == 200
+    with pytest.raises(UnknownTier) as refused:
+        meter.begin(chat(max_tokens=5000), tier="enterprize")
+    assert (refused.value.status_code, refused.value.code) == (400, "unknown_tier")
+    assert refused.value.param == "tier"
+    assert "free, pro" in refused.value.message
+    (record,) = records
+    assert (record.policy_decision, record.settlement_status) == ("denied", "skipped")
+    meter.begin(chat(max_tokens=5000), tier="pro").finish()  # a configured tier is served
+
+
+def test_with_no_tiers_configured_a_tier_is_only_a_label(make_meter: MeterFactory) -> None:
+    call = make_meter({}).begin(chat(), tier="whatever")
+    assert call.tier == "whatever"
     call.finish()
 
 
@@ -597,30 +613,6 @@ def test_prompt_that_cannot_fit_is_refused(make_meter: MeterFactory) -> None:
 
 
 # -- review fixes ----------------------------------------------------------------------------
-
-
-def test_unknown_tier_gets_the_smallest_tiers_budgets_too(make_meter: MeterFactory) -> None:
-    """A tier name that is not configured gets the smallest tier's budgets, never none."""
-    meter = make_meter(
-        {
-            **TOKEN_ROUTE,
-            "tiers": {
-                "free": {"max_tokens": 200, "budgets": ["$0.01/day"]},
-                "pro": {"max_tokens": 1000, "budgets": ["$5/day"]},
-            },
-        }
-    )
-    call = meter.begin(chat(max_tokens=5000), account="zed", tier="prro")
-    assert call.body["max_tokens"] == 200
-    call.finish(Usage(input_tokens=10, output_tokens=10))
-    assert meter.remaining("zed", tier="prro") == usd("0.01") - usd("0.00011")
-    long_prompt = " ".join(f"word{i}" for i in range(10_000))  # ~20k tokens: ~$0.02
-    with pytest.raises(BudgetExceeded):
-        meter.begin(
-            chat(max_tokens=5000, messages=[{"role": "user", "content": long_prompt}]),
-            account="zed",
-            tier="prro",
-        )
 
 
 class _AsyncOnlyLedger(MemoryLedger):

@@ -27,6 +27,7 @@ from metered.errors import (
     MeteredError,
     PolicyDenied,
     UnknownModel,
+    UnknownTier,
     UpstreamError,
 )
 from metered.usage import Usage
@@ -72,6 +73,7 @@ __all__ = [
     "Quote",
     "RedisLedger",
     "UnknownModel",
+    "UnknownTier",
     "UpstreamError",
     "Usage",
     "UsageRecord",

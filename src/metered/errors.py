@@ -10,6 +10,7 @@
     ├── BudgetExceeded         the account cannot pay for the call (HTTP 402)
     ├── RequestTooLarge        the request body is over the configured size (HTTP 413)
     ├── InvalidRequest         the request is malformed (HTTP 400)
+    │   ├── UnknownTier        the caller's tier is not configured (HTTP 400)
     │   ├── Unauthorized       no known caller where the door requires one (HTTP 401)
     │   ├── NotFound           no route serves the method and path (HTTP 404)
     │   └── UnsupportedMediaType  a gateway route got a body that is not JSON (HTTP 415)
@@ -38,6 +39,7 @@ __all__ = [
     "RequestTooLarge",
     "Unauthorized",
     "UnknownModel",
+    "UnknownTier",
     "UnsupportedMediaType",
     "UpstreamError",
     "UpstreamTimeout",
@@ -217,6 +219,25 @@ class InvalidRequest(MeteredError):
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class UnknownTier(InvalidRequest):
+    """The caller names a tier the config does not define (HTTP 400, ``unknown_tier``).
+
+    Refused rather than mapped to some other tier: a typo, or a stale tier from an
+    identity provider, must neither unlock more nor silently give a paying caller less.
+    """
+
+    code = "unknown_tier"
+
+    def __init__(self, tier: str, known: tuple[str, ...]) -> None:
+        super().__init__(
+            f"tier {tier!r} is not configured (tiers: {', '.join(known)})", param="tier"
+        )
+        self.tier = tier
+
+    def details(self) -> dict[str, Any]:
+        return {"tier": self.tier}
 
 
 class Unauthorized(InvalidRequest):

@@ -7,7 +7,8 @@ budgets → 400/402, price, settlement) and forwarded to its upstream; responses
 back chunk by chunk. ``GET /v1/models`` is passed through unmetered; any other path is a
 404 in OpenAI's error shape.
 
-Upstreams (``--upstream``, else each route's ``upstream:``, else the built-in fake):
+Upstreams (``--upstream``, else each route's ``upstream:``; a route with neither is a
+:class:`~metered.errors.ConfigError`: the built-in fake answers only when asked for):
 
 =============  ==============================  ==========================================
 name           forwards to                     credentials
@@ -22,10 +23,15 @@ a URL          that server (``/v1`` may end    ``METERED_UPSTREAM_API_KEY``, els
 
 Callers' own credentials are never forwarded: callers authenticate to the gateway
 (``METERED_API_KEYS="sk-a=acme,..."``, see :class:`~metered.http.asgi.ApiKeys`), the gateway
-to the upstream. An upstream timeout before the response answers 504, a connection
-failure 502 (both release the call's hold: nothing charged); a failure mid-stream cuts
-the stream (the call is settled as failed). Responses carry ``x-metered-price`` (the
-cost header is off: it would tell your customers your upstream cost).
+to the upstream. The gateway fails closed: a caller without a known key is a 401 unless
+the config names the account such callers are charged to
+(``gateway: {unidentified_account: trial}``). At start it logs its routes, their
+upstreams (scheme, host and port only) and this key policy.
+
+An upstream timeout before the response answers 504, a connection failure 502 (both
+release the call's hold: nothing charged); a failure mid-stream cuts the stream (the call
+is settled as failed). Responses carry ``x-metered-price`` (the cost header is off: it
+would tell your customers your upstream cost).
 """
 
 from __future__ import annotations
@@ -34,14 +40,15 @@ import logging
 import os
 from collections.abc import Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from metered.context import CallerContext
 from metered.engine.meter import Meter
 from metered.errors import ConfigError, MeteredError, NotFound, UpstreamError, UpstreamTimeout
 from metered.http.asgi import ASGIApp, Message, MeteredMiddleware, Receive, Scope, Send
 from metered.http.errors import error_parts
-from metered.http.identity import ApiKeys
+from metered.http.identity import ApiKeys, Identify, is_unidentified
 from metered.http.request import CREDENTIAL_HEADERS, gateway_routes
 from metered.http.response import TotalHeader
 
@@ -318,7 +325,7 @@ def create_app(
     *,
     upstream: str | None = None,
     identify: ApiKeys | None = None,
-    unidentified: Literal["allow", "reject"] = "allow",
+    unidentified: Literal["allow", "reject"] | None = None,
     timeout: float = 600.0,
     total_headers: Collection[TotalHeader] = _PRICE_ONLY,
     environ: Mapping[str, str] | None = None,
@@ -329,37 +336,68 @@ def create_app(
         meter: the engine; its ``"METHOD /path"`` routes are served (else
             :data:`DEFAULT_ROUTES`).
         upstream: the upstream of every route (see :func:`resolve_upstream`); default:
-            each route's ``upstream:`` setting, else the fake upstream.
+            each route's ``upstream:`` setting. ``"fake"`` is the built-in fake upstream.
         identify: caller keys (default: :meth:`ApiKeys.from_env`).
-        unidentified: ``"reject"`` answers requests without a known key 401.
+        unidentified: callers without a known key. Default (``None``): refused (401),
+            unless the config's ``gateway.unidentified_account`` names the account they
+            are served and charged as. ``"allow"`` serves them as the meter's default
+            account; ``"reject"`` refuses them whatever the config says.
         timeout: upstream timeout in seconds (see :class:`GatewayProxy`).
         total_headers: totals headers on JSON responses.
         environ: where upstream API keys are read (default ``os.environ``).
 
     Raises:
-        ConfigError: an upstream cannot be used (unknown, or its API key is missing).
+        ConfigError: a route has no upstream, or its upstream cannot be used (unknown, or
+            its API key is missing).
     """
     routes = gateway_routes(meter) or gateway_routes(meter, DEFAULT_ROUTES)
     resolved: dict[str, Upstream] = {}
-
-    def pick(name: str | None) -> Upstream:
-        # one Upstream (one connection pool, one fake) per distinct upstream name
-        key = name or "fake"
-        if key not in resolved:
-            resolved[key] = resolve_upstream(key, environ=environ)
-        return resolved[key]
-
     upstreams: MutableMapping[tuple[str, str], Upstream] = {}
     for key, route in routes.items():
         config = meter.config.routes.get(route.name)
-        upstreams[key] = pick(upstream or (config.upstream if config else None))
-    default = next(iter(upstreams.values())) if upstreams else pick(upstream)
-    proxy = GatewayProxy(upstreams, default=default, timeout=timeout)
+        name = upstream or (config.upstream if config else None)
+        if name is None:
+            raise ConfigError(
+                "upstream",
+                f"route {route.name!r} has no upstream: set its 'upstream:' or pass --upstream "
+                "(openai, anthropic, a URL, or fake for the built-in fake upstream)",
+            )
+        if name not in resolved:  # one Upstream (connection pool, fake) per distinct name
+            resolved[name] = resolve_upstream(name, environ=environ)
+        upstreams[key] = resolved[name]
+    proxy = GatewayProxy(upstreams, default=next(iter(upstreams.values())), timeout=timeout)
+    keys = identify if identify is not None else ApiKeys.from_env(environ=environ)
+    who: Identify = keys
+    account = meter.config.gateway.unidentified_account
+    if unidentified is None:
+        unidentified = "allow" if account is not None else "reject"
+        if account is not None:
+            who = _charged_to(keys, account)
+    logger.info(
+        "metered gateway: %s; %s",
+        ", ".join(f"{route.name} -> {upstreams[key].name}" for key, route in routes.items()),
+        "callers without a known key are "
+        + (
+            "refused (401)"
+            if unidentified == "reject"
+            else f"served as account {account or meter.default_account!r}"
+        ),
+    )
     return MeteredMiddleware(
         proxy,
         meter=meter,
-        identify=identify if identify is not None else ApiKeys.from_env(environ=environ),
+        identify=who,
         unidentified=unidentified,
         routes=[route.name for route in routes.values()],
         total_headers=total_headers,
     )
+
+
+def _charged_to(keys: ApiKeys, account: str) -> Identify:
+    """``keys``, with callers they do not know served as ``account``."""
+
+    def identify(scope: Mapping[str, Any]) -> CallerContext | str | None:
+        caller = keys(scope)
+        return account if is_unidentified(caller) else caller
+
+    return identify

@@ -13,7 +13,7 @@ from typing import Any
 from metered.engine.meter import Meter
 from metered.gateway import create_app
 
-__all__ = ["add_gateway_parser", "gateway_command"]
+__all__ = ["add_gateway_parser", "build_app", "gateway_command"]
 
 logger = logging.getLogger("metered.gateway")
 
@@ -27,7 +27,8 @@ def add_gateway_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="serve a metered OpenAI-compatible endpoint",
         description=(
             "Serve the config's 'METHOD /path' routes as a metered OpenAI-compatible proxy. "
-            "Callers' keys come from METERED_API_KEYS='key=account,...'."
+            "Callers' keys come from METERED_API_KEYS='key=account,...'; a caller without a "
+            "known key is refused (401) unless the config sets gateway.unidentified_account."
         ),
     )
     parser.add_argument("--config", help="metered YAML config (default: catalog prices only)")
@@ -35,12 +36,13 @@ def add_gateway_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8787, help="port to listen on")
     parser.add_argument(
         "--upstream",
-        help="openai | anthropic | fake | URL (default: each route's upstream, else fake)",
+        help="openai | anthropic | fake | URL for every route (default: each route's "
+        "upstream; fake is the built-in offline fake, used only when named)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="upstream timeout in seconds")
-    parser.add_argument(
-        "--require-key", action="store_true", help="answer 401 to callers without a known key"
-    )
+    # the default now: callers without a known key are refused unless the config names
+    # the account they are charged to (gateway.unidentified_account); kept for old scripts
+    parser.add_argument("--require-key", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(func=gateway_command)
     return parser
 
@@ -51,18 +53,34 @@ def gateway_command(args: argparse.Namespace) -> int:
     # other commands and `metered --help` work without it
     import uvicorn
 
+    app = build_app(args)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def build_app(args: argparse.Namespace) -> Any:
+    """The app ``metered gateway`` serves, from its parsed arguments; logs the routes,
+    their upstreams and the key policy (the CLI shows ``metered.gateway`` at INFO).
+
+    Raises:
+        ConfigError: the config does not load, or a route has no usable upstream.
+    """
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     meter = Meter.from_yaml(args.config) if args.config else Meter()
     app = create_app(
         meter,
         upstream=args.upstream,
-        unidentified="reject" if args.require_key else "allow",
+        unidentified="reject" if args.require_key else None,
         timeout=args.timeout,
     )
-    if not args.require_key and args.host not in _LOOPBACK:
+    if meter.config.gateway.unidentified_account is not None and args.host not in _LOOPBACK:
         logger.warning(
-            "serving %s without --require-key: callers without a known key are served "
-            "on the upstream's API key as the anonymous account",
+            "serving %s to callers without a known key (charged to %r)",
             args.host,
+            meter.config.gateway.unidentified_account,
         )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0
+    return app

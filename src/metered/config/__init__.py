@@ -12,9 +12,11 @@ from metered.config.budgets import Budget, Period, Window, WindowKind, parse_bud
 from metered.config.callables import resolve_callable
 from metered.config.load import format_key, load_config, load_yaml
 from metered.config.models import (
+    KNOWN_UPSTREAMS,
     AccountConfig,
     CatalogConfig,
     Config,
+    GatewayConfig,
     Hooks,
     MatchRule,
     ModelOverride,
@@ -28,10 +30,12 @@ from metered.config.models import (
 )
 
 __all__ = [
+    "KNOWN_UPSTREAMS",
     "AccountConfig",
     "Budget",
     "CatalogConfig",
     "Config",
+    "GatewayConfig",
     "Hooks",
     "MatchRule",
     "ModelOverride",

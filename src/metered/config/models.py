@@ -39,12 +39,14 @@ from metered.errors import ConfigError
 from metered.money import PriceUnit, Rate, parse_amount, parse_rate
 
 __all__ = [
+    "KNOWN_UPSTREAMS",
     "AccountConfig",
     "Amount",
     "AnyRate",
     "BudgetText",
     "CatalogConfig",
     "Config",
+    "GatewayConfig",
     "Hooks",
     "Markup",
     "MatchRule",
@@ -294,6 +296,10 @@ class Hooks(_Strict):
         return value
 
 
+#: Upstreams a route may name besides an ``http(s)://`` URL (see ``metered.gateway``).
+KNOWN_UPSTREAMS = ("openai", "anthropic", "fake")
+
+
 class RouteConfig(_Strict):
     """How one route (an HTTP route, or a named route for client calls) is priced and settled."""
 
@@ -312,6 +318,16 @@ class RouteConfig(_Strict):
     settle_partial_streams: bool = True
     hooks: Hooks | None = None
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+
+    @field_validator("upstream")
+    @classmethod
+    def _known_upstream(cls, value: str | None) -> str | None:
+        # caught at load, not when `metered gateway` starts: `metered check` sees it too
+        if value is not None and value not in KNOWN_UPSTREAMS:
+            scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+            if scheme not in ("http", "https"):
+                raise ValueError(f"must be one of {', '.join(KNOWN_UPSTREAMS)} or an http(s) URL")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> RouteConfig:
@@ -350,6 +366,13 @@ class AccountConfig(_Strict):
     parents: list[str] = Field(default_factory=list)
 
 
+class GatewayConfig(_Strict):
+    """How ``metered gateway`` treats callers without a known API key."""
+
+    # None: refused (401). An account name: served, and charged to that account.
+    unidentified_account: str | None = Field(default=None, min_length=1)
+
+
 class TelemetryConfig(_Strict):
     """Span and metric options."""
 
@@ -385,5 +408,6 @@ class Config(_Strict):
     default_budgets: list[BudgetText] = Field(default_factory=list)
     # the least output a budget-limited call is still sent for; below it the call is a 402
     min_output_tokens: int = Field(default=16, gt=0)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     records: RecordsConfig = Field(default_factory=RecordsConfig)

@@ -8,11 +8,13 @@ input, so the cache is bounded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, NamedTuple
 
 from metered.config import Config
 from metered.engine.plan import Api
+from metered.errors import MeteredError, UnknownTier
 from metered.ledger import Budget, Charge, parse_budget
 
 __all__ = ["Accounts", "Payer", "Request"]
@@ -24,16 +26,18 @@ class Payer(NamedTuple):
     """What a caller resolves to.
 
     Attributes:
-        tier: the tier whose caps and budgets apply (an unknown tier already mapped to
-            the most restrictive one).
+        tier: the tier whose caps and budgets apply.
         charges: the accounts charged, first the caller's own, then its parents, then
             its feature tag.
         budgets: the caller's own budgets (what :meth:`Meter.remaining` reads).
+        refusal: builds the error refusing every call of this caller (an unknown tier),
+            else ``None``.
     """
 
     tier: str | None
     charges: tuple[Charge, ...]
     budgets: tuple[Budget, ...]
+    refusal: Callable[[], MeteredError] | None = None
 
 
 class Accounts:
@@ -49,11 +53,12 @@ class Accounts:
         key = (account, tier, feature)
         payer = self._payers.get(key)
         if payer is None:
-            effective = self.effective_tier(tier or self._tier_of(account))
+            effective = tier or self._tier_of(account)
             payer = Payer(
                 effective,
                 self.charges_for(account, tier=effective, feature=feature),
                 self.budgets_of(account, effective),
+                None if self.known_tier(effective) else partial(self.unknown_tier, effective),
             )
             if len(self._payers) >= _MAX_CACHED:
                 self._payers.clear()
@@ -94,14 +99,18 @@ class Accounts:
                 return tiered
         return self._budgets["@default"]
 
-    def effective_tier(self, tier: str | None) -> str | None:
-        """The tier whose caps and budgets apply. A name that is not configured fails
-        closed: it gets the tier with the smallest output cap, budgets included (a typo or
-        a stale tier from an identity provider must not unlock more, or spend unbounded)."""
+    def known_tier(self, tier: str | None) -> bool:
+        """Whether ``tier`` may be used: no tier, a configured one, or any name when the
+        config defines no tiers (a label then, with nothing attached). A caller with an
+        unknown tier is refused (:class:`~metered.errors.UnknownTier`), never mapped to
+        another tier: a typo or a stale tier from an identity provider must neither
+        unlock more nor silently give a paying caller less."""
         tiers = self._config.tiers
-        if tier is None or tier in tiers or not tiers:
-            return tier
-        return min(tiers, key=lambda name: (tiers[name].max_tokens or 2**63, name))
+        return tier is None or tier in tiers or not tiers
+
+    def unknown_tier(self, tier: str | None) -> UnknownTier:
+        """The error refusing a caller whose tier is not configured."""
+        return UnknownTier(str(tier), tuple(self._config.tiers))
 
     def _tier_of(self, account: str) -> str | None:
         configured = self._config.accounts.get(account)

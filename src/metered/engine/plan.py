@@ -188,7 +188,11 @@ class Planner:
 
 
 def check_request(request: Request) -> None:
-    """What no plan can fix: a body that is not an object, a ``stream`` that is not a bool."""
+    """What no plan can fix: a caller refused as such (an unknown tier), a body that is
+    not an object, a ``stream`` that is not a bool."""
+    refusal = request.payer.refusal
+    if refusal is not None:
+        raise refusal()
     if not request.is_mapping:
         raise InvalidRequest("the request body must be a JSON object")
     stream = request.body.get("stream")
