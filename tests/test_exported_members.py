@@ -24,6 +24,7 @@ def test_every_exported_name_resolves() -> None:
 #: Raised and answered by the HTTP doors themselves: importable from metered.errors, not
 #: exported from the package (no user code catches them).
 HTTP_ONLY = {
+    "DuplicateKey",
     "NotFound",
     "RequestTooLarge",
     "Unauthorized",

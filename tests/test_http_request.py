@@ -60,8 +60,8 @@ def test_gateway_routes_are_the_method_path_routes_of_the_config() -> None:
 @pytest.mark.parametrize(
     ("raw", "param", "says"),
     [
-        (b"{not json", None, "not valid JSON"),
-        (b"\xff\xfe", None, "not valid JSON"),
+        (b"{not json", None, "not valid UTF-8 JSON"),
+        (b"\xff\xfe", None, "not valid UTF-8 JSON"),
         (b"[1, 2]", None, "JSON object"),
         (b'{"messages": []}', "model", "'model' is required"),
         (b'{"model": ""}', "model", "non-empty string"),

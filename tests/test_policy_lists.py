@@ -37,8 +37,6 @@ def test_no_lists_allow_everything() -> None:
         "gpt-4o",
         "GPT-4o",
         "  gpt-4o ",
-        "gpt-4o\u200b",  # zero-width space
-        "\uff47\uff50\uff54-4o",  # fullwidth letters, NFKC-equal to gpt-4o
         "openai/gpt-4o",
         "gpt-4o-2024-08-06",
         "my-bot",  # an alias of gpt-4o
@@ -46,7 +44,8 @@ def test_no_lists_allow_everything() -> None:
     ],
 )
 def test_denylist_catches_every_spelling(model: str) -> None:
-    """Case, whitespace, invisible characters, prefixes, snapshots and aliases are all denied."""
+    """Case, whitespace, prefixes, snapshots and aliases are all denied (look-alikes with
+    invisible or non-ASCII characters are refused before any list: test_resolve)."""
     policy = ModelPolicy(deny=["gpt-4o"])
     assert policy.enforcing
     assert denial(policy, model) == "denylist"

@@ -11,6 +11,7 @@
     ├── RequestTooLarge        the request body is over the configured size (HTTP 413)
     ├── InvalidRequest         the request is malformed (HTTP 400)
     │   ├── UnknownTier        the caller's tier is not configured (HTTP 400)
+    │   ├── DuplicateKey       a JSON request body names a key twice (HTTP 400)
     │   ├── Unauthorized       no known caller where the door requires one (HTTP 401)
     │   ├── NotFound           no route serves the method and path (HTTP 404)
     │   └── UnsupportedMediaType  a gateway route got a body that is not JSON (HTTP 415)
@@ -31,6 +32,7 @@ __all__ = [
     "BudgetExceeded",
     "ConfigError",
     "ContextOverflow",
+    "DuplicateKey",
     "InvalidRequest",
     "LedgerError",
     "MeteredError",
@@ -238,6 +240,19 @@ class UnknownTier(InvalidRequest):
 
     def details(self) -> dict[str, Any]:
         return {"tier": self.tier}
+
+
+class DuplicateKey(InvalidRequest):
+    """A JSON request body names a key twice in one object (HTTP 400, ``duplicate_key``).
+
+    Parsers disagree on which duplicate wins, so such a body could be checked as one
+    request and served as another: the HTTP doors refuse it before any policy.
+    """
+
+    code = "duplicate_key"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the request body names {key!r} more than once", param=key)
 
 
 class Unauthorized(InvalidRequest):

@@ -187,6 +187,8 @@ class Call:
                 request.route, self.body.get("model"), self.api, request.payer.tier, request.urgent
             )
             self.model = plan.model
+            if plan.model != plan.sent_model:  # the id the policy approved, nothing around it
+                self.body["model"] = plan.sent_model
             self.route_name = plan.pricer.name
             charges = request.payer.charges
             # a budgeted call always sends a limit, and at most what its budget pays for

@@ -80,6 +80,7 @@ class Plan:
 
     pricer: RoutePricer
     model: str  # the requested id as the route resolves it
+    sent_model: str  # the id sent upstream: the requested one, surrounding space trimmed
     base: str  # the model it resolves to: the tokenizer's model
     tier_cfg: TierConfig | None
     cap: int | None  # the tier's output cap, urgent allowance applied
@@ -172,6 +173,7 @@ class Planner:
         return Plan(
             pricer=pricer,
             model=resolved.requested,
+            sent_model=resolved.requested.strip(),
             base=base,
             tier_cfg=tier_cfg,
             cap=cap,

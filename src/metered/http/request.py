@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from metered.errors import (
     ConfigError,
+    DuplicateKey,
     InvalidRequest,
     UnsupportedMediaType,
 )
@@ -161,15 +162,22 @@ def parse_request(raw: bytes, *, max_choices: int = 1) -> dict[str, Any]:
 
     The engine checks the rest (``stream``, output limits) as it does for every door.
 
+    One reading of the body, the one the upstream will make: UTF-8 JSON only (no BOM,
+    UTF-16 or ``NaN``/``Infinity``), and no key twice in any object — parsers disagree on
+    which duplicate wins, so ``{"model": "denied", "model": "allowed"}`` could be checked
+    as one model and served as the other.
+
     Raises:
-        InvalidRequest: not a JSON object, nested too deep, no string model, a
-            ``stream_options`` that is not an object, or ``n`` above ``max_choices``
-            (``param`` names the field).
+        InvalidRequest: not UTF-8 JSON, a duplicate key (``duplicate_key``), not a JSON
+            object, nested too deep, no string model, a ``stream_options`` that is not an
+            object, or ``n`` above ``max_choices`` (``param`` names the field).
     """
     try:
-        body = json.loads(raw)
+        body = json.loads(raw.decode(), object_pairs_hook=_unique, parse_constant=_no_constant)
+    except DuplicateKey as exc:
+        raise exc from None  # not the parser's frames
     except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON") from None
+        raise InvalidRequest("the request body is not valid UTF-8 JSON") from None
     except RecursionError:
         raise InvalidRequest(_TOO_DEEP) from None
     if not isinstance(body, dict):
@@ -192,6 +200,21 @@ def parse_request(raw: bytes, *, max_choices: int = 1) -> dict[str, Any]:
             f"'n' must be an integer from 1 to {max_choices} on this endpoint", param="n"
         )
     return body
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):  # the rare case: find the key to name it
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _nests_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:

@@ -2,9 +2,11 @@
 
 A requested id goes through, in order:
 
-1. normalisation: Unicode NFKC, zero-width characters removed, whitespace trimmed, lower
-   case. Ids that are still not printable ASCII are refused (:class:`PolicyDenied`), so a
-   Cyrillic ``о`` in ``gpt-4о`` cannot slip past a denylist.
+1. normalisation: whitespace trimmed, lower case. An id that is not printable ASCII is
+   refused (:class:`PolicyDenied`): a Cyrillic ``о`` in ``gpt-4о``, a fullwidth
+   ``ｇｐｔ-４ｏ`` or a zero-width space could otherwise be checked as one model and read
+   as another upstream. An operator who needs such a name lists it verbatim as an alias
+   (``models.aliases``), which names what it stands for.
 2. operator aliases (``my-chatbot -> claude-sonnet-4-5``),
 3. provider prefixes (``openai/``, ``anthropic/``, ``azure/`` ...) and Azure deployments
    (``azure/prod-4o -> gpt-4o`` via ``models.deployments``),
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import re
 import threading
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -36,9 +37,6 @@ __all__ = [
     "normalize_model_id",
 ]
 
-_INVISIBLE = dict.fromkeys(
-    map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\u2066\u2067\u2068\u2069\ufeff\u00ad")
-)
 PROVIDER_PREFIXES = frozenset(
     {
         "openai",
@@ -84,10 +82,12 @@ def normalize_model_id(raw: object) -> str:
             f"model must be at most {MAX_MODEL_ID_LENGTH} characters, got {len(raw)}",
             param="model",
         )
-    text = unicodedata.normalize("NFKC", raw).translate(_INVISIBLE).strip().lower()
+    text = raw.strip().lower()
     if not text:
         raise InvalidRequest("model must not be empty", param="model")
     if not text.isascii() or not text.isprintable() or any(c.isspace() for c in text):
+        # a look-alike (fullwidth, Cyrillic, zero-width) is refused, never mapped to the
+        # ASCII id it resembles: the upstream would read what the caller wrote
         raise PolicyDenied(
             f"model id {raw!r} contains characters that are not plain ASCII",
             model=raw,
@@ -167,7 +167,9 @@ class Resolver:
         out: dict[str, str] = {}
         for name, target in mapping.items():
             try:
-                out[normalize_model_id(name)] = normalize_model_id(target)
+                # a name that is not plain ASCII is the operator's own: kept verbatim
+                plain = isinstance(name, str) and name.isascii()
+                out[normalize_model_id(name) if plain else name] = normalize_model_id(target)
             except (InvalidRequest, PolicyDenied) as exc:
                 raise ConfigError(f"{key}.{name}", exc.message, target) from None
         return out
@@ -203,7 +205,9 @@ class Resolver:
         return resolved
 
     def _resolve(self, requested: str) -> ResolvedModel:
-        name = normalize_model_id(requested)
+        # an id the operator listed verbatim as an alias is taken as written
+        verbatim = type(requested) is str and requested in self._aliases
+        name = requested if verbatim else normalize_model_id(requested)
         chain: list[str] = []
         provider: str | None = None
         fine_tune_base: str | None = None
