@@ -83,9 +83,12 @@ def test_quote_with_a_config_route(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_quote_unknown_model_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
-    """A model without a price is an error on stderr, not a $0 quote."""
-    code, out, err = run(capsys, "quote my-private-llm --input 1 --output 1")
-    assert (code, out) == (1, "")
+    """A model without a price is a row saying so and an error on stderr, never $0; the
+    other models of the table are still quoted."""
+    code, out, err = run(capsys, "quote my-private-llm gpt-4o --input 1 --output 1")
+    assert code == 1
+    assert "unpriced" in out
+    assert "gpt-4o" in out
     assert err.startswith("error: model 'my-private-llm' has no price")
 
 

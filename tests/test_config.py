@@ -107,8 +107,11 @@ def test_bare_number_markup_is_ambiguous(written: object) -> None:
 
 
 def test_unknown_policy_follows_the_fallback() -> None:
-    """Setting a fallback price implies the fallback policy unless reject is explicit."""
-    assert RouteConfig().unknown_policy == "reject"
+    """Setting a fallback price implies the fallback policy unless reject is explicit; a
+    route that sets its own prices rejects what it did not price; a route that sets none
+    serves unknown models unpriced."""
+    assert RouteConfig().unknown_policy == "unpriced"
+    assert RouteConfig.model_validate({"models": {"gpt-4o": "$1"}}).unknown_policy == "reject"
     assert RouteConfig.model_validate({"fallback": "$0.02"}).unknown_policy == "fallback"
     explicit = RouteConfig.model_validate({"fallback": "$0.02", "unknown_model": "reject"})
     assert explicit.unknown_policy == "reject"

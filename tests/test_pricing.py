@@ -57,18 +57,22 @@ def test_quote_records_the_request_and_the_price_data() -> None:
     assert quote.catalog_version == f"genai-prices {version('genai-prices')}"
 
 
-def test_unknown_model_on_the_default_route_is_rejected() -> None:
-    """Without a fallback an unpriced model is refused, never charged $0."""
+def test_unknown_model_on_the_default_route_is_unpriced_never_zero() -> None:
+    """With nothing configured an unknown model is served unpriced: cost unknown (None),
+    never $0; a route asking for it rejects instead."""
+    quote = DEFAULT.quote("my-private-llm", USAGE)
+    assert (quote.pricing_source, quote.cost, quote.margin) == ("unpriced", None, None)
+    strict = Pricer(load_config({"routes": {"r": {"unknown_model": "reject"}}})).route("r")
     with pytest.raises(UnknownModel) as info:
-        DEFAULT.quote("my-private-llm", USAGE)
+        strict.quote("my-private-llm", USAGE)
     assert info.value.model == "my-private-llm"
     assert info.value.status_code == 400
 
 
 def test_model_without_token_prices_is_not_priced_at_zero() -> None:
-    """gpt-live-1 is listed per audio hour only: a token call to it is unknown, not $0."""
-    with pytest.raises(UnknownModel):
-        DEFAULT.quote("gpt-live-1", USAGE)
+    """gpt-live-1 is listed per audio hour only: a token call to it is unpriced, not $0."""
+    quote = DEFAULT.quote("gpt-live-1", USAGE)
+    assert (quote.pricing_source, quote.cost) == ("unpriced", None)
 
 
 def test_dated_snapshot_with_its_own_entry_uses_it() -> None:
@@ -239,9 +243,9 @@ def test_dated_fine_tune_costs_the_catalog_fine_tune_rate() -> None:
 
 
 def test_unlisted_fine_tune_without_catalog_price_is_rejected() -> None:
-    """ft:gpt-4o-mini:acme::x has no catalog price: rejected, never the base's price or $0."""
-    with pytest.raises(UnknownModel):
-        DEFAULT.quote("ft:gpt-4o-mini:acme::x", USAGE)
+    """ft:gpt-4o-mini:acme::x has no catalog price: unpriced, never the base's price or $0."""
+    quote = DEFAULT.quote("ft:gpt-4o-mini:acme::x", USAGE)
+    assert (quote.pricing_source, quote.cost) == ("unpriced", None)
 
 
 def test_unlisted_fine_tune_gets_the_fallback() -> None:

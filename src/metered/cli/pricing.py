@@ -35,7 +35,7 @@ def _quote_dict(q: Quote) -> dict[str, Any]:
         "pricing_source": q.pricing_source,
         "pricing_mode": q.pricing_mode,
         "cost_usd": q.cost,
-        "price_usd": q.price,
+        "price_usd": None if q.pricing_source == "unpriced" else q.price,
         "margin_usd": q.margin,
         "catalog_version": q.catalog_version,
         "usage": {
@@ -59,9 +59,14 @@ def _cmd_quote(args: argparse.Namespace) -> int:
         source="estimated",
     )
     quotes = [pricer.quote(model, usage, route=args.route) for model in args.model]
+    # an unpriced model is a row that says so, and the exit status is 1
+    unpriced = [q.requested_model for q in quotes if q.pricing_source == "unpriced"]
+    status = 1 if unpriced else 0
+    for model in unpriced:
+        print(f"error: model {model!r} has no price (unpriced: cost unknown)", file=sys.stderr)
     if args.json:
         dump([_quote_dict(q) for q in quotes] if len(quotes) > 1 else _quote_dict(quotes[0]))
-        return 0
+        return status
     print(
         table(
             ["model", "resolved", "provider", "source", "mode", "cost", "price", "margin"],
@@ -73,7 +78,7 @@ def _cmd_quote(args: argparse.Namespace) -> int:
                     q.pricing_source,
                     q.pricing_mode,
                     format_usd(q.cost),
-                    format_usd(q.price),
+                    format_usd(None if q.pricing_source == "unpriced" else q.price),
                     format_usd(q.margin),
                 ]
                 for q in quotes
@@ -86,7 +91,7 @@ def _cmd_quote(args: argparse.Namespace) -> int:
         f"{u.cache_write_tokens} cache write), {u.output_tokens} output "
         f"({u.reasoning_tokens} reasoning); prices: {quotes[0].catalog_version}"
     )
-    return 0
+    return status
 
 
 def check_findings(config: Config) -> list[dict[str, str]]:
@@ -111,8 +116,11 @@ def check_findings(config: Config) -> list[dict[str, str]]:
         for model, origin in listed + names:
             level, problem = "", ""
             if not route.is_known(model):
-                if route.config.unknown_policy == "fallback":
+                policy = route.config.unknown_policy
+                if policy == "fallback":
                     level, problem = "warning", "priced by the fallback"
+                elif policy == "unpriced":
+                    level, problem = "warning", "has no price: its calls would go unpriced"
                 else:
                     level, problem = "error", "has no price: every call would be rejected"
             elif route.entry(model) is None:

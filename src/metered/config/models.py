@@ -310,7 +310,7 @@ class RouteConfig(_Strict):
     match: list[MatchRule] = Field(default_factory=list)
     price: PriceFn | None = None
     fallback: RoutePrice | None = None
-    unknown_model: Literal["reject", "fallback"] | None = None
+    unknown_model: Literal["reject", "fallback", "unpriced"] | None = None
     floors: dict[str, Amount] = Field(default_factory=dict)
     ceilings: dict[str, Amount] = Field(default_factory=dict)
     settlement: Literal["after-response", "before-response"] = "after-response"
@@ -342,11 +342,17 @@ class RouteConfig(_Strict):
         return self
 
     @property
-    def unknown_policy(self) -> Literal["reject", "fallback"]:
-        """``fallback`` when a fallback price is set (the guides' shape), else ``reject``."""
+    def unknown_policy(self) -> Literal["reject", "fallback", "unpriced"]:
+        """What a model this route has no price for gets, unless ``unknown_model`` says:
+        the ``fallback`` price when one is set; ``reject`` (400) on a route that sets its
+        own resale prices (``models``, ``match``, ``price``: the operator priced what it
+        sells); else ``unpriced`` — served, its cost recorded as unknown, never $0 (a
+        budget still refuses it: see the engine)."""
         if self.unknown_model is not None:
             return self.unknown_model
-        return "fallback" if self.fallback is not None else "reject"
+        if self.fallback is not None:
+            return "fallback"
+        return "reject" if self.models or self.match or self.price else "unpriced"
 
 
 class TierConfig(_Strict):

@@ -409,7 +409,7 @@ class Call:
             fin, quote, status, amount, (now - settle_started) * 1000, remaining_nanos, now
         )
         totals = _context.bound.totals.get()
-        if totals is not None and settled and quote is not None:
+        if totals is not None and settled and quote and quote.pricing_source != "unpriced":
             totals.add(quote.cost, from_nanos(amount))
         span = self._span
         if span is not None and span.is_recording():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from metered.config import Config, TierConfig, resolve_callable
-from metered.errors import InvalidRequest, PolicyDenied
+from metered.errors import InvalidRequest, PolicyDenied, UnknownModel
 from metered.fitting.policy import (
     ModelPolicy,
     OutputCap,
@@ -213,7 +213,11 @@ def admit(plan: Plan, call: Call, urgent: bool, budgeted: bool) -> tuple[Fit, Qu
             reason="hook",
         )
     fitted = fit(plan, call.body, call.api, urgent, budgeted)
-    return fitted, _quote(plan, call, fitted.body, fitted.prompt_tokens, fitted.output_limit)
+    estimate = _quote(plan, call, fitted.body, fitted.prompt_tokens, fitted.output_limit)
+    if budgeted and estimate.pricing_source == "unpriced":
+        # a budget cannot be enforced on a call whose price is unknown: never bypassed
+        raise UnknownModel(plan.model, route=plan.pricer.name)
+    return fitted, estimate
 
 
 def _quote(plan: Plan, call: Call, body: dict[str, Any], prompt: int, limit: int) -> Quote:

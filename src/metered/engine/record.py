@@ -143,7 +143,8 @@ def build_record(
     fin = facts.fin
     # cost, price and margin describe money that moved: a released, refunded or refused
     # call shows none (what it would have cost stays in payment_required)
-    money = quote if facts.priced else None
+    # (an unpriced call moved none: its cost is unknown, not $0)
+    money = quote if facts.priced and quote and quote.pricing_source != "unpriced" else None
     return UsageRecord(
         timestamp=facts.timestamp,
         call_id=call.id,

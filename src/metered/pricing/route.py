@@ -16,6 +16,7 @@ its price must come from a rule or the fallback.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,7 +46,11 @@ __all__ = [
     "RoutePricer",
 ]
 
-PricingSource = Literal["route.models", "default-table", "match", "price.fn", "fallback"]
+PricingSource = Literal[
+    "route.models", "default-table", "match", "price.fn", "fallback", "unpriced"
+]
+logger = logging.getLogger("metered")
+_ZERO = Decimal(0)
 _PLAN_CACHE_LIMIT = 4096  # requested ids are user input: bound the cache
 _EMPTY: Mapping[str, Any] = {}
 
@@ -133,8 +138,22 @@ class RoutePricer:
         self._use_default_table = route.markup is not None or not (
             route.models or route.match or route.fallback or route.price
         )
+        self._unpriced = route.unknown_policy == "unpriced"
+        self._warned: set[str] = set()
         self._plans: dict[str, _Plan] = {}
         self._lock = threading.Lock()
+
+    def _warn_unpriced(self, model: str) -> None:
+        """Log once per model (bounded: ids are user input) that its calls go unpriced."""
+        if model in self._warned or len(self._warned) >= _PLAN_CACHE_LIMIT:
+            return
+        self._warned.add(model)
+        logger.warning(
+            "metered: no price for model %r on route %r: its calls are served and recorded "
+            "unpriced (cost unknown); set a fallback price or unknown_model: reject to refuse",
+            model,
+            self.name,
+        )
 
     def _normalised(self, mapping: Mapping[str, Any], key: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -254,7 +273,11 @@ class RoutePricer:
             price, mode = self._fallback.apply(usage, cost, plan.per_second)
             source = "fallback"
         if price is None:
-            raise UnknownModel(plan.resolved.requested, route=self.name)
+            if not self._unpriced:
+                raise UnknownModel(plan.resolved.requested, route=self.name)
+            # served unpriced: cost unknown (None, never $0), nothing to charge
+            self._warn_unpriced(plan.resolved.requested)
+            price, source = _ZERO, "unpriced"
         if plan.floor is not None and price < plan.floor:
             price = plan.floor
         if plan.ceiling is not None and price > plan.ceiling:
