@@ -37,11 +37,8 @@ would tell your customers your upstream cost).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 from metered.context import CallerContext
 from metered.engine.meter import Meter
@@ -51,6 +48,7 @@ from metered.http.errors import error_parts
 from metered.http.identity import ApiKeys, Identify, is_unidentified
 from metered.http.request import CREDENTIAL_HEADERS, gateway_routes
 from metered.http.response import TotalHeader
+from metered.http.upstreams import Upstream, reduced_error, resolve_upstream
 
 if TYPE_CHECKING:
     import httpx
@@ -60,6 +58,7 @@ __all__ = [
     "GatewayProxy",
     "Upstream",
     "create_app",
+    "reduced_error",
     "resolve_upstream",
 ]
 
@@ -68,10 +67,6 @@ logger = logging.getLogger("metered.gateway")
 #: Routes served when the config names no ``"METHOD /path"`` route.
 DEFAULT_ROUTES = ("POST /v1/chat/completions", "POST /v1/responses")
 
-_KNOWN = {
-    "openai": ("https://api.openai.com", "OPENAI_API_KEY", "authorization"),
-    "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY", "x-api-key"),
-}
 # Hop-by-hop headers (RFC 9110 §7.6.1) and what the proxy sets itself.
 _HOP = frozenset(
     {
@@ -94,82 +89,6 @@ _PASSTHROUGH = frozenset({("GET", "/v1/models")})
 _PRICE_ONLY: tuple[TotalHeader, ...] = ("price",)
 
 
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """Where a route's requests go.
-
-    Attributes:
-        name: ``openai``, ``anthropic``, ``fake`` or the URL's scheme, host and port: what
-            error bodies and logs show (never credentials).
-        base_url: scheme, host and optional path prefix.
-        headers: credentials added to every upstream request.
-        transport: an in-process transport (the fake upstream), else ``None``.
-    """
-
-    name: str
-    base_url: str
-    headers: tuple[tuple[str, str], ...] = ()
-    transport: httpx.AsyncBaseTransport | None = None
-
-    def url(self, path: str, query: str) -> str:
-        """The upstream URL of a request path; a ``/v1`` ending the base is not doubled."""
-        prefix = urlsplit(self.base_url).path.rstrip("/")
-        if prefix and (path == prefix or path.startswith(prefix + "/")):
-            path = path[len(prefix) :]
-        return self.base_url.rstrip("/") + path + (f"?{query}" if query else "")
-
-
-def resolve_upstream(name: str | None, *, environ: Mapping[str, str] | None = None) -> Upstream:
-    """An :class:`Upstream` from a name or URL (see the module docstring).
-
-    Raises:
-        ConfigError: a known provider without its API key in the environment, or a
-            name that is neither known nor an ``http(s)`` URL.
-    """
-    env = os.environ if environ is None else environ
-    if name is None or name == "fake":
-        from metered.testing import FakeUpstream
-
-        return Upstream(
-            "fake", "http://fake-upstream.test", (), FakeUpstream().async_httpx_transport()
-        )
-    known = _KNOWN.get(name)
-    if known is not None:
-        base_url, key_var, header = known
-        key = env.get(key_var)
-        if not key:
-            raise ConfigError(
-                "upstream",
-                f"needs {key_var} in the environment (or use --upstream fake to try the "
-                "gateway offline)",
-                name,
-            )
-        value = f"Bearer {key}" if header == "authorization" else key
-        return Upstream(name, base_url, ((header, value),))
-    if urlsplit(name).scheme not in ("http", "https"):
-        raise ConfigError(
-            "upstream", "must be openai, anthropic, fake or an http(s) URL", _shown(name)
-        )
-    key = env.get("METERED_UPSTREAM_API_KEY") or env.get("OPENAI_API_KEY")
-    return Upstream(_shown(name), name, (("authorization", f"Bearer {key}"),) if key else ())
-
-
-def _shown(url: str) -> str:
-    """A URL as error bodies, logs and spans may show it: scheme, host and port only.
-
-    User info (``https://user:password@host``), a path or a query may carry credentials.
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:  # not a number: show no port rather than the raw text
-        port = ""
-    return f"{parts.scheme}://{host}{port}"
-
-
 class GatewayProxy:
     """ASGI app forwarding requests to their upstream, streaming responses back.
 
@@ -182,6 +101,12 @@ class GatewayProxy:
         default: the upstream of passed-through paths.
         timeout: seconds to wait for the upstream to connect (at most 10) and between
             two bytes of its response.
+        forward_query: the ``(method, path)`` whose query string is forwarded; any other
+            request's query string is dropped (it may carry the caller's credentials).
+
+    An upstream's error answer (HTTP 400 and above) reaches the caller reduced to OpenAI's
+    error shape (:func:`reduced_error`): an upstream that echoes request headers must not
+    hand the gateway's own upstream key to the caller.
     """
 
     def __init__(
@@ -190,9 +115,11 @@ class GatewayProxy:
         *,
         default: Upstream,
         timeout: float = 600.0,
+        forward_query: Collection[tuple[str, str]] = (),
     ) -> None:
         import httpx
 
+        self._query = frozenset(forward_query)
         self._upstreams = dict(upstreams)
         self._default = default
         limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
@@ -253,9 +180,12 @@ class GatewayProxy:
         ]
         headers += [*upstream.headers, ("accept-encoding", "identity")]
         client = self._clients[id(upstream.transport)]
+        query = ""
+        if (scope["method"], scope["path"]) in self._query:
+            query = scope.get("query_string", b"").decode("latin-1")
         request = client.build_request(
             scope["method"],
-            upstream.url(scope["path"], scope.get("query_string", b"").decode("latin-1")),
+            upstream.url(scope["path"], query),
             headers=headers,
             content=bytes(body),
         )
@@ -267,6 +197,17 @@ class GatewayProxy:
         except httpx.HTTPError as exc:
             logger.warning("metered gateway: %s unreachable: %s", upstream.name, exc)
             await _respond(send, UpstreamError(f"{upstream.name} could not be reached"))
+            return
+        if response.status_code >= 400:
+            try:
+                raw = await response.aread()
+            except httpx.HTTPError:
+                raw = b""
+            finally:
+                await response.aclose()
+            status, error_headers, data = reduced_error(response, raw, upstream)
+            await send({"type": "http.response.start", "status": status, "headers": error_headers})
+            await send({"type": "http.response.body", "body": data, "more_body": False})
             return
         failure: httpx.HTTPError | None = None
         try:
@@ -365,7 +306,16 @@ def create_app(
         if name not in resolved:  # one Upstream (connection pool, fake) per distinct name
             resolved[name] = resolve_upstream(name, environ=environ)
         upstreams[key] = resolved[name]
-    proxy = GatewayProxy(upstreams, default=next(iter(upstreams.values())), timeout=timeout)
+    proxy = GatewayProxy(
+        upstreams,
+        default=next(iter(upstreams.values())),
+        timeout=timeout,
+        forward_query=[
+            key
+            for key, route in routes.items()
+            if (config := meter.config.routes.get(route.name)) and config.forward_query
+        ],
+    )
     keys = identify if identify is not None else ApiKeys.from_env(environ=environ)
     who: Identify = keys
     account = meter.config.gateway.unidentified_account

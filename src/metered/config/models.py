@@ -318,6 +318,8 @@ class RouteConfig(_Strict):
     settle_partial_streams: bool = True
     hooks: Hooks | None = None
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # the gateway forwards the caller's query string only when the route says so
+    forward_query: bool = False
 
     @field_validator("upstream")
     @classmethod

@@ -37,6 +37,7 @@ from metered.engine.call import Call, aopen_call, open_call
 from metered.engine.plan import Api, OnResponse, Planner
 from metered.engine.settle import Runtime, arun, remaining, run
 from metered.fitting.policy import ModelPolicy
+from metered.headers import public_headers
 from metered.ledger import Charge, Ledger, MemoryLedger, Threshold, parse_budget
 from metered.money import from_nanos
 from metered.pricing.route import Pricer, Quote
@@ -288,7 +289,7 @@ class Meter:
             feature,
             bound.route.get() if route is _UNSET else route,
             bound.urgent.get() if urgent is _UNSET else urgent,
-            headers or {},
+            public_headers(headers),  # every door: credentials never reach hooks or rules
             {**bound_meta, **(metadata or {})} if bound_meta else (metadata or {}),
         )
 

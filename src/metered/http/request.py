@@ -16,6 +16,7 @@ from metered.errors import (
     InvalidRequest,
     UnsupportedMediaType,
 )
+from metered.headers import CREDENTIAL_HEADERS, public_headers
 
 if TYPE_CHECKING:
     from metered.engine.meter import Api, Meter
@@ -35,9 +36,6 @@ __all__ = [
 
 
 #: Headers that carry credentials: never passed to pricing rules, hooks, spans or logs.
-CREDENTIAL_HEADERS: Final = frozenset(
-    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
-)
 #: Deepest nesting of arrays and objects in a gateway request: far beyond real requests
 #: (tool schemas nest a few levels), far below the interpreter's recursion limit that
 #: counting, pricing and forwarding the body rely on.
@@ -129,16 +127,6 @@ def gateway_routes(
             name, method, path, api, provider, limit, name if config is not None else None
         )
     return routes
-
-
-def public_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Request headers for pricing rules and hooks: lower-cased, credentials removed."""
-    out: dict[str, str] = {}
-    for name, value in items:
-        name = name.lower()
-        if name not in CREDENTIAL_HEADERS:
-            out[name] = value
-    return out
 
 
 def check_content_type(value: str | None) -> None:
