@@ -125,19 +125,49 @@ async def test_before_response_refund_async(make_meter: MeterFactory) -> None:
 def test_ledger_fault_during_settlement_does_not_break_the_call(
     make_meter: MeterFactory,
 ) -> None:
-    """A ledger that fails to capture gives status failed; finish itself does not raise."""
+    """A ledger that fails to capture parks the charge (status pending, the amount it will
+    settle); finish itself does not raise; the charge lands once the ledger answers."""
 
     class BrokenCapture(MemoryLedger):
-        def capture(self, *args: Any, **kwargs: Any) -> Any:
-            raise ConnectionError("ledger down")
+        down = True
 
-    meter = make_meter(config(), ledger=BrokenCapture())
+        def capture(self, *args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise ConnectionError("ledger down")
+            return super().capture(*args, **kwargs)
+
+    ledger = BrokenCapture()
+    meter = make_meter(config(), ledger=ledger)
     call = meter.begin(BODY)
     call.finish(USAGE)
     record = call.record
     assert record is not None
-    assert record.settlement_status == "failed"
+    assert record.settlement_status == "pending"
     assert record.payment_settled is False
+    assert record.settlement_amount > 0
+    assert meter.pending_settlements() == 1
+    assert meter.flush_settlements() == 0  # still down: it waits
+    ledger.down = False
+    assert meter.flush_settlements() == 1
+    assert meter.pending_settlements() == 0
+    assert ledger.balance(call.account).spent_nanos == to_nanos(record.settlement_amount)
+
+
+def test_a_release_the_ledger_cannot_take_is_failed_not_parked(
+    make_meter: MeterFactory,
+) -> None:
+    """A failed release moves no money (the hold expires by itself): nothing to park."""
+
+    class BrokenRelease(MemoryLedger):
+        def release(self, *args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("ledger down")
+
+    meter = make_meter(config(), ledger=BrokenRelease())
+    call = meter.begin(BODY)
+    call.finish(error=TimeoutError())
+    assert call.record is not None
+    assert call.record.settlement_status == "failed"
+    assert meter.pending_settlements() == 0
 
 
 # -- on_response veto ------------------------------------------------------------------------

@@ -20,8 +20,10 @@ tokens actually delivered (estimated) unless the route sets
 ``settle_partial_streams: false``, in which case nothing is charged (a prepaid charge is
 refunded). A stream cut by an *upstream* error is a failure like any other: refund
 protection wins over the tokens already delivered. A
-ledger fault during settlement gives ``failed``; an unsettled hold then expires on its
-own, so a crashed or failing settlement never locks budget.
+ledger fault during settlement parks a capture, adjustment or refund in the outbox
+(``pending``: it lands when the store answers again, see :mod:`metered.engine.outbox`);
+a release that fails is ``failed``, and the hold expires on its own, so a crashed or
+failing settlement never locks budget.
 
 The decision is made once, here (:func:`decide`); the engine runs it against the sync or
 async ledger API.
@@ -35,7 +37,7 @@ from typing import Literal
 __all__ = ["Action", "SettlementMode", "SettlementStatus", "decide"]
 
 SettlementMode = Literal["after-response", "before-response"]
-SettlementStatus = Literal["settled", "refunded", "released", "skipped", "failed"]
+SettlementStatus = Literal["settled", "refunded", "released", "skipped", "failed", "pending"]
 ActionKind = Literal["capture", "release", "adjust", "refund", "keep"]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from metered import tokens
 from metered.cli.format import dump, table
 from metered.config import Config, load_config, load_yaml
+from metered.engine.outbox import Outbox, outbox_path
 from metered.money import format_usd
 from metered.pricing.catalog import TieredRates
 from metered.pricing.route import Pricer, Quote
@@ -141,6 +142,18 @@ def check_findings(config: Config) -> list[dict[str, str]]:
 def _cmd_check(args: argparse.Namespace) -> int:
     config = load_yaml(args.config)
     findings = check_findings(config)
+    path = outbox_path(config)
+    backlog = Outbox(path) if path is not None else None
+    if backlog is not None and len(backlog):
+        findings.append(
+            {
+                "level": "warning",
+                "route": "",
+                "model": "",
+                "from": str(backlog.path),
+                "problem": f"{len(backlog)} settlement(s) wait for the budget store",
+            }
+        )
     errors = [f for f in findings if f["level"] == "error"]
     if args.json:
         dump({"ok": not errors, "findings": findings})

@@ -394,6 +394,8 @@ class RecordsConfig(_Strict):
     sink: Literal["none", "jsonl"] = "none"
     path: str | None = None
     fsync: Literal["never", "always"] = "never"
+    # where settlements the ledger could not take wait (default: next to a JSONL path)
+    outbox: str | None = None
 
     @model_validator(mode="after")
     def _path(self) -> RecordsConfig:

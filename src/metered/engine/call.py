@@ -48,6 +48,7 @@ __all__ = ["Call", "aopen_call", "open_call"]
 logger = logging.getLogger("metered")
 
 _ZERO = Decimal(0)
+_NOTHING = flows.Applied(None)
 
 
 def _new_id() -> str:
@@ -343,8 +344,7 @@ class Call:
     def _settle(self, fin: Finish) -> Flow[None]:
         quote, action = self._price(fin)
         started = time.perf_counter()
-        receipt: Receipt | None = None
-        failed = False
+        applied = _NOTHING
         charges = self._charges
         if charges is not None:
             if action.kind in ("capture", "adjust"):
@@ -354,15 +354,10 @@ class Call:
                 amount = 0
             op = flows.settlement(self.id, charges, action, amount)
             if op is not None:
-                try:
-                    result = yield op
-                except Exception:
-                    # the upstream call already happened: accounting must not break it (a
-                    # hold that could not be settled expires at its TTL)
-                    logger.exception("metered: settlement failed for call %s", self.id)
-                    failed = True
-                else:
-                    receipt = None if op[0] == "release" else result
+                # the upstream call already happened: a failure must not break it (the
+                # charge is parked until the store answers)
+                applied = yield from flows.apply(self.id, op, self._runtime.outbox)
+        receipt = applied.receipt
         if receipt is not None and receipt.remaining_nanos:
             # the first charge is this account, with the budgets Meter.remaining() reads
             left = receipt.remaining_nanos[0]
@@ -370,7 +365,7 @@ class Call:
             left = yield from flows.remaining(self.account, self._request.payer.budgets)
         else:
             left = None
-        self._complete(fin, quote, action, receipt, failed, started, left)
+        self._complete(fin, quote, action, applied, started, left)
 
     def _price(self, fin: Finish) -> tuple[Quote | None, Action]:
         return flows.outcome(
@@ -389,12 +384,12 @@ class Call:
         fin: Finish,
         quote: Quote | None,
         action: Action,
-        receipt: Receipt | None,
-        failed: bool,
+        applied: flows.Applied,
         settle_started: float,
         remaining_nanos: int | None,
     ) -> None:
         now = time.perf_counter()
+        receipt = applied.receipt
         if receipt is not None:
             if receipt.crossed:
                 self._alerts(receipt)
@@ -402,8 +397,8 @@ class Call:
         elif action.kind == "keep":
             amount = to_nanos(self.payment_required)
         else:
-            amount = 0
-        status = "failed" if failed else action.status
+            amount = applied.parked_nanos  # 0, or what a parked settlement will charge
+        status = applied.status or action.status
         settled = status == "settled"
         self._facts = finished_facts(
             fin, quote, status, amount, (now - settle_started) * 1000, remaining_nanos, now

@@ -25,6 +25,8 @@ record in :mod:`~metered.engine.record`.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -34,8 +36,9 @@ from metered import context as _context
 from metered.config import Config, load_config, load_yaml
 from metered.engine.accounts import Accounts, Request
 from metered.engine.call import Call, aopen_call, open_call
+from metered.engine.outbox import Outbox, outbox_path
 from metered.engine.plan import Api, OnResponse, Planner
-from metered.engine.settle import Runtime, arun, remaining, run
+from metered.engine.settle import Runtime, arun, remaining, replay, run
 from metered.fitting.policy import ModelPolicy
 from metered.headers import public_headers
 from metered.ledger import Charge, Ledger, MemoryLedger, Threshold, parse_budget
@@ -67,6 +70,10 @@ class Meter:
         on_budget_alert: called with each budget :class:`Threshold` crossed.
         default_account: account charged when no caller is bound.
         hold_ttl_seconds: how long a hold may outlive a crashed caller.
+        outbox: where settlements the ledger could not take wait (a file; see
+            :mod:`metered.engine.outbox`); default ``records.outbox`` in the config, else
+            ``<records.path>.outbox`` next to JSONL records, else memory only. Leftovers
+            of an earlier process are replayed when the meter is built.
 
     Example::
 
@@ -87,6 +94,7 @@ class Meter:
         on_budget_alert: OnBudgetAlert | None = None,
         default_account: str = "anonymous",
         hold_ttl_seconds: float = 600.0,
+        outbox: str | os.PathLike[str] | None = None,
     ) -> None:
         self._config = config = load_config(config)
         # the Call object already makes finish() exactly-once, so the ledger only needs to
@@ -107,7 +115,11 @@ class Meter:
             sink=_make_sink(sink, config),
             on_budget_alert=on_budget_alert,
             hold_ttl_seconds=hold_ttl_seconds,
+            outbox=Outbox(outbox if outbox is not None else outbox_path(config)),
         )
+        if self._runtime.outbox.due():
+            with contextlib.suppress(Exception):  # an async-only ledger replays on first use
+                self.flush_settlements()
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> Meter:
@@ -292,6 +304,19 @@ class Meter:
             public_headers(headers),  # every door: credentials never reach hooks or rules
             {**bound_meta, **(metadata or {})} if bound_meta else (metadata or {}),
         )
+
+    def pending_settlements(self) -> int:
+        """How many settlements wait in the outbox for the budget store (see
+        :mod:`metered.engine.outbox`)."""
+        return len(self._runtime.outbox)
+
+    def flush_settlements(self) -> int:
+        """Replay the parked settlements now; returns how many landed (the rest wait)."""
+        return run(replay(self._runtime.outbox), self._ledger)
+
+    async def aflush_settlements(self) -> int:
+        """Async :meth:`flush_settlements` (through the ledger's async API)."""
+        return await arun(replay(self._runtime.outbox), self._ledger)
 
     def close(self) -> None:
         """Close the ledger and the record sink."""

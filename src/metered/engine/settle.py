@@ -19,27 +19,31 @@ import sys
 import threading
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+from metered.engine.outbox import PARKABLE, Outbox
 from metered.engine.plan import Plan
 from metered.engine.record import Finish
 from metered.errors import LedgerError
 from metered.ledger import Budget, Charge, Hold, Ledger, Receipt, Threshold
 from metered.pricing.route import Quote
 from metered.records import RecordSink
-from metered.settlement import Action, SettlementMode, decide
+from metered.settlement import Action, SettlementMode, SettlementStatus, decide
 from metered.telemetry import Telemetry
 from metered.usage import Usage
 
 __all__ = [
+    "Applied",
     "Flow",
     "Once",
     "Op",
     "Runtime",
+    "apply",
     "arun",
     "outcome",
     "protected",
     "remaining",
+    "replay",
     "reservation",
     "reserved",
     "run",
@@ -63,6 +67,7 @@ class Runtime:
     sink: RecordSink | None
     on_budget_alert: Callable[[Threshold], object] | None
     hold_ttl_seconds: float
+    outbox: Outbox
 
 
 #: One ledger operation a flow needs, ``(method, args, kwargs)``: the sync driver calls
@@ -171,6 +176,58 @@ def settlement(
     if kind == "release":
         return ("release", (key,), {})
     return None
+
+
+class Applied(NamedTuple):
+    """What applying a settlement operation did.
+
+    Attributes:
+        receipt: the ledger's receipt (``None`` for a release, or when it failed).
+        status: ``pending`` (parked in the outbox) or ``failed``, else ``None``.
+        parked_nanos: the amount a parked operation will settle.
+    """
+
+    receipt: Receipt | None
+    status: SettlementStatus | None = None
+    parked_nanos: int = 0
+
+
+def apply(key: str, op: Op, outbox: Outbox) -> Flow[Applied]:
+    """Step 9 against the ledger: replay parked settlements first when due, then ``op``.
+
+    A money-moving operation the ledger cannot take is parked (``pending``): the upstream
+    call already happened, so its charge must land later. A failed release is only
+    ``failed``: the hold expires by itself.
+    """
+    if outbox.due():
+        yield from replay(outbox)
+    try:
+        result = yield op
+    except Exception:
+        logger.exception("metered: settlement failed for call %s", key)
+        if op[0] in PARKABLE:
+            outbox.park(op)
+            amount = op[1][1] if op[0] in ("capture", "adjust") else 0
+            return Applied(None, "pending", amount)
+        return Applied(None, "failed")
+    return Applied(None if op[0] == "release" else result)
+
+
+def replay(outbox: Outbox) -> Flow[int]:
+    """Replay the parked settlements in order, stopping at the first the store still
+    refuses; returns how many landed (see :mod:`metered.engine.outbox`)."""
+    landed: list[str] = []
+    try:
+        for ident, op in outbox.take():
+            try:
+                yield op
+            except Exception as exc:
+                logger.warning("metered: parked settlements wait: %s", exc)
+                break
+            landed.append(ident)
+    finally:
+        outbox.done(landed)
+    return len(landed)
 
 
 def remaining(account: str, budgets: Sequence[Budget]) -> Flow[int | None]:
