@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,6 +116,25 @@ def test_unknown_policy_follows_the_fallback() -> None:
     assert RouteConfig.model_validate({"fallback": "$0.02"}).unknown_policy == "fallback"
     explicit = RouteConfig.model_validate({"fallback": "$0.02", "unknown_model": "reject"})
     assert explicit.unknown_policy == "reject"
+
+
+@pytest.mark.parametrize(
+    ("settings", "policy"),
+    [
+        ({}, "unpriced"),
+        ({"upstream": "openai", "settlement": "before-response"}, "unpriced"),
+        ({"floors": {"*": "$0.01"}}, "unpriced"),
+        ({"models": {"gpt-4o": "$0.05"}}, "reject"),
+        ({"markup": "20%"}, "reject"),
+        ({"match": [{"where": {"headers.x-plan": "pro"}, "price": "$0.01"}]}, "reject"),
+        ({"models": {"gpt-4o": "$0.05"}, "unknown_model": "unpriced"}, "unpriced"),
+        ({"unknown_model": "reject"}, "reject"),
+    ],
+)
+def test_enforcement_starts_where_the_config_asks(settings: dict[str, Any], policy: str) -> None:
+    """A route that sells at its own prices rejects unknown models; one that only
+    tracks spend lets them pass unpriced; unknown_model says so explicitly either way."""
+    assert RouteConfig.model_validate(settings).unknown_policy == policy
 
 
 def test_allow_large_prices_accepts_a_huge_per_token_override() -> None:

@@ -713,3 +713,21 @@ def test_second_finish_after_a_failed_first_one_does_not_hang(
     call.finish()
     assert time.monotonic() - started < 1
     assert call.record is None  # nothing was settled, so there is no record
+
+
+def test_explicit_unpriced_route_passes_an_unlisted_model_with_no_money(
+    make_meter: MeterFactory, records: list[UsageRecord]
+) -> None:
+    """unknown_model: unpriced on a reselling route: an unlisted catalog model passes
+    unpriced (no cost, price or margin on the record, never $0); nothing held or spent."""
+    meter = make_meter(
+        {"routes": {"resale": {"models": {"gpt-4o": "$0.05"}, "unknown_model": "unpriced"}}}
+    )
+    call = meter.begin(chat("gpt-4o-mini"), route="resale")
+    assert call.payment_required == 0
+    call.finish(Usage(input_tokens=1_000, output_tokens=100))
+    (record,) = records
+    assert record.pricing_source == "unpriced"
+    assert (record.cost, record.resolved_price, record.margin) == (None, None, None)
+    assert (record.settlement_status, record.settlement_amount) == ("settled", 0)
+    assert meter.spent("anonymous") == 0

@@ -69,6 +69,71 @@ def test_unknown_model_on_the_default_route_is_unpriced_never_zero() -> None:
     assert info.value.status_code == 400
 
 
+def test_unpriced_quote_has_no_price_and_a_budget_cannot_check_it() -> None:
+    """An unpriced quote's price and margin are None (never $0); checked_price(), what a
+    budgeted call asks for, refuses it with UnknownModel."""
+    quote = DEFAULT.quote("my-private-llm", USAGE)
+    assert (quote.price, quote.margin) == (None, None)
+    with pytest.raises(UnknownModel) as info:
+        quote.checked_price()
+    assert (info.value.model, info.value.status_code) == ("my-private-llm", 400)
+
+
+def test_floors_do_not_price_an_unpriced_call() -> None:
+    """A floor bounds a price; it does not invent one: an unpriced call stays unpriced."""
+    quote = chat_route(floors={"*": "$0.01"}).quote("my-private-llm", USAGE)
+    assert (quote.pricing_source, quote.price) == ("unpriced", None)
+
+
+def test_explicit_unpriced_lets_an_unlisted_model_pass_with_its_cost() -> None:
+    """unknown_model: unpriced on a reselling route: no price, the catalog cost is kept."""
+    chat = chat_route(models={"gpt-4o": "$0.05"}, unknown_model="unpriced")
+    quote = chat.quote("gpt-4o-mini", USAGE)
+    assert (quote.pricing_source, quote.price, quote.margin) == ("unpriced", None, None)
+    assert quote.cost == DEFAULT.quote("gpt-4o-mini", USAGE).cost
+    assert quote.cost is not None
+
+
+def test_markup_route_rejects_a_model_without_a_cost() -> None:
+    """A markup route sells at cost x markup: a model with no cost is refused, not free."""
+    with pytest.raises(UnknownModel):
+        chat_route(markup="20%").quote("my-private-llm", USAGE)
+
+
+def test_unpriced_with_a_fallback_is_a_config_error() -> None:
+    """unknown_model: unpriced next to a fallback price contradicts itself: refused at load."""
+    with pytest.raises(ConfigError, match="unpriced"):
+        chat_route(fallback="$0.02", unknown_model="unpriced")
+
+
+def test_unpriced_model_is_warned_about_once_per_pricer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two quotes of one unknown model log one warning; a new pricer warns again; a
+    pricer that did not ask for warnings (the CLI's) logs none."""
+    pricer = Pricer(Config(), warn_unpriced=True)
+    with caplog.at_level("WARNING", logger="metered"):
+        pricer.quote("llama3.1:8b", USAGE)
+        pricer.quote("LLAMA3.1:8B", USAGE)
+        pricer.quote("my-private-llm", USAGE)
+        Pricer(Config(), warn_unpriced=True).quote("llama3.1:8b", USAGE)
+        Pricer(Config()).quote("llama3.1:8b", USAGE)
+    warned = [r.getMessage() for r in caplog.records if "has no price" in r.getMessage()]
+    assert len(warned) == 3
+    assert sum("'llama3.1:8b'" in m for m in warned) == 2
+
+
+def test_unpriced_warnings_use_bounded_memory(caplog: pytest.LogCaptureFixture) -> None:
+    """A flood of made-up model ids does not grow the warned-about set without bound."""
+    from metered.pricing import route as route_module
+
+    pricer = Pricer(Config(), warn_unpriced=True)
+    with caplog.at_level("ERROR", logger="metered"):
+        for i in range(route_module._WARNED_LIMIT + 10):
+            pricer.quote(f"made-up-{i}", USAGE)
+    assert len(pricer.route()._warned._seen) <= route_module._WARNED_LIMIT
+
+
 def test_model_without_token_prices_is_not_priced_at_zero() -> None:
     """gpt-live-1 is listed per audio hour only: a token call to it is unpriced, not $0."""
     quote = DEFAULT.quote("gpt-live-1", USAGE)

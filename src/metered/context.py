@@ -39,7 +39,14 @@ class CallerContext:
 
 
 class RequestTotals:
-    """Running cost/price of the metered calls made while serving one request."""
+    """Running cost/price of the metered calls made while serving one request.
+
+    Only settled, priced calls count: an *unpriced* call (a model with no price, passed
+    by a route that only tracks spend) adds nothing, neither to the amounts nor to
+    ``calls`` — its price is unknown, and adding $0 would state otherwise. So the
+    ``x-metered-cost`` / ``x-metered-price`` headers and ``metered.request.*`` attributes
+    cover the priced calls only, and a request whose calls were all unpriced gets none.
+    """
 
     __slots__ = ("_lock", "calls", "cost", "price")
 
@@ -50,7 +57,7 @@ class RequestTotals:
         self._lock = threading.Lock()  # handlers may fan calls out to threads
 
     def add(self, cost: Decimal | None, price: Decimal) -> None:
-        """Add one settled call."""
+        """Add one settled, priced call."""
         with self._lock:
             self.calls += 1
             if cost is not None:

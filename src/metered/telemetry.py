@@ -9,6 +9,12 @@ Span contract: one CLIENT span per call named ``"{operation} {model}"`` with the
 semantic-convention attributes (v1.41.0 names) and the ``metered.*`` attributes below.
 Prompt/completion content is never recorded unless ``capture_content`` is on; API keys
 never are (no attribute here takes a header or credential).
+
+Money is only ever stated when known, never as a stand-in $0: an *unpriced* call
+(``metered.pricing.source`` = ``unpriced``; its record has no cost, price or margin)
+carries no ``metered.cost.usd`` / ``metered.price.usd`` / margin attribute and adds no
+point to the cost and price metrics. It is counted in ``metered.calls`` with its pricing
+source.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def _quote_dict(q: Quote) -> dict[str, Any]:
         "pricing_source": q.pricing_source,
         "pricing_mode": q.pricing_mode,
         "cost_usd": q.cost,
-        "price_usd": None if q.pricing_source == "unpriced" else q.price,
+        "price_usd": q.price,  # None when unpriced
         "margin_usd": q.margin,
         "catalog_version": q.catalog_version,
         "usage": {
@@ -79,7 +79,7 @@ def _cmd_quote(args: argparse.Namespace) -> int:
                     q.pricing_source,
                     q.pricing_mode,
                     format_usd(q.cost),
-                    format_usd(None if q.pricing_source == "unpriced" else q.price),
+                    format_usd(q.price),
                     format_usd(q.margin),
                 ]
                 for q in quotes

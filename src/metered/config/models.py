@@ -62,6 +62,7 @@ __all__ = [
     "TelemetryConfig",
     "TierConfig",
     "TokenRate",
+    "UnknownPolicy",
 ]
 
 
@@ -296,6 +297,10 @@ class Hooks(_Strict):
         return value
 
 
+#: What a route does with a call no rule prices: refuse it (``UnknownModel``), charge the
+#: fallback price, or let it pass with no price (``pricing_source: unpriced``).
+UnknownPolicy = Literal["reject", "fallback", "unpriced"]
+
 #: Upstreams a route may name besides an ``http(s)://`` URL (see ``metered.gateway``).
 KNOWN_UPSTREAMS = ("openai", "anthropic", "fake")
 
@@ -310,7 +315,7 @@ class RouteConfig(_Strict):
     match: list[MatchRule] = Field(default_factory=list)
     price: PriceFn | None = None
     fallback: RoutePrice | None = None
-    unknown_model: Literal["reject", "fallback", "unpriced"] | None = None
+    unknown_model: UnknownPolicy | None = None
     floors: dict[str, Amount] = Field(default_factory=dict)
     ceilings: dict[str, Amount] = Field(default_factory=dict)
     settlement: Literal["after-response", "before-response"] = "after-response"
@@ -335,6 +340,8 @@ class RouteConfig(_Strict):
     def _consistent(self) -> RouteConfig:
         if self.unknown_model == "fallback" and self.fallback is None:
             raise ValueError("unknown_model is 'fallback' but no fallback price is set")
+        if self.unknown_model == "unpriced" and self.fallback is not None:
+            raise ValueError("unknown_model is 'unpriced' but a fallback price is set")
         if self.type == "flat" and self.price is None and not self.models and not self.match:
             raise ValueError("a flat route needs a price, models or match rules")
         for model, floor in self.floors.items():
@@ -344,17 +351,20 @@ class RouteConfig(_Strict):
         return self
 
     @property
-    def unknown_policy(self) -> Literal["reject", "fallback", "unpriced"]:
-        """What a model this route has no price for gets, unless ``unknown_model`` says:
-        the ``fallback`` price when one is set; ``reject`` (400) on a route that sets its
-        own resale prices (``models``, ``match``, ``price``: the operator priced what it
-        sells); else ``unpriced`` — served, its cost recorded as unknown, never $0 (a
-        budget still refuses it: see the engine)."""
+    def unknown_policy(self) -> UnknownPolicy:
+        """What happens to a call no rule prices: ``unknown_model`` when set; else
+        ``fallback`` when a fallback price is set (the guides' shape); else ``reject`` when
+        the route sells at its own prices (``models``, ``match``, ``price``, ``markup``: an
+        unlisted model must not pass unbilled); else ``unpriced`` (a route, or no config at
+        all, that only tracks spend: the call passes and its cost is recorded as unknown).
+        """
         if self.unknown_model is not None:
             return self.unknown_model
         if self.fallback is not None:
             return "fallback"
-        return "reject" if self.models or self.match or self.price else "unpriced"
+        if self.models or self.match or self.price is not None or self.markup is not None:
+            return "reject"
+        return "unpriced"
 
 
 class TierConfig(_Strict):

@@ -203,7 +203,8 @@ class Call:
             self.output_limit_source = fitted.source
             self.clamped_from = fitted.clamped_from
             self.trimmed = fitted.trimmed
-            self.payment_required = self.estimate.price
+            # an unpriced call (allowed only when no budget is charged) holds nothing
+            self.payment_required = self.estimate.price or _ZERO
             # 5 reserve the maximum price; when the budgets cannot pay it, the most they
             # leave above the floor (a second, elastic, reservation: the common case pays
             # for no floor quote), and send the output limit that amount pays for
@@ -348,7 +349,8 @@ class Call:
         charges = self._charges
         if charges is not None:
             if action.kind in ("capture", "adjust"):
-                price = quote.price if quote is not None else self.payment_required
+                price = quote.price if quote is not None else None
+                price = self.payment_required if price is None else price
                 amount = to_nanos(price)
             else:
                 amount = 0

@@ -100,7 +100,7 @@ class Meter:
         # the Call object already makes finish() exactly-once, so the ledger only needs to
         # remember finished keys briefly
         self._ledger: Ledger = ledger if ledger is not None else MemoryLedger(retain_seconds=120.0)
-        self._pricer = Pricer(config)
+        self._pricer = Pricer(config, warn_unpriced=True)
         self._policy = ModelPolicy(allow=config.models.allow, deny=config.models.deny)
         self._accounts = Accounts(config)
         self._planner = Planner(config, self._pricer, self._policy, on_response)

@@ -240,7 +240,7 @@ def afford(plan: Plan, call: Call, held_nanos: int) -> tuple[dict[str, Any], int
     while high - low > 1:
         mid = (low + high) // 2
         quote = _quote(plan, call, call.body, call.prompt_tokens, mid)
-        if to_nanos(quote.price) <= held_nanos:
+        if to_nanos(quote.checked_price()) <= held_nanos:
             low, best = mid, quote
         else:
             high = mid
@@ -251,7 +251,7 @@ def afford(plan: Plan, call: Call, held_nanos: int) -> tuple[dict[str, Any], int
 def floor_price(plan: Plan, call: Call) -> int:
     """Nano-USD of the call at the least output it is worth sending for."""
     limit = min(plan.floor, call.output_limit)
-    return to_nanos(_quote(plan, call, call.body, call.prompt_tokens, limit).price)
+    return to_nanos(_quote(plan, call, call.body, call.prompt_tokens, limit).checked_price())
 
 
 def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool, budgeted: bool = False) -> Fit:

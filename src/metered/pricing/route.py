@@ -5,13 +5,18 @@
   wins: ``match`` rules → ``price.fn`` → ``route.models`` (the name the user sent, then
   the resolved names) → ``default-table`` (catalog cost x the route's markup; used when the
   route sets a markup or lists no models) → ``fallback`` (if the route's unknown-model
-  policy is ``fallback``) → :class:`~metered.errors.UnknownModel`.
+  policy is ``fallback``) → no price: :class:`~metered.errors.UnknownModel` when the
+  route's unknown-model policy is ``reject``, else an *unpriced* quote.
   Per-model floors and ceilings bound the result. With no rules at all the price is the
   cost (an app tracking its own spend).
 * **margin** — price − cost.
 
 A model with no catalog price is never priced at $0: its cost is ``None`` (unknown), and
-its price must come from a rule or the fallback.
+its price must come from a rule or the fallback. Where the route asks for neither (no
+configuration at all, or ``unknown_model: unpriced``) the quote is *unpriced*:
+``pricing_source`` ``"unpriced"``, ``price`` and ``margin`` ``None``; the engine lets such
+a call through only when no budget is charged for it (an unknown price cannot be checked
+against a budget), and a warning names the model once per :class:`Pricer`.
 """
 
 from __future__ import annotations
@@ -49,9 +54,10 @@ __all__ = [
 PricingSource = Literal[
     "route.models", "default-table", "match", "price.fn", "fallback", "unpriced"
 ]
-logger = logging.getLogger("metered")
-_ZERO = Decimal(0)
 _PLAN_CACHE_LIMIT = 4096  # requested ids are user input: bound the cache
+_WARNED_LIMIT = 1024  # models warned about as unpriced: user input too, bound it
+
+logger = logging.getLogger("metered")
 _EMPTY: Mapping[str, Any] = {}
 
 
@@ -60,8 +66,9 @@ class Quote(NamedTuple):
 
     Attributes:
         cost: upstream cost in USD, ``None`` when no catalog price is known.
-        price: what the caller is charged in USD.
-        margin: ``price - cost``, ``None`` when the cost is unknown.
+        price: what the caller is charged in USD; ``None`` for an unpriced call
+            (``pricing_source == "unpriced"``), never $0.
+        margin: ``price - cost``, ``None`` when either is unknown.
         pricing_source: which rule produced the price.
         pricing_mode: ``token-based``, ``flat`` (per request) or ``per-second``.
         requested_model: the id as the caller sent it.
@@ -73,7 +80,7 @@ class Quote(NamedTuple):
     """
 
     cost: Decimal | None
-    price: Decimal
+    price: Decimal | None
     margin: Decimal | None
     pricing_source: PricingSource
     pricing_mode: PricingMode
@@ -83,6 +90,17 @@ class Quote(NamedTuple):
     route: str | None
     usage: Usage
     catalog_version: str
+
+    def checked_price(self) -> Decimal:
+        """The price, for a call a budget must check.
+
+        Raises:
+            UnknownModel: the quote is unpriced: an unknown price cannot be checked
+                against a budget, so naming an unknown model never bypasses one.
+        """
+        if self.price is None:
+            raise UnknownModel(self.requested_model, route=self.route)
+        return self.price
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +122,33 @@ def _is_per_second(entry: CatalogEntry) -> bool:
     return isinstance(rates, CostRates) and rates.second is not None and rates.input is None
 
 
+class _Warned:
+    """Models already warned about as unpriced: each is logged once (bounded memory)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def once(self, model: str, route: str | None) -> None:
+        if not self._enabled or model in self._seen:
+            return
+        with self._lock:
+            if model in self._seen:
+                return
+            if len(self._seen) >= _WARNED_LIMIT:
+                self._seen.clear()  # a flood of made-up ids may repeat a warning, not grow
+            self._seen.add(model)
+        where = f" on route {route!r}" if route else ""
+        logger.warning(
+            "metered: model %r has no price%s; its calls pass unpriced (cost unknown, not "
+            "$0) and are refused for accounts with a budget. Add it to the catalog overrides "
+            "or the route's models to price it.",
+            model,
+            where,
+        )
+
+
 class RoutePricer:
     """Prices calls on one route. Build with :meth:`Pricer.route`."""
 
@@ -114,6 +159,7 @@ class RoutePricer:
         *,
         catalog: Catalog,
         resolver: Resolver,
+        warned: _Warned | None = None,
     ) -> None:
         self.name = name
         self.config = route
@@ -139,21 +185,9 @@ class RoutePricer:
             route.models or route.match or route.fallback or route.price
         )
         self._unpriced = route.unknown_policy == "unpriced"
-        self._warned: set[str] = set()
+        self._warned = warned if warned is not None else _Warned(enabled=False)
         self._plans: dict[str, _Plan] = {}
         self._lock = threading.Lock()
-
-    def _warn_unpriced(self, model: str) -> None:
-        """Log once per model (bounded: ids are user input) that its calls go unpriced."""
-        if model in self._warned or len(self._warned) >= _PLAN_CACHE_LIMIT:
-            return
-        self._warned.add(model)
-        logger.warning(
-            "metered: no price for model %r on route %r: its calls are served and recorded "
-            "unpriced (cost unknown); set a fallback price or unknown_model: reject to refuse",
-            model,
-            self.name,
-        )
 
     def _normalised(self, mapping: Mapping[str, Any], key: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -235,7 +269,8 @@ class RoutePricer:
         ``price.fn``.
 
         Raises:
-            UnknownModel: no rule prices the model and the route rejects unknown models.
+            UnknownModel: no rule prices the model and the route rejects unknown models
+                (a route whose policy is ``unpriced`` returns an unpriced quote instead).
             InvalidRequest / PolicyDenied: the model id is not a valid id.
         """
         plan = self._plan(model)
@@ -275,18 +310,18 @@ class RoutePricer:
         if price is None:
             if not self._unpriced:
                 raise UnknownModel(plan.resolved.requested, route=self.name)
-            # served unpriced: cost unknown (None, never $0), nothing to charge
-            self._warn_unpriced(plan.resolved.requested)
-            price, source = _ZERO, "unpriced"
-        if plan.floor is not None and price < plan.floor:
-            price = plan.floor
-        if plan.ceiling is not None and price > plan.ceiling:
-            price = plan.ceiling
+            self._warned.once(plan.resolved.normalized, self.name)
+            source = "unpriced"
+        else:
+            if plan.floor is not None and price < plan.floor:
+                price = plan.floor
+            if plan.ceiling is not None and price > plan.ceiling:
+                price = plan.ceiling
         # positional, in field order: a quote is built on every call, twice per call
         return Quote(
             cost,
             price,
-            None if cost is None else price - cost,  # margin
+            None if cost is None or price is None else price - cost,  # margin
             source,
             mode,
             plan.resolved.requested,
@@ -299,11 +334,20 @@ class RoutePricer:
 
 
 class Pricer:
-    """All routes of a configuration, sharing one catalog and resolver."""
+    """All routes of a configuration, sharing one catalog and resolver.
+
+    Args:
+        config: the configuration whose routes price calls.
+        catalog: the price catalog (default: the config's catalog settings).
+        warn_unpriced: log a warning the first time each model is quoted unpriced (what
+            a :class:`~metered.engine.meter.Meter` asks for; the CLI's quotes do not).
+    """
 
     DEFAULT_ROUTE = "default"
 
-    def __init__(self, config: Config, *, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self, config: Config, *, catalog: Catalog | None = None, warn_unpriced: bool = False
+    ) -> None:
         self.config = config
         self.catalog = catalog or Catalog(
             overrides=config.catalog.overrides, source=config.catalog.source
@@ -311,15 +355,20 @@ class Pricer:
         self.resolver = Resolver(
             aliases=config.models.aliases, deployments=config.models.deployments
         )
+        warned = _Warned(warn_unpriced)  # one warning per model per pricer (per Meter)
         self._routes = {
-            name: RoutePricer(name, route, catalog=self.catalog, resolver=self.resolver)
+            name: RoutePricer(
+                name, route, catalog=self.catalog, resolver=self.resolver, warned=warned
+            )
             for name, route in config.routes.items()
         }
         default_name = config.default_route
         self._default = (
             self._routes[default_name]
             if default_name is not None
-            else RoutePricer(None, RouteConfig(), catalog=self.catalog, resolver=self.resolver)
+            else RoutePricer(
+                None, RouteConfig(), catalog=self.catalog, resolver=self.resolver, warned=warned
+            )
         )
 
     @property

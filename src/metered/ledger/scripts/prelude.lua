@@ -68,7 +68,7 @@ local function sweep()
     local e = raw and unpack_entry(raw)
     if e and e.state == 'held' then
       for _, payer in ipairs(cjson.decode(e.sp)) do
-        redis.call('HINCRBY', account_key(payer[1]), 'held', -e.held)
+        redis.call('HINCRBY', account_key(payer[1]), 'held', 0 - e.held)  -- not -x: Lua renders -0 as "-0", which HINCRBY refuses (a $0 hold)
       end
       e.state = 'expired'
       finish(ek, e, tonumber(e.ex))
@@ -93,7 +93,7 @@ end
 
 local function unhold(ek, entry)
   for _, payer in ipairs(entry.spec) do
-    redis.call('HINCRBY', account_key(payer.name), 'held', -entry.held)
+    redis.call('HINCRBY', account_key(payer.name), 'held', 0 - entry.held)  -- never -0 (see sweep)
   end
   redis.call('ZREM', HOLDS, ek)
 end
