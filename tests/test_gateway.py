@@ -279,18 +279,25 @@ def test_upstream_url_does_not_double_the_v1_prefix() -> None:
     assert Upstream("x", "http://h:1").url("/v1/models", "a=1") == "http://h:1/v1/models?a=1"
 
 
-async def test_callers_without_a_known_key_are_refused_by_default(meter: Meter) -> None:
-    """The gateway fails closed: no key, or a key it does not know, is a 401."""
+async def statuses_by_key(meter: Meter, *keys: str | None) -> list[httpx.Response]:
+    """One chat call through ``metered gateway``'s app per caller key (``None``: no key),
+    with ``sk-a`` the one known key (account ``acme``)."""
     app = create_app(meter, upstream="fake", environ={"METERED_API_KEYS": "sk-a=acme"})
     body = {"model": "gpt-4o", "messages": HI}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://g") as c:
-        anonymous = await c.post("/v1/chat/completions", json=body)
-        unknown = await c.post(
-            "/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-nope"}
-        )
-        known = await c.post(
-            "/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-a"}
-        )
+        return [
+            await c.post(
+                "/v1/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {key}"} if key else {},
+            )
+            for key in keys
+        ]
+
+
+async def test_callers_without_a_known_key_are_refused_by_default(meter: Meter) -> None:
+    """The gateway fails closed: no key, or a key it does not know, is a 401."""
+    anonymous, unknown, known = await statuses_by_key(meter, None, "sk-nope", "sk-a")
     assert (anonymous.status_code, unknown.status_code, known.status_code) == (401, 401, 200)
     assert anonymous.json()["error"]["code"] == "invalid_api_key"
     assert meter.spent("anonymous") == 0
@@ -300,13 +307,7 @@ async def test_the_config_can_name_the_account_unidentified_callers_pay_as(
     make_meter: MeterFactory,
 ) -> None:
     meter = make_meter({**CONFIG, "gateway": {"unidentified_account": "trial"}})
-    app = create_app(meter, upstream="fake", environ={"METERED_API_KEYS": "sk-a=acme"})
-    body = {"model": "gpt-4o", "messages": HI}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://g") as c:
-        served = await c.post("/v1/chat/completions", json=body)
-        known = await c.post(
-            "/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-a"}
-        )
+    served, known = await statuses_by_key(meter, None, "sk-a")
     assert (served.status_code, known.status_code) == (200, 200)
     assert (meter.spent("trial"), meter.spent("acme")) == (Decimal("0.05"), Decimal("0.05"))
     assert meter.spent("anonymous") == 0

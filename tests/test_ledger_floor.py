@@ -7,7 +7,6 @@ it is refused exactly as a plain reservation of the floor would be.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
@@ -18,20 +17,7 @@ from metered.ledger import Budget, Charge, Ledger, MemoryLedger, Window
 from metered.ledger.redis import RedisLedger
 from tests.redis_server import RedisServer, redis_server_fixture  # noqa: F401
 from tests.test_ledger import NOW, TTL, ts, usd, user
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
-    """A MemoryLedger, then a RedisLedger on the session's redis-server (emptied)."""
-    if request.param == "memory":
-        yield MemoryLedger(clock=lambda: NOW)
-        return
-    server: RedisServer = request.getfixturevalue("redis_server")
-    with redis.Redis.from_url(server.url) as client:
-        client.flushall()
-    built = RedisLedger(server.url, clock=lambda: NOW)
-    yield built
-    await built.aclose()
+from tests.test_ledger_validation import both_ledgers  # noqa: F401 (the "ledger" fixture)
 
 
 def test_an_affordable_amount_is_held_whole(ledger: Ledger) -> None:

@@ -21,8 +21,8 @@ from tests.redis_server import RedisServer, redis_server_fixture  # noqa: F401
 from tests.test_ledger import NOW, TTL, usd, user
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
+@pytest.fixture(name="ledger", params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def both_ledgers(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
     """A MemoryLedger, then a RedisLedger on the session's redis-server (emptied)."""
     if request.param == "memory":
         yield MemoryLedger(clock=lambda: NOW)
