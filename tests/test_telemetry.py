@@ -22,7 +22,7 @@ from metered.engine.meter import Call, Meter
 from metered.errors import BudgetExceeded, PolicyDenied
 from metered.ledger import Threshold
 from metered.records import UsageRecord
-from metered.telemetry import ATTR, METRIC
+from metered.telemetry import ATTR, METRIC, SCHEMA_URL
 from metered.tokens import count_chat
 from metered.usage import Usage
 
@@ -114,11 +114,7 @@ def refused(**attrs: Any) -> dict[str, Any]:
         {
             ATTR.OPERATION: "chat",
             ATTR.PROVIDER: "openai",
-            ATTR.INPUT_TOKENS: 0,
-            ATTR.OUTPUT_TOKENS: 0,
-            ATTR.CACHE_READ_TOKENS: 0,
-            ATTR.CACHE_CREATION_TOKENS: 0,
-            ATTR.REASONING_TOKENS: 0,
+            # no gen_ai.usage.* attributes: usage that did not happen is omitted, not 0
             ATTR.SERVER_ADDRESS: "api.openai.com",
             ATTR.TOKENS_SOURCE: "unknown",
             ATTR.SETTLEMENT_MODE: "after-response",
@@ -736,3 +732,50 @@ def test_invalid_span_from_a_custom_provider_is_tolerated(make_meter: MeterFacto
     record = call.record
     assert record is not None
     assert record.settlement_status == "settled"
+
+
+# -- request attributes (GenAI semconv) -----------------------------------------------------
+
+
+def test_the_request_sampling_parameters_are_span_attributes(
+    make_meter: MeterFactory, span_exporter: InMemorySpanExporter
+) -> None:
+    """temperature, top_p, seed, penalties and stop sequences, with the convention's
+    names and types (what the official instrumentation records too)."""
+    body = chat(
+        temperature=0,
+        top_p=0.9,
+        seed=7,
+        frequency_penalty=0.5,
+        presence_penalty=-0.25,
+        stop="END",
+        max_tokens=50,
+    )
+    begin(make_meter(CONFIG), body).finish(Usage(input_tokens=8, output_tokens=5))
+    attrs = dict(only_span(span_exporter).attributes or {})
+    assert attrs[ATTR.REQUEST_TEMPERATURE] == 0.0
+    assert isinstance(attrs[ATTR.REQUEST_TEMPERATURE], float)
+    assert attrs[ATTR.REQUEST_TOP_P] == 0.9
+    assert attrs[ATTR.REQUEST_SEED] == 7
+    assert attrs[ATTR.REQUEST_FREQUENCY_PENALTY] == 0.5
+    assert attrs[ATTR.REQUEST_PRESENCE_PENALTY] == -0.25
+    assert list(attrs[ATTR.REQUEST_STOP_SEQUENCES]) == ["END"]
+    assert attrs[ATTR.REQUEST_MAX_TOKENS] == 50
+
+
+def test_max_tokens_is_recorded_only_when_one_was_sent(
+    make_meter: MeterFactory, span_exporter: InMemorySpanExporter
+) -> None:
+    """An unbudgeted call without a limit goes upstream without one: no attribute (it was
+    recorded as 4096 before); odd values (a bool, a string) are never emitted."""
+    meter = make_meter({"routes": {"chat": {"models": MODELS}}, "default_route": "chat"})
+    body = chat(temperature=True, seed="7", stop=["a", 1])
+    meter.begin(body, account="nobody").finish(Usage(input_tokens=8, output_tokens=5))
+    span = only_span(span_exporter)
+    attrs = dict(span.attributes or {})
+    assert ATTR.REQUEST_MAX_TOKENS not in attrs
+    assert ATTR.REQUEST_TEMPERATURE not in attrs
+    assert ATTR.REQUEST_SEED not in attrs
+    assert ATTR.REQUEST_STOP_SEQUENCES not in attrs
+    assert span.instrumentation_scope is not None
+    assert span.instrumentation_scope.schema_url == SCHEMA_URL

@@ -1,4 +1,5 @@
-"""Spans and metrics: every name in one table, attributes built from the usage record.
+"""Spans and metrics, emitted from the usage record (the names and attribute builders are
+in :mod:`metered.semconv`).
 
 The library depends on ``opentelemetry-api`` only. With no SDK configured no span is
 started and no attribute is built (the checks are whether the tracer and the metric
@@ -6,7 +7,9 @@ instruments delegate to an SDK yet, and ``span.is_recording()``), so metering co
 to nothing. Telemetry faults are logged and swallowed: they never break the user's call.
 
 Span contract: one CLIENT span per call named ``"{operation} {model}"`` with the GenAI
-semantic-convention attributes (v1.41.0 names) and the ``metered.*`` attributes below.
+semantic-convention attributes (v1.41.0 names, ``schema_url`` set to match: the request's
+sampling parameters at start, the response and usage at the end — no usage attribute on a
+call the provider never saw) and the ``metered.*`` attributes.
 Prompt/completion content is never recorded unless ``capture_content`` is on; API keys
 never are (no attribute here takes a header or credential).
 
@@ -20,7 +23,6 @@ source.
 from __future__ import annotations
 
 import logging
-import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,201 +30,32 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from metered.records import UsageRecord
+from metered.semconv import (
+    ATTR,
+    DURATION_BUCKETS,
+    EVENT_BUDGET_ALERT,
+    EVENT_SETTLEMENT,
+    METRIC,
+    SCHEMA_URL,
+    TOKEN_BUCKETS,
+    provider_name,
+    record_attributes,
+    request_attributes,
+)
 
-__all__ = ["ATTR", "METRIC", "Telemetry"]
+__all__ = [
+    "ATTR",
+    "EVENT_BUDGET_ALERT",
+    "EVENT_SETTLEMENT",
+    "METRIC",
+    "SCHEMA_URL",
+    "Telemetry",
+    "provider_name",
+    "record_attributes",
+    "request_attributes",
+]
 
 logger = logging.getLogger("metered")
-
-
-class ATTR:
-    """Attribute names (GenAI semconv v1.41.0 + metered.*)."""
-
-    OPERATION = "gen_ai.operation.name"
-    PROVIDER = "gen_ai.provider.name"
-    REQUEST_MODEL = "gen_ai.request.model"
-    REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
-    REQUEST_STREAM = "gen_ai.request.stream"
-    RESPONSE_MODEL = "gen_ai.response.model"
-    RESPONSE_ID = "gen_ai.response.id"
-    FINISH_REASONS = "gen_ai.response.finish_reasons"
-    INPUT_TOKENS = "gen_ai.usage.input_tokens"
-    OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
-    CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
-    CACHE_CREATION_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
-    REASONING_TOKENS = "gen_ai.usage.reasoning.output_tokens"
-    TOKEN_TYPE = "gen_ai.token.type"
-    SERVER_ADDRESS = "server.address"
-    ERROR_TYPE = "error.type"
-
-    PRICING_SOURCE = "metered.pricing.source"
-    PRICING_MODE = "metered.pricing.mode"
-    MODEL_RESOLVED = "metered.model.resolved"
-    COST = "metered.cost.usd"
-    PRICE = "metered.price.usd"
-    MARGIN = "metered.margin.usd"
-    TOKENS_SOURCE = "metered.tokens.source"
-    SETTLEMENT_MODE = "metered.settlement.mode"
-    SETTLEMENT_STATUS = "metered.settlement.status"
-    SETTLEMENT_AMOUNT = "metered.settlement.amount.usd"
-    SETTLEMENT_LATENCY = "metered.settlement.latency_ms"
-    PAYMENT_REQUIRED = "metered.payment.required.usd"
-    ACCOUNT = "metered.account"
-    BUDGET_REMAINING = "metered.budget.remaining.usd"
-    POLICY_DECISION = "metered.policy.decision"
-    POLICY_REASON = "metered.policy.reason"
-    TRIM_DROPPED = "metered.trim.messages_dropped"
-    MAX_TOKENS_CLAMPED_FROM = "metered.max_tokens.clamped_from"
-    MAX_TOKENS_SOURCE = "metered.max_tokens.source"
-    ROUTE = "metered.route"
-    TIER = "metered.tier"
-    FEATURE = "metered.feature"
-    CALL_ID = "metered.call.id"
-    TTFC = "metered.stream.time_to_first_chunk_ms"
-    UPSTREAM_STATUS = "metered.upstream.status"
-    CATALOG_VERSION = "metered.catalog.version"
-    # on the server span of an HTTP request: totals of the calls made while serving it
-    REQUEST_COST = "metered.request.cost.usd"
-    REQUEST_PRICE = "metered.request.price.usd"
-    REQUEST_CALLS = "metered.request.calls"
-
-
-class METRIC:
-    """Metric names."""
-
-    TOKEN_USAGE = "gen_ai.client.token.usage"
-    DURATION = "gen_ai.client.operation.duration"
-    COST = "metered.cost"
-    PRICE = "metered.price"
-    CALLS = "metered.calls"
-
-
-EVENT_BUDGET_ALERT = "metered.budget.alert"
-EVENT_SETTLEMENT = "metered.settlement"
-
-# semconv advisory buckets
-_DURATION_BUCKETS = (
-    0.01,
-    0.02,
-    0.04,
-    0.08,
-    0.16,
-    0.32,
-    0.64,
-    1.28,
-    2.56,
-    5.12,
-    10.24,
-    20.48,
-    40.96,
-    81.92,
-)
-_TOKEN_BUCKETS = (
-    1,
-    4,
-    16,
-    64,
-    256,
-    1024,
-    4096,
-    16384,
-    65536,
-    262144,
-    1048576,
-    4194304,
-    16777216,
-    67108864,
-)
-
-# semconv well-known provider names, from the names users and catalogs use
-_PROVIDERS = {
-    "openai": "openai",
-    "azure": "azure.ai.openai",
-    "anthropic": "anthropic",
-    "google": "gcp.gemini",
-    "aws": "aws.bedrock",
-    "x-ai": "x_ai",
-    "mistral": "mistral_ai",
-    "deepseek": "deepseek",
-    "groq": "groq",
-    "cohere": "cohere",
-    "perplexity": "perplexity",
-}
-
-
-def provider_name(provider: str | None) -> str | None:
-    """The semconv ``gen_ai.provider.name`` for a catalog provider id."""
-    if provider is None:
-        return None
-    return _PROVIDERS.get(provider, provider)
-
-
-# (span attribute, UsageRecord field) of a finished call, in the order spans show them;
-# finish_reasons is added apart (a list, and only when there are some)
-_RECORD_ATTRIBUTES = (
-    (ATTR.RESPONSE_MODEL, "response_model"),
-    (ATTR.RESPONSE_ID, "response_id"),
-    (ATTR.REQUEST_MAX_TOKENS, "request_max_tokens"),
-    (ATTR.INPUT_TOKENS, "tokens_in"),
-    (ATTR.OUTPUT_TOKENS, "tokens_out"),
-    (ATTR.CACHE_READ_TOKENS, "cache_read_tokens"),
-    (ATTR.CACHE_CREATION_TOKENS, "cache_write_tokens"),
-    (ATTR.REASONING_TOKENS, "reasoning_tokens"),
-    (ATTR.ERROR_TYPE, "error_type"),
-    (ATTR.PRICING_SOURCE, "pricing_source"),
-    (ATTR.PRICING_MODE, "resolved_pricing_mode"),
-    (ATTR.MODEL_RESOLVED, "resolved_model"),
-    (ATTR.COST, "cost"),
-    (ATTR.PRICE, "resolved_price"),
-    (ATTR.MARGIN, "margin"),
-    (ATTR.TOKENS_SOURCE, "tokens_source"),
-    (ATTR.SETTLEMENT_MODE, "settlement_mode"),
-    (ATTR.SETTLEMENT_STATUS, "settlement_status"),
-    (ATTR.SETTLEMENT_AMOUNT, "settlement_amount"),
-    (ATTR.SETTLEMENT_LATENCY, "settlement_latency_ms"),
-    (ATTR.PAYMENT_REQUIRED, "payment_required"),
-    (ATTR.ACCOUNT, "account"),
-    (ATTR.BUDGET_REMAINING, "budget_remaining"),
-    (ATTR.POLICY_DECISION, "policy_decision"),
-    (ATTR.POLICY_REASON, "policy_reason"),
-    (ATTR.TRIM_DROPPED, "trimmed_messages"),
-    (ATTR.MAX_TOKENS_CLAMPED_FROM, "max_tokens_clamped_from"),
-    (ATTR.MAX_TOKENS_SOURCE, "max_tokens_source"),
-    (ATTR.ROUTE, "route"),
-    (ATTR.TIER, "tier"),
-    (ATTR.FEATURE, "feature"),
-    (ATTR.CALL_ID, "call_id"),
-    (ATTR.TTFC, "time_to_first_chunk_ms"),
-    (ATTR.UPSTREAM_STATUS, "upstream_status"),
-    (ATTR.CATALOG_VERSION, "catalog_version"),
-)
-_RECORD_ATTRIBUTE_NAMES = tuple(name for name, _ in _RECORD_ATTRIBUTES)
-# one C call reads every field: ~3x cheaper than reading them one by one on every span
-_record_values = operator.attrgetter(*(field for _, field in _RECORD_ATTRIBUTES))
-# Decimal amounts, rendered as doubles
-_USD_ATTRIBUTES = (
-    ATTR.COST,
-    ATTR.PRICE,
-    ATTR.MARGIN,
-    ATTR.SETTLEMENT_AMOUNT,
-    ATTR.PAYMENT_REQUIRED,
-    ATTR.BUDGET_REMAINING,
-)
-
-
-def record_attributes(record: UsageRecord) -> dict[str, Any]:
-    """Span attributes for a finished call (``None`` values are left out)."""
-    attrs: dict[str, Any] = {
-        name: value
-        for name, value in zip(_RECORD_ATTRIBUTE_NAMES, _record_values(record), strict=True)
-        if value is not None
-    }
-    for name in _USD_ATTRIBUTES:
-        amount = attrs.get(name)
-        if amount is not None:
-            attrs[name] = float(amount)
-    if record.finish_reasons:
-        attrs[ATTR.FINISH_REASONS] = list(record.finish_reasons)
-    return attrs
 
 
 class Telemetry:
@@ -245,19 +78,23 @@ class Telemetry:
         from metered import __version__
 
         self.enabled = enabled
-        self._tracer = trace.get_tracer("metered", __version__, tracer_provider=tracer_provider)
-        meter = metrics.get_meter("metered", __version__, meter_provider=meter_provider)
+        self._tracer = trace.get_tracer(
+            "metered", __version__, tracer_provider=tracer_provider, schema_url=SCHEMA_URL
+        )
+        meter = metrics.get_meter(
+            "metered", __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL
+        )
         self._token_usage = meter.create_histogram(
             METRIC.TOKEN_USAGE,
             unit="{token}",
             description="Tokens used per call, by token type",
-            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
         )
         self._duration = meter.create_histogram(
             METRIC.DURATION,
             unit="s",
             description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._cost = meter.create_counter(
             METRIC.COST, unit="USD", description="Upstream cost of calls"
@@ -304,14 +141,15 @@ class Telemetry:
         model: str | None,
         provider: str | None,
         server_address: str | None,
-        stream: bool,
+        body: Mapping[str, Any],
     ) -> Span:
         """Start the CLIENT span of a call, parented to the current span."""
         tracer = self._live_tracer() if self.enabled else None
         if tracer is None:
             return trace.INVALID_SPAN
         try:
-            attrs: dict[str, Any] = {ATTR.OPERATION: operation, ATTR.REQUEST_STREAM: stream}
+            attrs = request_attributes(body)
+            attrs[ATTR.OPERATION] = operation
             if model is not None:
                 attrs[ATTR.REQUEST_MODEL] = model
             name = provider_name(provider)

@@ -139,7 +139,7 @@ class Call:
             model=model if isinstance(model, str) else None,
             provider=request.provider,
             server_address=request.server_address,
-            stream=self.body.get("stream") is True,
+            body=self.body,
         )
 
     @property

@@ -182,7 +182,8 @@ def build_record(
         policy_reason=facts.policy_reason,
         error_type=facts.error_type,
         stream=bool(call.body.get("stream")),
-        request_max_tokens=call.output_limit or None,
+        # the limit sent upstream; none when the call went without one
+        request_max_tokens=call.output_limit if call.output_limit_source else None,
         time_to_first_chunk_ms=None if first_chunk is None else (first_chunk - started) * 1000,
         trimmed_messages=call.trimmed,
         max_tokens_clamped_from=call.clamped_from,
