@@ -779,3 +779,31 @@ def test_max_tokens_is_recorded_only_when_one_was_sent(
     assert ATTR.REQUEST_STOP_SEQUENCES not in attrs
     assert span.instrumentation_scope is not None
     assert span.instrumentation_scope.schema_url == SCHEMA_URL
+
+
+def test_streams_report_time_to_first_chunk_in_seconds(
+    make_meter: MeterFactory,
+    span_exporter: InMemorySpanExporter,
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    """The convention's attribute and metric, in seconds, for streamed calls only; the
+    metrics carry server.address."""
+    meter = make_meter(CONFIG)
+    call = begin(meter, chat(stream=True, max_tokens=100))
+    call.first_chunk()
+    call.finish(USAGE)
+    begin(meter, chat(max_tokens=100)).finish(USAGE)  # not streamed: no point
+    streamed = span_exporter.get_finished_spans()[0]
+    assert call.record is not None
+    ttfc_ms = call.record.time_to_first_chunk_ms
+    assert ttfc_ms is not None
+    assert (streamed.attributes or {})[ATTR.TTFC] == ttfc_ms / 1000
+    metric = _metrics(metric_reader)[METRIC.TIME_TO_FIRST_CHUNK]
+    assert metric.unit == "s"
+    (point,) = metric.data.data_points
+    assert point.count == 1
+    assert point.sum == pytest.approx(ttfc_ms / 1000)
+    duration = _metrics(metric_reader)[METRIC.DURATION]
+    assert {p.attributes[ATTR.SERVER_ADDRESS] for p in duration.data.data_points} == {
+        "api.openai.com"
+    }

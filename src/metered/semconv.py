@@ -76,7 +76,7 @@ class ATTR:
     TIER = "metered.tier"
     FEATURE = "metered.feature"
     CALL_ID = "metered.call.id"
-    TTFC = "metered.stream.time_to_first_chunk_ms"
+    TTFC = "gen_ai.response.time_to_first_chunk"  # seconds
     UPSTREAM_STATUS = "metered.upstream.status"
     CATALOG_VERSION = "metered.catalog.version"
     # on the server span of an HTTP request: totals of the calls made while serving it
@@ -90,6 +90,7 @@ class METRIC:
 
     TOKEN_USAGE = "gen_ai.client.token.usage"
     DURATION = "gen_ai.client.operation.duration"
+    TIME_TO_FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"
     COST = "metered.cost"
     PRICE = "metered.price"
     CALLS = "metered.calls"
@@ -256,6 +257,9 @@ def record_attributes(record: UsageRecord) -> dict[str, Any]:
         for name, value in zip(_RECORD_ATTRIBUTE_NAMES, _record_values(record), strict=True)
         if value is not None
     }
+    ttfc = attrs.get(ATTR.TTFC)
+    if ttfc is not None:  # the record keeps milliseconds; the convention wants seconds
+        attrs[ATTR.TTFC] = ttfc / 1000
     if record.tokens_source == "unknown":
         for name in _USAGE_ATTRIBUTES:
             attrs.pop(name, None)

@@ -96,6 +96,12 @@ class Telemetry:
             description="GenAI operation duration",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
+        self._first_chunk = meter.create_histogram(
+            METRIC.TIME_TO_FIRST_CHUNK,
+            unit="s",
+            description="Time to the first chunk of a streamed response",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
         self._cost = meter.create_counter(
             METRIC.COST, unit="USD", description="Upstream cost of calls"
         )
@@ -219,10 +225,14 @@ class Telemetry:
             base[ATTR.REQUEST_MODEL] = record.requested_model
         if record.response_model is not None:
             base[ATTR.RESPONSE_MODEL] = record.response_model
+        if record.server_address is not None:
+            base[ATTR.SERVER_ADDRESS] = record.server_address
         duration_attrs = dict(base)
         if record.error_type is not None:
             duration_attrs[ATTR.ERROR_TYPE] = record.error_type
         self._duration.record(duration_s, duration_attrs)
+        if record.time_to_first_chunk_ms is not None:
+            self._first_chunk.record(record.time_to_first_chunk_ms / 1000, duration_attrs)
         if record.tokens_in or record.tokens_out:
             self._token_usage.record(record.tokens_in, {**base, ATTR.TOKEN_TYPE: "input"})
             self._token_usage.record(record.tokens_out, {**base, ATTR.TOKEN_TYPE: "output"})
