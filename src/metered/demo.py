@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from metered.money import format_usd
 
@@ -263,7 +263,40 @@ def _row(number: int, step: _Step, record: UsageRecord) -> list[str]:
     ]
 
 
-def _tracing() -> tuple[TracerProvider, Any, str | None]:
+#: Seconds an OTLP export may take before the demo gives up on the collector.
+EXPORT_TIMEOUT_S = 2.0
+_TIMEOUT_VARS = {"OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"}
+
+
+class _Counted:
+    """A span exporter that remembers whether its exports succeeded (for the summary)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.failed = 0
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        try:
+            result = self.inner.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        else:
+            self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return bool(self.inner.force_flush(timeout_millis))
+
+
+def _tracing() -> tuple[TracerProvider, Any, _Counted | None]:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -275,12 +308,22 @@ def _tracing() -> tuple[TracerProvider, Any, str | None]:
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
+    exporter: _Counted | None = None
     if endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        # the exporter reads the OTEL_EXPORTER_OTLP_* variables itself (endpoint, headers)
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return provider, memory, endpoint
+        # The exporter reads the OTEL_EXPORTER_OTLP_* variables itself (endpoint, headers,
+        # timeout). Without a timeout of yours, a collector that never answers costs at
+        # most EXPORT_TIMEOUT_S at exit, not the SDK's 10 s per attempt.
+        timeout = None if _TIMEOUT_VARS & os.environ.keys() else EXPORT_TIMEOUT_S
+        exporter = _Counted(OTLPSpanExporter(timeout=timeout))
+        provider.add_span_processor(
+            # duck-typed: the SDK is imported only when the demo runs
+            BatchSpanProcessor(
+                cast(Any, exporter), export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000)
+            )
+        )
+    return provider, memory, exporter
 
 
 def main() -> int:
@@ -288,7 +331,10 @@ def main() -> int:
     from metered.engine.meter import Meter
 
     started = time.perf_counter()
-    provider, memory, endpoint = _tracing()
+    provider, memory, exporter = _tracing()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
     records: list[UsageRecord] = []
     meter = Meter(CONFIG, tracer_provider=provider, sink=records.append)
     app = build_app(meter, tracer_provider=provider)
@@ -314,8 +360,13 @@ def main() -> int:
     kinds = Counter(span.name for span in spans)
     summary = ", ".join(f"{name} x{count}" for name, count in sorted(kinds.items()))
     print(f"\n{len(spans)} spans: {summary}")
-    if endpoint:
+    if exporter is not None and exporter.failed == 0 and exporter.exported:
         print(f"spans exported over OTLP/HTTP to {endpoint}")
+    elif exporter is not None:
+        print(
+            f"{exporter.failed} of {exporter.failed + exporter.exported} spans could not be "
+            f"exported to {endpoint} (is the collector up?)"
+        )
     else:
         print("set OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 to send them to Jaeger")
     print(f"done in {time.perf_counter() - started:.1f}s")
