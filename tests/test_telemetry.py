@@ -807,3 +807,32 @@ def test_streams_report_time_to_first_chunk_in_seconds(
     assert {p.attributes[ATTR.SERVER_ADDRESS] for p in duration.data.data_points} == {
         "api.openai.com"
     }
+
+
+def test_cost_is_also_where_genai_backends_read_it(
+    make_meter: MeterFactory,
+    span_exporter: InMemorySpanExporter,
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    """Langfuse reads gen_ai.usage.cost, OpenInference/Phoenix llm.cost.total: both carry
+    the call's known cost; the cost metrics use a UCUM-valid unit."""
+    meter = make_meter(CONFIG)
+    call = begin(meter, chat(max_tokens=100))
+    call.finish(USAGE)
+    attrs = dict(only_span(span_exporter).attributes or {})
+    assert call.record is not None
+    assert call.record.cost is not None
+    cost = float(call.record.cost)
+    assert attrs[ATTR.COST] == attrs[ATTR.COST_LANGFUSE] == attrs[ATTR.COST_OPENINFERENCE] == cost
+    metrics_by_name = _metrics(metric_reader)
+    assert metrics_by_name[METRIC.COST].unit == metrics_by_name[METRIC.PRICE].unit == "{USD}"
+
+
+def test_a_refused_call_states_no_cost_anywhere(
+    make_meter: MeterFactory, span_exporter: InMemorySpanExporter
+) -> None:
+    meter = make_meter({**CONFIG, "models": {"deny": ["gpt-3.5*"]}})
+    with pytest.raises(PolicyDenied):
+        begin(meter, chat("gpt-3.5-turbo"))
+    attrs = dict(only_span(span_exporter).attributes or {})
+    assert not {ATTR.COST, ATTR.COST_LANGFUSE, ATTR.COST_OPENINFERENCE} & set(attrs)

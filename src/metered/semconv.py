@@ -57,6 +57,9 @@ class ATTR:
     PRICING_MODE = "metered.pricing.mode"
     MODEL_RESOLVED = "metered.model.resolved"
     COST = "metered.cost.usd"
+    # the cost again, where GenAI backends read it (docs/architecture.md, "Telemetry"):
+    COST_LANGFUSE = "gen_ai.usage.cost"  # Langfuse: costDetails.total (USD)
+    COST_OPENINFERENCE = "llm.cost.total"  # OpenInference / Arize Phoenix (USD)
     PRICE = "metered.price.usd"
     MARGIN = "metered.margin.usd"
     TOKENS_SOURCE = "metered.tokens.source"
@@ -267,6 +270,9 @@ def record_attributes(record: UsageRecord) -> dict[str, Any]:
         amount = attrs.get(name)
         if amount is not None:
             attrs[name] = float(amount)
+    cost = attrs.get(ATTR.COST)
+    if cost is not None:  # known cost only: never a stand-in 0 for a backend to sum
+        attrs[ATTR.COST_LANGFUSE] = attrs[ATTR.COST_OPENINFERENCE] = cost
     if record.finish_reasons:
         attrs[ATTR.FINISH_REASONS] = list(record.finish_reasons)
     return attrs

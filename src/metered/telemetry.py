@@ -103,10 +103,10 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._cost = meter.create_counter(
-            METRIC.COST, unit="USD", description="Upstream cost of calls"
+            METRIC.COST, unit="{USD}", description="Upstream cost of calls, in US dollars"
         )
         self._price = meter.create_counter(
-            METRIC.PRICE, unit="USD", description="Price charged for calls"
+            METRIC.PRICE, unit="{USD}", description="Price charged for calls, in US dollars"
         )
         self._calls = meter.create_counter(
             METRIC.CALLS,
