@@ -41,6 +41,9 @@ class ATTR:
     REQUEST_PRESENCE_PENALTY = "gen_ai.request.presence_penalty"
     REQUEST_STOP_SEQUENCES = "gen_ai.request.stop_sequences"
     REQUEST_CHOICE_COUNT = "gen_ai.request.choice.count"
+    # OpenAI's own (the official instrumentation's names); the response ones come from
+    # the reader (providers.openai_chat.response_attributes)
+    OPENAI_REQUEST_SERVICE_TIER = "openai.request.service_tier"
     RESPONSE_MODEL = "gen_ai.response.model"
     RESPONSE_ID = "gen_ai.response.id"
     FINISH_REASONS = "gen_ai.response.finish_reasons"
@@ -232,9 +235,10 @@ _NUMBERS = (
 )
 
 
-def request_attributes(body: Mapping[str, Any]) -> dict[str, Any]:
+def request_attributes(body: Mapping[str, Any], api: str = "chat") -> dict[str, Any]:
     """The GenAI request attributes a chat body carries (sampling parameters, stop
-    sequences, the choice count), with the convention's types; absent ones left out."""
+    sequences, the choice count; OpenAI's service tier), with the convention's types;
+    absent ones left out."""
     attrs: dict[str, Any] = {ATTR.REQUEST_STREAM: body.get("stream") is True}
     for name, field, kind in _NUMBERS:
         value: Any = body.get(field)
@@ -248,6 +252,9 @@ def request_attributes(body: Mapping[str, Any]) -> dict[str, Any]:
     n = body.get("n")
     if type(n) is int and n > 1:
         attrs[ATTR.REQUEST_CHOICE_COUNT] = n
+    tier = body.get("service_tier")
+    if api != "anthropic" and isinstance(tier, str) and tier:
+        attrs[ATTR.OPENAI_REQUEST_SERVICE_TIER] = tier
     return attrs
 
 

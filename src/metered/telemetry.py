@@ -148,13 +148,14 @@ class Telemetry:
         provider: str | None,
         server_address: str | None,
         body: Mapping[str, Any],
+        api: str = "chat",
     ) -> Span:
         """Start the CLIENT span of a call, parented to the current span."""
         tracer = self._live_tracer() if self.enabled else None
         if tracer is None:
             return trace.INVALID_SPAN
         try:
-            attrs = request_attributes(body)
+            attrs = request_attributes(body, api)
             attrs[ATTR.OPERATION] = operation
             if model is not None:
                 attrs[ATTR.REQUEST_MODEL] = model
@@ -204,8 +205,11 @@ class Telemetry:
         try:
             if span.is_recording():
                 span.set_attributes(record_attributes(record))
-                for name, attrs in events:
-                    span.add_event(name, attrs)  # the SDK copies them: no copy of ours
+                for name, attrs in events:  # no name: attributes of the span itself
+                    if name:
+                        span.add_event(name, attrs)  # the SDK copies them: no copy of ours
+                    else:
+                        span.set_attributes(attrs)
                 if error is not None or record.error_type is not None:
                     description = record.policy_reason or record.error_type or type(error).__name__
                     span.set_status(Status(StatusCode.ERROR, description))

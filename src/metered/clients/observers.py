@@ -73,6 +73,7 @@ class StreamObserver:
             "response_model": out.response_model,
             "response_id": out.response_id,
             "finish_reasons": tuple(out.finish_reasons),
+            "attributes": out.attributes,
         }
 
     def feed(self, item: Any) -> bool:

@@ -152,6 +152,7 @@ class Tally:
             "response_id": out.response_id,
             "finish_reasons": tuple(out.finish_reasons),
             "partial": partial,
+            "attributes": out.attributes,
         }
 
 

@@ -131,7 +131,7 @@ class Call:
         self._record: UsageRecord | None = None
         self._started = time.perf_counter()
         self._first_chunk: float | None = None
-        self._events: list[tuple[str, Mapping[str, Any]]] | None = None  # span events
+        self._events: list[tuple[str, Mapping[str, Any]]] | None = None  # unnamed: attributes
         self._once = Once()  # the first finish (or the refusal) settles and emits
         model = self.body.get("model")
         self._span = runtime.telemetry.start(
@@ -140,6 +140,7 @@ class Call:
             provider=request.provider,
             server_address=request.server_address,
             body=self.body,
+            api=self.api,
         )
 
     @property
@@ -259,11 +260,11 @@ class Call:
         response_id: str | None = None,
         finish_reasons: Sequence[str] = (),
         partial: bool = False,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         """Measure, price, settle and emit, once; later calls change nothing.
 
-        A later call (another thread) returns once the first has settled, so
-        :attr:`record` is then complete.
+        A later call (another thread) returns once the first has settled (and the record).
 
         Args:
             usage: what the provider reported (``source="actual"``) or what the adapter
@@ -273,6 +274,7 @@ class Call:
             status: the upstream HTTP status, if known.
             response_model / response_id / finish_reasons: from the response.
             partial: a stream that ended early; ``usage`` is what was delivered.
+            attributes: provider-specific response attributes for the span.
         """
         fin = self._claim(
             usage, error, response, status, response_model, response_id, finish_reasons, partial
@@ -280,6 +282,8 @@ class Call:
         if fin is None:
             self._once.wait()
             return
+        if attributes:
+            self._event("", attributes)
         try:
             flows.run(self._settle(fin), self._runtime.ledger)
         finally:
@@ -296,6 +300,7 @@ class Call:
         response_id: str | None = None,
         finish_reasons: Sequence[str] = (),
         partial: bool = False,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         """Async :meth:`finish`. Settlement runs to its end even if the caller is
         cancelled meanwhile (a client that went away mid-settlement): the hold is captured
@@ -306,6 +311,8 @@ class Call:
         if fin is None:
             await self._once.await_first()
             return
+        if attributes:
+            self._event("", attributes)
         await asyncio.shield(self._once.start(self._asettle(fin)))
 
     async def _asettle(self, fin: Finish) -> None:

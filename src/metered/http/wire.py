@@ -162,6 +162,7 @@ def finish_args(
         "response_model": outcome.response_model,
         "response_id": outcome.response_id,
         "finish_reasons": outcome.finish_reasons,
+        "attributes": outcome.attributes,
     }
     if status is not None and status >= 400:
         args["error"] = UpstreamError(f"the upstream answered HTTP {status}", status=status)

@@ -145,6 +145,8 @@ class Outcome:
         complete: the response ran to its natural end.
         delivered: the billed output of a whole response that reports no usage (text,
             refusals, reasoning, tool-call names and arguments), to count instead.
+        attributes: provider-specific span attributes the response carries (OpenAI's
+            ``openai.response.service_tier`` and ``system_fingerprint``).
     """
 
     usage: Usage | None = None
@@ -154,6 +156,7 @@ class Outcome:
     error: str | None = None
     complete: bool = False
     delivered: list[str] = field(default_factory=list)
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 class StreamReader:

@@ -72,7 +72,18 @@ def finish_reasons(response: Any) -> list[str]:
 
 def read(response: Any) -> Outcome:
     """Usage, model, id and finish reasons of a whole chat completion."""
-    return whole(response, from_openai_chat(response), finish_reasons(response), delivered)
+    out = whole(response, from_openai_chat(response), finish_reasons(response), delivered)
+    response_attributes(response, out.attributes)
+    return out
+
+
+def response_attributes(response: Any, into: dict[str, Any]) -> None:
+    """OpenAI's response attributes (the official instrumentation's names): the service
+    tier that served the call and the backend's system fingerprint."""
+    for name in ("service_tier", "system_fingerprint"):
+        value = get(response, name)
+        if isinstance(value, str) and value:
+            into[f"openai.response.{name}"] = value
 
 
 def delivered(response: Any) -> list[str]:
@@ -105,6 +116,7 @@ class ChatStream(StreamReader):
         if out.response_id is None:
             out.response_id = string(get(event, "id"))
             out.response_model = string(get(event, "model"))
+            response_attributes(event, out.attributes)
         error = get(event, "error")
         if error is not None:
             out.error = error_message(error)

@@ -96,7 +96,15 @@ def finish_reasons(response: Any) -> list[str]:
 
 def read(response: Any) -> Outcome:
     """Usage, model, id and finish reasons of a whole Responses API response."""
-    return whole(response, from_openai_responses(response), finish_reasons(response), delivered)
+    out = whole(response, from_openai_responses(response), finish_reasons(response), delivered)
+    _service_tier(response, out)
+    return out
+
+
+def _service_tier(response: Any, out: Outcome) -> None:
+    tier = get(response, "service_tier")
+    if isinstance(tier, str) and tier:
+        out.attributes["openai.response.service_tier"] = tier
 
 
 def delivered(response: Any) -> list[str]:
@@ -137,6 +145,7 @@ class ResponsesStream(StreamReader):
             rid = string(get(response, "id"))
             out.response_model = model if model is not None else out.response_model
             out.response_id = rid if rid is not None else out.response_id
+            _service_tier(response, out)
         elif kind == "response.created" and out.response_id is None:
             response = get(event, "response")
             out.response_model = string(get(response, "model"))
