@@ -85,6 +85,7 @@ class Plan:
     tier_cfg: TierConfig | None
     cap: int | None  # the tier's output cap, urgent allowance applied
     reserve: int  # output tokens reserved when the caller sets no limit
+    limit_param: str  # the body parameter that limits output for this model and API
     floor: int  # the least output a budget-limited call is sent for
     window: int | None  # the model's context window, if known
     # None for the Responses API (counted per item). Shared by the plan's calls, which
@@ -178,6 +179,7 @@ class Planner:
             tier_cfg=tier_cfg,
             cap=cap,
             reserve=(entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS,
+            limit_param=output_limit_param(base, api),
             floor=self._config.min_output_tokens,
             window=entry.context_window if entry is not None else None,
             counter=None
@@ -287,8 +289,9 @@ def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool, budgeted: bool
     # the maximum the call may output: its limit, else the model's cap, else a default
     reserved = limit or plan.reserve
     if budgeted and limit is None:
-        param = output_limit_param(plan.base, api, body=body)
-        body = apply_output_cap(body, OutputCap(reserved, param))
+        # the body names no limit (else requested would be set): the plan's parameter
+        # name holds, and the body is the meter's own copy, written in place
+        body[plan.limit_param] = reserved
         source = "model"
     counter = plan.counter
     if counter is None:  # the Responses API
