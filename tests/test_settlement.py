@@ -382,3 +382,45 @@ def test_finish_without_usage_settles_the_estimate(make_meter: MeterFactory) -> 
     assert record.tokens_source == "estimated"
     assert record.tokens_out == 100
     assert meter.ledger.balance("anonymous").spent_nanos == to_nanos(call.payment_required)
+
+
+def test_only_a_store_outage_parks_a_settlement(make_meter: MeterFactory) -> None:
+    """A capture the ledger refuses as such (a bug, a bad argument) is ``failed``, not
+    parked: replaying it could only fail again."""
+
+    class Refusing(MemoryLedger):
+        def capture(self, *args: Any, **kwargs: Any) -> Any:
+            raise ValueError("not this capture")
+
+    meter = make_meter(config(), ledger=Refusing())
+    call = meter.begin(BODY)
+    call.finish(USAGE)
+    assert call.record is not None
+    assert call.record.settlement_status == "failed"
+    assert meter.pending_settlements() == 0
+
+
+def test_a_parked_settlement_refused_for_good_does_not_block_the_others(
+    make_meter: MeterFactory,
+) -> None:
+    class Flaky(MemoryLedger):
+        state = "down"
+
+        def capture(self, key: str, *args: Any, **kwargs: Any) -> Any:
+            if self.state == "down":
+                raise ConnectionError("ledger down")
+            if key == self.poisoned:
+                raise ValueError("refused for good")
+            return super().capture(key, *args, **kwargs)
+
+    ledger = Flaky()
+    meter = make_meter(config(), ledger=ledger)
+    first, second = meter.begin(BODY), meter.begin(BODY)
+    first.finish(USAGE)
+    second.finish(USAGE)
+    assert meter.pending_settlements() == 2
+    ledger.state, ledger.poisoned = "up", first.id  # type: ignore[attr-defined]
+    assert meter.flush_settlements() == 1  # the poisoned one dropped, the other landed
+    assert meter.pending_settlements() == 0
+    assert second.record is not None
+    assert ledger.balance(second.account).spent_nanos == to_nanos(second.record.settlement_amount)

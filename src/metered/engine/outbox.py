@@ -138,7 +138,7 @@ class Outbox:
                 with _locked(self.path, "r") as file:  # entries parked meanwhile stay
                     entries = _read(file)
                     _rewrite(self.path, [e for e in entries if e["id"] not in gone])
-        logger.info("metered: %d parked settlement(s) landed", len(landed))
+        logger.info("metered: %d parked settlement(s) left the outbox", len(landed))
 
     def _entries(self) -> list[dict[str, Any]]:
         if self.path is None:

@@ -192,20 +192,25 @@ class Applied(NamedTuple):
     parked_nanos: int = 0
 
 
+#: What says the budget store is unavailable (a settlement then waits in the outbox); any
+#: other failure is the operation's own and parking it would only repeat it.
+UNAVAILABLE: tuple[type[Exception], ...] = (LedgerError, OSError)
+
+
 def apply(key: str, op: Op, outbox: Outbox) -> Flow[Applied]:
     """Step 9 against the ledger: replay parked settlements first when due, then ``op``.
 
-    A money-moving operation the ledger cannot take is parked (``pending``): the upstream
-    call already happened, so its charge must land later. A failed release is only
-    ``failed``: the hold expires by itself.
+    A money-moving operation the store cannot take (:data:`UNAVAILABLE`) is parked
+    (``pending``): the upstream call already happened, so its charge must land later. A
+    failed release, or an operation the ledger refuses as such, is ``failed``.
     """
     if outbox.due():
         yield from replay(outbox)
     try:
         result = yield op
-    except Exception:
+    except Exception as exc:
         logger.exception("metered: settlement failed for call %s", key)
-        if op[0] in PARKABLE:
+        if op[0] in PARKABLE and isinstance(exc, UNAVAILABLE):
             outbox.park(op)
             amount = op[1][1] if op[0] in ("capture", "adjust") else 0
             return Applied(None, "pending", amount)
@@ -217,16 +222,22 @@ def replay(outbox: Outbox) -> Flow[int]:
     """Replay the parked settlements in order, stopping at the first the store still
     refuses; returns how many landed (see :mod:`metered.engine.outbox`)."""
     landed: list[str] = []
+    dropped: list[str] = []
     try:
         for ident, op in outbox.take():
             try:
                 yield op
-            except Exception as exc:
+            except UNAVAILABLE as exc:
                 logger.warning("metered: parked settlements wait: %s", exc)
                 break
-            landed.append(ident)
+            except Exception:
+                # refused for good (not a store outage): never let it block the others
+                logger.exception("metered: dropping parked settlement %s of %s", op[0], op[1][0])
+                dropped.append(ident)
+            else:
+                landed.append(ident)
     finally:
-        outbox.done(landed)
+        outbox.done(landed + dropped)
     return len(landed)
 
 
