@@ -189,3 +189,34 @@ def test_the_limit_is_shared_by_the_parent_budget() -> None:
     call = meter.begin({"model": "gpt-4o", "messages": HI}, account="alice")
     assert call.output_limit == (2 * 10**7 - 1_000 * call.prompt_tokens) // 10_000
     call.finish(error=TimeoutError())
+
+
+def test_a_budget_lowered_anthropic_limit_keeps_the_thinking_budget_below_it() -> None:
+    """Anthropic refuses max_tokens <= thinking.budget_tokens: the budget lowers both."""
+    meter = Meter(
+        {
+            "routes": {
+                "r": {
+                    "models": {
+                        "claude-sonnet-4-5": {
+                            "input": "$1 / 1M tokens",
+                            "output": "$10 / 1M tokens",
+                        }
+                    }
+                }
+            },
+            "default_route": "r",
+            "accounts": {"acme": {"budgets": ["$0.03/day"]}},  # ~3,000 output tokens
+        }
+    )
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 16_000,
+        "thinking": {"type": "enabled", "budget_tokens": 8_000},
+        "messages": HI,
+    }
+    call = meter.begin(body, api="anthropic", account="acme")
+    assert call.body["max_tokens"] < 3_000
+    assert 1_024 <= call.body["thinking"]["budget_tokens"] < call.body["max_tokens"]
+    assert body["thinking"]["budget_tokens"] == 8_000  # the caller's own body is untouched
+    call.finish(error=TimeoutError())

@@ -66,6 +66,7 @@ OnRequest = Callable[["Call"], object]
 #: capture still records the actual).
 DEFAULT_OUTPUT_TOKENS = 4096
 _MAX_PLANS = 4096
+_MIN_THINKING = 1024  # Anthropic's least thinking budget
 
 PlanKey = tuple[str | None, str, Api, str | None, bool]
 
@@ -247,7 +248,14 @@ def afford(plan: Plan, call: Call, held_nanos: int) -> tuple[dict[str, Any], int
         else:
             high = mid
     param = output_limit_param(plan.base, call.api, body=call.body)
-    return apply_output_cap(call.body, OutputCap(low, param)), low, best
+    body = apply_output_cap(call.body, OutputCap(low, param))
+    thinking = body.get("thinking")
+    if call.api == "anthropic" and isinstance(thinking, dict):
+        # Anthropic wants the thinking budget below max_tokens (and at least 1024)
+        budget = thinking.get("budget_tokens")
+        if type(budget) is int and budget >= low:
+            body["thinking"] = {**thinking, "budget_tokens": max(_MIN_THINKING, low - 1)}
+    return body, low, best
 
 
 def floor_price(plan: Plan, call: Call) -> int:
