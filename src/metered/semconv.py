@@ -54,6 +54,10 @@ class ATTR:
     REASONING_TOKENS = "gen_ai.usage.reasoning.output_tokens"
     TOKEN_TYPE = "gen_ai.token.type"
     SERVER_ADDRESS = "server.address"
+    SERVER_PORT = "server.port"
+    INPUT_MESSAGES = "gen_ai.input.messages"
+    OUTPUT_MESSAGES = "gen_ai.output.messages"
+    SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
     ERROR_TYPE = "error.type"
 
     PRICING_SOURCE = "metered.pricing.source"
@@ -97,6 +101,7 @@ class METRIC:
     TOKEN_USAGE = "gen_ai.client.token.usage"
     DURATION = "gen_ai.client.operation.duration"
     TIME_TO_FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"
+    TIME_PER_OUTPUT_CHUNK = "gen_ai.client.operation.time_per_output_chunk"
     COST = "metered.cost"
     PRICE = "metered.price"
     CALLS = "metered.calls"

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.context import Context
 from pydantic import BaseModel
 
@@ -92,12 +91,17 @@ def _sentinels(client: Any) -> tuple[type, ...]:
     return (_Never,)
 
 
-def _host(client: Any) -> str | None:
+def _server(client: Any) -> tuple[str | None, int | None]:
+    """The upstream's host and port (``None`` for HTTPS's default, as the conventions
+    and the official instrumentation leave it out)."""
     try:
-        host = client.base_url.host
+        url = client.base_url
+        host, port = url.host, url.port
     except Exception:
-        return None
-    return host if isinstance(host, str) and host else None
+        return None, None
+    if not (isinstance(host, str) and host):
+        return None, None
+    return host, port if type(port) is int and port != 443 else None
 
 
 class ClientContext:
@@ -135,11 +139,12 @@ class ClientContext:
         self.identity = {k: v for k, v in identity.items() if v is not None}
         self.options = options
         self.omitted = _sentinels(client)
-        self.server_address = _host(client)
+        self.server_address, port = _server(client)
         #: ``Meter.begin`` keyword arguments every call of this client shares (built once)
         self.begin_args: dict[str, Any] = {
             "provider": provider,
             "server_address": self.server_address,
+            "server_port": port,
             **self.identity,
         }
 
@@ -249,10 +254,8 @@ def prepare(ctx: ClientContext, endpoint: Endpoint, kwargs: Mapping[str, Any]) -
 
 def _attach(call_: Call) -> Token[Context] | None:
     """Make the call's span current for the upstream request (HTTP spans nest under it)."""
-    span = call_.span
-    if span is None or not span.is_recording():
-        return None
-    return otel_context.attach(trace.set_span_in_context(span))
+    ctx = call_.upstream_context()
+    return None if ctx is None else otel_context.attach(ctx)
 
 
 def begin(

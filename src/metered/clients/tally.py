@@ -59,6 +59,7 @@ class Tally:
         self.call = call
         self.observer = observer
         observer.reader.model = call.model or ""
+        observer.reader.transcript = call.transcript()
         self._close = close
         self._done = False
 
@@ -153,6 +154,7 @@ class Tally:
             "finish_reasons": tuple(out.finish_reasons),
             "partial": partial,
             "attributes": out.attributes,
+            "output": None if observer.opaque else observer.reader,
         }
 
 

@@ -395,7 +395,13 @@ class TelemetryConfig(_Strict):
     """Span and metric options."""
 
     enabled: bool = True
-    capture_content: bool = False
+    # None: follow OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT (off when unset)
+    capture_content: (
+        bool | Literal["no_content", "span_only", "event_only", "span_and_event"] | None
+    ) = None
+    content_max_chars: int = Field(default=16384, ge=0)
+    # merge: one chat span per call beside another GenAI producer; separate: one each
+    genai_spans: Literal["merge", "separate"] = "merge"
 
 
 class RecordsConfig(_Strict):

@@ -137,6 +137,7 @@ class Request(NamedTuple):
     api: Api
     provider: str | None
     server_address: str | None
+    server_port: int | None
     account: str
     payer: Payer
     feature: str | None

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
 from metered import context as _context
@@ -28,16 +29,17 @@ from metered.engine.record import (
     Finish,
     alert_events,
     build_record,
-    emit,
     finished_facts,
     reasons,
     refused_facts,
 )
 from metered.engine.settle import Flow, Once, Runtime
+from metered.engine.watch import Watch
 from metered.errors import BudgetExceeded, InvalidRequest
 from metered.ledger import Charge, Receipt
 from metered.money import from_nanos, to_nanos
 from metered.pricing.route import Quote
+from metered.providers import Transcript
 from metered.records import UsageRecord
 from metered.settlement import Action, SettlementMode
 from metered.telemetry import EVENT_SETTLEMENT
@@ -95,8 +97,8 @@ class Call:
 
     # fmt: off
     __slots__ = (
-        "_charges", "_events", "_facts", "_first_chunk", "_once", "_plan", "_record", "_request",
-        "_runtime", "_span", "_started", "account", "api", "body", "clamped_from", "estimate",
+        "_charges", "_facts", "_once", "_plan", "_record", "_request", "_runtime", "_watch",
+        "account", "api", "body", "clamped_from", "estimate",
         "feature", "headers", "id", "metadata", "model", "output_limit", "output_limit_source",
         "payment_required", "prompt_tokens", "provider", "route_name", "server_address", "tier",
         "trimmed",
@@ -129,19 +131,8 @@ class Call:
         self._charges: tuple[Charge, ...] | None = None  # set once the call reserves
         self._facts: Facts | None = None  # what finish() found, for the record
         self._record: UsageRecord | None = None
-        self._started = time.perf_counter()
-        self._first_chunk: float | None = None
-        self._events: list[tuple[str, Mapping[str, Any]]] | None = None  # unnamed: attributes
         self._once = Once()  # the first finish (or the refusal) settles and emits
-        model = self.body.get("model")
-        self._span = runtime.telemetry.start(
-            operation="chat",
-            model=model if isinstance(model, str) else None,
-            provider=request.provider,
-            server_address=request.server_address,
-            body=self.body,
-            api=self.api,
-        )
+        self._watch = Watch(runtime, request, self.body)
 
     @property
     def mode(self) -> SettlementMode:
@@ -152,7 +143,17 @@ class Call:
     @property
     def span(self) -> Span | None:
         """The call's span (to parent upstream HTTP spans, or add events)."""
-        return self._span
+        return self._watch.span
+
+    def transcript(self) -> Transcript | None:
+        """A transcript for the call's stream reader while content capture is on."""
+        return self._watch.transcript()
+
+    def upstream_context(self) -> Context | None:
+        """The OpenTelemetry context to send the upstream request in (``None``: keep the
+        current one): the call's span, and a mark that stands an inner GenAI
+        instrumentation down (:mod:`metered.telemetry.genai`)."""
+        return self._watch.upstream_context()
 
     @property
     def record(self) -> UsageRecord | None:
@@ -169,16 +170,15 @@ class Call:
                     record = self._record = build_record(
                         self,
                         self._facts,
-                        started=self._started,
-                        first_chunk=self._first_chunk,
+                        started=self._watch.started,
+                        first_chunk=self._watch.first_chunk,
                         accounts=tuple(c.account for c in self._charges or ()),
                     )
         return record
 
     def first_chunk(self) -> None:
         """Mark the first streamed chunk (time to first chunk)."""
-        if self._first_chunk is None:
-            self._first_chunk = time.perf_counter()
+        self._watch.mark_first_chunk()
 
     # -- steps 2-5 ---------------------------------------------------------------------
 
@@ -261,6 +261,7 @@ class Call:
         finish_reasons: Sequence[str] = (),
         partial: bool = False,
         attributes: Mapping[str, Any] | None = None,
+        output: Any = None,
     ) -> None:
         """Measure, price, settle and emit, once; later calls change nothing.
 
@@ -275,6 +276,9 @@ class Call:
             response_model / response_id / finish_reasons: from the response.
             partial: a stream that ended early; ``usage`` is what was delivered.
             attributes: provider-specific response attributes for the span.
+            output: what came back, for content capture and stream timing: the stream
+                reader, or the whole response's JSON bytes (``response`` serves when
+                this is ``None``).
         """
         fin = self._claim(
             usage, error, response, status, response_model, response_id, finish_reasons, partial
@@ -282,8 +286,7 @@ class Call:
         if fin is None:
             self._once.wait()
             return
-        if attributes:
-            self._event("", attributes)
+        self._observe(attributes, output, response)
         try:
             flows.run(self._settle(fin), self._runtime.ledger)
         finally:
@@ -301,6 +304,7 @@ class Call:
         finish_reasons: Sequence[str] = (),
         partial: bool = False,
         attributes: Mapping[str, Any] | None = None,
+        output: Any = None,
     ) -> None:
         """Async :meth:`finish`. Settlement runs to its end even if the caller is
         cancelled meanwhile (a client that went away mid-settlement): the hold is captured
@@ -311,8 +315,7 @@ class Call:
         if fin is None:
             await self._once.await_first()
             return
-        if attributes:
-            self._event("", attributes)
+        self._observe(attributes, output, response)
         await asyncio.shield(self._once.start(self._asettle(fin)))
 
     async def _asettle(self, fin: Finish) -> None:
@@ -320,6 +323,11 @@ class Call:
             await flows.arun(self._settle(fin), self._runtime.ledger)
         finally:
             self._once.end()
+
+    def _observe(self, attributes: Mapping[str, Any] | None, output: Any, response: Any) -> None:
+        if attributes:
+            self._watch.event("", attributes)
+        self._watch.output = output if output is not None else response
 
     def _claim(
         self,
@@ -415,9 +423,8 @@ class Call:
         totals = _context.bound.totals.get()
         if totals is not None and settled and quote and quote.pricing_source != "unpriced":
             totals.add(quote.cost, from_nanos(amount))
-        span = self._span
-        if span is not None and span.is_recording():
-            self._event(
+        if self._watch.span.is_recording():
+            self._watch.event(
                 EVENT_SETTLEMENT,
                 {
                     "metered.settlement.status": status,
@@ -428,23 +435,9 @@ class Call:
 
     # -- outputs -----------------------------------------------------------------------
 
-    def _event(self, name: str, attributes: Mapping[str, Any]) -> None:
-        if self._events is None:
-            self._events = []
-        self._events.append((name, attributes))
-
     def _alerts(self, receipt: Receipt) -> None:
         for name, attributes in alert_events(receipt.crossed, self._runtime.on_budget_alert):
-            self._event(name, attributes)
+            self._watch.event(name, attributes)
 
     def _emit(self, error: BaseException | None) -> None:
-        runtime = self._runtime
-        emit(
-            lambda: self.record,
-            runtime.telemetry,
-            runtime.sink,
-            self._span,
-            events=self._events or (),
-            error=error,
-            started=self._started,
-        )
+        self._watch.emit(lambda: self.record, error, self.api, self.body)

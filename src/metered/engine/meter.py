@@ -63,7 +63,8 @@ class Meter:
         config: a :class:`~metered.config.Config`, a mapping of settings, or ``None`` for
             defaults (price from the catalog, enforce nothing).
         ledger: the budget store; default an in-process :class:`MemoryLedger`.
-        tracer_provider / meter_provider: OTel providers; default the global ones.
+        tracer_provider / meter_provider / logger_provider: OTel providers (the logger
+            provider takes content-capture events); default the global ones.
         sink: where usage records go: a callable or a :class:`RecordSink`; default from
             ``records:`` in the config (none).
         on_response: ``hook(call, response) -> bool``; a false result vetoes settlement.
@@ -89,6 +90,7 @@ class Meter:
         ledger: Ledger | None = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
+        logger_provider: Any = None,
         sink: RecordSink | Callable[[UsageRecord], object] | None = None,
         on_response: OnResponse | None = None,
         on_budget_alert: OnBudgetAlert | None = None,
@@ -110,7 +112,11 @@ class Meter:
             telemetry=Telemetry(
                 tracer_provider=tracer_provider,
                 meter_provider=meter_provider,
+                logger_provider=logger_provider,
                 enabled=config.telemetry.enabled,
+                capture_content=config.telemetry.capture_content,
+                content_max_chars=config.telemetry.content_max_chars,
+                genai_spans=config.telemetry.genai_spans,
             ),
             sink=_make_sink(sink, config),
             on_budget_alert=on_budget_alert,
@@ -202,6 +208,7 @@ class Meter:
         api: Api = "chat",
         provider: str | None = None,
         server_address: str | None = None,
+        server_port: int | None = None,
         account: str | None = _UNSET,
         tier: str | None = _UNSET,
         feature: str | None = _UNSET,
@@ -226,6 +233,7 @@ class Meter:
             api,
             provider,
             server_address,
+            server_port,
             account,
             tier,
             feature,
@@ -243,6 +251,7 @@ class Meter:
         api: Api = "chat",
         provider: str | None = None,
         server_address: str | None = None,
+        server_port: int | None = None,
         account: str | None = _UNSET,
         tier: str | None = _UNSET,
         feature: str | None = _UNSET,
@@ -257,6 +266,7 @@ class Meter:
             api,
             provider,
             server_address,
+            server_port,
             account,
             tier,
             feature,
@@ -273,6 +283,7 @@ class Meter:
         api: Api,
         provider: str | None,
         server_address: str | None,
+        server_port: int | None,
         account: str | None,
         tier: str | None,
         feature: str | None,
@@ -296,6 +307,7 @@ class Meter:
             api,
             provider,
             server_address,
+            server_port,
             account,
             self._accounts.payer(account, tier, feature),
             feature,

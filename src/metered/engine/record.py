@@ -21,7 +21,7 @@ from metered.ledger import Threshold
 from metered.money import from_nanos, to_nanos
 from metered.pricing.route import Quote
 from metered.records import RecordSink, UsageRecord
-from metered.telemetry import EVENT_BUDGET_ALERT, Telemetry
+from metered.telemetry import EVENT_BUDGET_ALERT, Content, Telemetry
 from metered.usage import Usage
 
 if TYPE_CHECKING:
@@ -259,6 +259,8 @@ def emit(
     events: Sequence[tuple[str, Mapping[str, Any]]],
     error: BaseException | None,
     started: float,
+    content: Callable[[], Content] | None = None,
+    gaps: Sequence[float] = (),
 ) -> None:
     """Hand a finished call's record to its span and metrics, ``capture_spend()`` and the
     sink, whichever are there. ``record`` builds it on demand: with none of them, it is
@@ -273,6 +275,8 @@ def emit(
             duration_s=time.perf_counter() - started,
             events=events,
             error=error,
+            content=content,
+            gaps=gaps,
         )
     captured = _context.bound.captured.get()
     if captured is None and sink is None:

@@ -116,6 +116,7 @@ class GatewayResponse:
             self.stream = StreamMeter(
                 self.api, model=self.call.model or "", strip_usage=self._strip
             )
+            self.stream.reader.transcript = self.call.transcript()
             return True
         self._buffer = []
         self.held = True
@@ -144,17 +145,21 @@ class GatewayResponse:
         """The last chunk; returns the bytes to forward and the ``call.finish`` arguments."""
         out = self.body(chunk)
         stream = self.stream
+        whole = None
         if stream is not None:
             out += stream.close()
             outcome = stream.outcome
         elif self._buffer is not None:
-            out = b"".join(self._buffer)
+            out = whole = b"".join(self._buffer)
             self._buffer = None
             self.held = False
             outcome = json_outcome(out, self.api)
         else:
             outcome = Outcome()
-        return out, finish_args(self.call, stream, outcome, status=self.status)
+        args = finish_args(self.call, stream, outcome, status=self.status)
+        if whole is not None:
+            args["output"] = whole  # decoded again only if content is captured
+        return out, args
 
     def cut(self, error: BaseException | None, *, client_left: bool = False) -> dict[str, Any]:
         """``call.finish`` arguments for a response that did not end.

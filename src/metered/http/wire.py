@@ -171,6 +171,7 @@ def finish_args(
         args["error"] = UpstreamError(outcome.error, status=status)
     usage = settled_usage(outcome, call.model or "", call.prompt_tokens)
     if stream is not None:
+        args["output"] = stream.reader
         usage, partial = stream.reader.measured(call.prompt_tokens)
         if partial:
             args["partial"] = True

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from metered.providers import anthropic, openai_chat, openai_responses
+from metered.providers import anthropic, messages, openai_chat, openai_responses
 from metered.providers._common import Outcome, StreamReader, WireFormat, settled_usage
+from metered.providers.messages import Bound, InputReader, Message, Transcript
 from metered.usage import Usage
 
 __all__ = [
@@ -28,9 +29,13 @@ __all__ = [
     "CHAT",
     "FORMATS",
     "RESPONSES",
+    "Bound",
     "Format",
+    "InputReader",
+    "Message",
     "Outcome",
     "StreamReader",
+    "Transcript",
     "WireFormat",
     "settled_usage",
 ]
@@ -45,21 +50,42 @@ class Format:
         usage: the usage of a whole response (``None`` when it reports none).
         read: usage, model, id and finish reasons of a whole response.
         stream: the stream reader class.
+        input_messages: (system instructions, input messages) of a request body, in the
+            GenAI conventions' shape (content capture only).
+        output_messages: the output messages of a whole response (content capture only).
     """
 
     name: WireFormat
     usage: Callable[[Any], Usage | None]
     read: Callable[[Any], Outcome]
     stream: type[StreamReader]
+    input_messages: InputReader
+    output_messages: Callable[[Any, Bound], list[Message]]
 
 
-CHAT = Format("chat", openai_chat.from_openai_chat, openai_chat.read, openai_chat.ChatStream)
+CHAT = Format(
+    "chat",
+    openai_chat.from_openai_chat,
+    openai_chat.read,
+    openai_chat.ChatStream,
+    messages.chat_input,
+    messages.chat_output,
+)
 RESPONSES = Format(
     "responses",
     openai_responses.from_openai_responses,
     openai_responses.read,
     openai_responses.ResponsesStream,
+    messages.responses_input,
+    messages.responses_output,
 )
-ANTHROPIC = Format("anthropic", anthropic.from_anthropic, anthropic.read, anthropic.AnthropicStream)
+ANTHROPIC = Format(
+    "anthropic",
+    anthropic.from_anthropic,
+    anthropic.read,
+    anthropic.AnthropicStream,
+    messages.anthropic_input,
+    messages.anthropic_output,
+)
 #: Every format by name.
 FORMATS: dict[str, Format] = {f.name: f for f in (CHAT, RESPONSES, ANTHROPIC)}

@@ -11,13 +11,18 @@ clamped to it (a provider bug must not break the user's call).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Literal
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Literal
 
 from metered.tokens import count_text
 from metered.usage import Usage
+
+if TYPE_CHECKING:
+    from metered.providers.messages import Transcript
 
 __all__ = [
     "Outcome",
@@ -162,8 +167,9 @@ class Outcome:
 class StreamReader:
     """Reads one stream of one wire format, event by event (SSE-decoded dict or SDK event).
 
-    Subclasses implement :meth:`feed`; this base keeps the outcome, the input side known
-    before the end, and the delivered text, counted in batches so memory stays constant.
+    Subclasses implement :meth:`read`; this base keeps the outcome, the input side known
+    before the end, the delivered text, counted in batches so memory stays constant, and
+    the time between events (the ``time_per_output_chunk`` metric).
 
     Args:
         model: the requested model, whose tokenizer counts the delivered text.
@@ -173,21 +179,45 @@ class StreamReader:
         outcome: what the stream said so far.
         input_usage: the input side reported before the end (Anthropic ``message_start``).
         model: see Args (the client proxies set it once the call is known).
+        transcript: the output collected for content capture (``None``: capture is off).
+        gaps: seconds between each event and the one before it.
     """
 
-    __slots__ = ("_batch", "_batch_chars", "_tokens", "input_usage", "model", "outcome", "strip")
+    __slots__ = (
+        "_batch",
+        "_batch_chars",
+        "_last",
+        "_tokens",
+        "gaps",
+        "input_usage",
+        "model",
+        "outcome",
+        "strip",
+        "transcript",
+    )
 
     def __init__(self, *, model: str = "", strip_usage: bool = False) -> None:
         self.model = model
         self.strip = strip_usage
         self.outcome = Outcome()
         self.input_usage: Usage | None = None
+        self.transcript: Transcript | None = None
+        self.gaps = array("d")
+        self._last = 0.0
         self._batch: list[str] = []
         self._batch_chars = 0
         self._tokens = 0
 
     def feed(self, event: Any) -> bool:
         """Take one event; ``False`` when it must not be forwarded to the caller."""
+        now = perf_counter()
+        if self._last:
+            self.gaps.append(now - self._last)
+        self._last = now
+        return self.read(event)
+
+    def read(self, event: Any) -> bool:
+        """Read one event (the format's own part of :meth:`feed`)."""
         raise NotImplementedError
 
     def add(self, text: object) -> None:

@@ -28,6 +28,7 @@ from metered.providers._common import (
     string,
     whole,
 )
+from metered.providers.messages import Transcript
 from metered.usage import Usage
 
 __all__ = [
@@ -166,9 +167,11 @@ class AnthropicStream(StreamReader):
         super().__init__(model=model, strip_usage=strip_usage)
         self._usage = AnthropicStreamUsage()
 
-    def feed(self, event: Any) -> bool:
+    def read(self, event: Any) -> bool:
         kind = get(event, "type")
         out = self.outcome
+        if self.transcript is not None:
+            _transcribe(self.transcript, kind, event)
         if kind == "content_block_delta":
             delta = get(event, "delta")
             for name in _DELTA_FIELDS:
@@ -191,3 +194,21 @@ class AnthropicStream(StreamReader):
         elif kind == "error":
             out.error = error_message(get(event, "error"))
         return True
+
+
+_TRANSCRIPT_DELTAS = (("text", "text"), ("thinking", "reasoning"))
+
+
+def _transcribe(transcript: Transcript, kind: Any, event: Any) -> None:
+    index = get(event, "index")
+    if kind == "content_block_start":
+        block = get(event, "content_block")
+        if get(block, "type") in ("tool_use", "server_tool_use"):
+            transcript.tool(index, call_id=get(block, "id"), name=get(block, "name"))
+    elif kind == "content_block_delta":
+        delta = get(event, "delta")
+        for name, part in _TRANSCRIPT_DELTAS:
+            transcript.text(get(delta, name), kind=part)
+        partial = get(delta, "partial_json")
+        if isinstance(partial, str):
+            transcript.tool(index, args=partial)

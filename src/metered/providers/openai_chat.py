@@ -25,6 +25,7 @@ from metered.providers._common import (
     string,
     whole,
 )
+from metered.providers.messages import Transcript
 from metered.providers.openai_responses import responses_usage
 from metered.usage import Usage
 
@@ -111,7 +112,7 @@ class ChatStream(StreamReader):
 
     __slots__ = ()
 
-    def feed(self, event: Any) -> bool:
+    def read(self, event: Any) -> bool:
         out = self.outcome
         if out.response_id is None:
             out.response_id = string(get(event, "id"))
@@ -124,6 +125,8 @@ class ChatStream(StreamReader):
         if isinstance(choices, list):
             for choice in choices:
                 delta = get(choice, "delta")
+                if delta is not None and self.transcript is not None:
+                    _transcribe(self.transcript, choice, delta)
                 if delta is not None:
                     self.add(get(delta, "content"))
                     self.add(get(delta, "refusal"))
@@ -143,3 +146,20 @@ class ChatStream(StreamReader):
             out.complete = True
             return not (self.strip and not choices)
         return True
+
+
+def _transcribe(transcript: Transcript, choice: Any, delta: Any) -> None:
+    index = get(choice, "index")
+    at = index if type(index) is int else 0
+    transcript.text(get(delta, "content"), choice=at)
+    transcript.text(get(delta, "refusal"), choice=at)
+    calls = get(delta, "tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        function = get(call, "function")
+        transcript.tool(
+            get(call, "index"),
+            choice=at,
+            call_id=get(call, "id"),
+            name=get(function, "name"),
+            args=get(function, "arguments"),
+        )

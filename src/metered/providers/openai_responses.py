@@ -30,6 +30,7 @@ from metered.providers._common import (
     string,
     whole,
 )
+from metered.providers.messages import Transcript, responses_output
 from metered.usage import Usage
 
 __all__ = [
@@ -129,11 +130,14 @@ class ResponsesStream(StreamReader):
 
     __slots__ = ()
 
-    def feed(self, event: Any) -> bool:
+    def read(self, event: Any) -> bool:
         kind = get(event, "type")
         if not isinstance(kind, str):
             return True
         out = self.outcome
+        transcript = self.transcript
+        if transcript is not None:
+            _transcribe(transcript, kind, event)
         if kind in DELTA_EVENTS:
             self.add(get(event, "delta"))
         elif kind in FINAL_EVENTS:
@@ -153,3 +157,25 @@ class ResponsesStream(StreamReader):
         elif kind == "error":
             out.error = error_message(event)
         return True
+
+
+_TRANSCRIPT_TEXT = {
+    "response.output_text.delta": "text",
+    "response.refusal.delta": "text",
+    "response.reasoning_summary_text.delta": "reasoning",
+    "response.reasoning_text.delta": "reasoning",
+}
+
+
+def _transcribe(transcript: Transcript, kind: str, event: Any) -> None:
+    text = _TRANSCRIPT_TEXT.get(kind)
+    if text is not None:
+        transcript.text(get(event, "delta"), kind=text)
+    elif kind == "response.function_call_arguments.delta":
+        transcript.tool(get(event, "item_id"), args=get(event, "delta"))
+    elif kind == "response.output_item.added":
+        item = get(event, "item")
+        if get(item, "type") == "function_call":
+            transcript.tool(get(item, "id"), call_id=get(item, "call_id"), name=get(item, "name"))
+    elif kind in FINAL_EVENTS:
+        transcript.final = responses_output(get(event, "response"), transcript.bound())

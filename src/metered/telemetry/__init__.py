@@ -10,8 +10,11 @@ Span contract: one CLIENT span per call named ``"{operation} {model}"`` with the
 semantic-convention attributes (v1.41.0 names, ``schema_url`` set to match: the request's
 sampling parameters at start, the response and usage at the end — no usage attribute on a
 call the provider never saw) and the ``metered.*`` attributes.
-Prompt/completion content is never recorded unless ``capture_content`` is on; API keys
-never are (no attribute here takes a header or credential).
+Prompt/completion content is never recorded unless content capture is on
+(:mod:`metered.telemetry.content`); API keys never are (no attribute here takes a header
+or credential). Beside another producer of GenAI spans (the official instrumentation,
+a framework), a call still gets one chat span and one copy of the GenAI metrics
+(:mod:`metered.telemetry.genai`).
 
 Money is only ever stated when known, never as a stand-in $0: an *unpriced* call
 (``metered.pricing.source`` = ``unpriced``; its record has no cost, price or margin)
@@ -23,10 +26,11 @@ source.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
-from opentelemetry import metrics, trace
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from metered.records import UsageRecord
@@ -42,6 +46,15 @@ from metered.semconv import (
     record_attributes,
     request_attributes,
 )
+from metered.telemetry.content import (
+    EVENT_DETAILS,
+    CaptureMode,
+    Content,
+    capture_mode,
+    events_content,
+    spans_content,
+)
+from metered.telemetry.genai import JoinedSpan, enclosing_genai_span, upstream_context
 
 __all__ = [
     "ATTR",
@@ -49,6 +62,7 @@ __all__ = [
     "EVENT_SETTLEMENT",
     "METRIC",
     "SCHEMA_URL",
+    "Content",
     "Telemetry",
     "provider_name",
     "record_attributes",
@@ -65,7 +79,15 @@ class Telemetry:
         tracer_provider: defaults to the global provider (resolved at each call, so an SDK
             configured after the meter was built is picked up).
         meter_provider: defaults to the global provider.
+        logger_provider: where content events go; defaults to the global provider.
         enabled: ``False`` turns every span and metric off.
+        capture_content: ``True``/``False`` or a mode (``span_only``, ``event_only``,
+            ``span_and_event``, ``no_content``); ``None`` follows
+            ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``.
+        content_max_chars: the text budget of each side (input, output) of a call's
+            captured content.
+        genai_spans: ``merge`` (one span per call beside other GenAI producers) or
+            ``separate`` (each producer its own span and metrics).
     """
 
     def __init__(
@@ -73,13 +95,23 @@ class Telemetry:
         *,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        logger_provider: Any = None,
         enabled: bool = True,
+        capture_content: bool | str | None = None,
+        content_max_chars: int = 16384,
+        genai_spans: Literal["merge", "separate"] = "merge",
     ) -> None:
         from metered import __version__
 
         self.enabled = enabled
+        self.capture: CaptureMode = capture_mode(capture_content)
+        self.content_max_chars = content_max_chars
+        self.merge = genai_spans == "merge"
         self._tracer = trace.get_tracer(
             "metered", __version__, tracer_provider=tracer_provider, schema_url=SCHEMA_URL
+        )
+        self._events = _logs.get_logger(
+            "metered", __version__, logger_provider=logger_provider, schema_url=SCHEMA_URL
         )
         meter = metrics.get_meter(
             "metered", __version__, meter_provider=meter_provider, schema_url=SCHEMA_URL
@@ -100,6 +132,12 @@ class Telemetry:
             METRIC.TIME_TO_FIRST_CHUNK,
             unit="s",
             description="Time to the first chunk of a streamed response",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._chunk_gap = meter.create_histogram(
+            METRIC.TIME_PER_OUTPUT_CHUNK,
+            unit="s",
+            description="Time between consecutive chunks of a streamed response",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._cost = meter.create_counter(
@@ -149,12 +187,18 @@ class Telemetry:
         server_address: str | None,
         body: Mapping[str, Any],
         api: str = "chat",
+        server_port: int | None = None,
     ) -> Span:
-        """Start the CLIENT span of a call, parented to the current span."""
+        """Start the CLIENT span of a call, parented to the current span (or, inside
+        another producer's GenAI span, report on that one: see :mod:`.genai`)."""
         tracer = self._live_tracer() if self.enabled else None
         if tracer is None:
             return trace.INVALID_SPAN
         try:
+            if self.merge:
+                enclosing = enclosing_genai_span()
+                if enclosing is not None:
+                    return JoinedSpan(enclosing)
             attrs = request_attributes(body, api)
             attrs[ATTR.OPERATION] = operation
             if model is not None:
@@ -164,6 +208,8 @@ class Telemetry:
                 attrs[ATTR.PROVIDER] = name
             if server_address:
                 attrs[ATTR.SERVER_ADDRESS] = server_address
+            if server_port is not None:
+                attrs[ATTR.SERVER_PORT] = server_port
             # attributes given at start are visible to samplers, and cost one call
             return tracer.start_span(
                 f"{operation} {model}" if model else operation,
@@ -174,6 +220,18 @@ class Telemetry:
             logger.exception("metered: could not start span")
             return trace.INVALID_SPAN
 
+    def upstream_context(self, span: Span) -> Context | None:
+        """The context to send the upstream request in (its HTTP spans nest under the
+        call's span; an inner official GenAI instrumentation stands down); ``None`` when
+        there is nothing to make current."""
+        if span is trace.INVALID_SPAN or isinstance(span, JoinedSpan) or not span.is_recording():
+            return None
+        return upstream_context(span) if self.merge else trace.set_span_in_context(span)
+
+    def captures(self, span: Span) -> bool:
+        """Whether a call with ``span`` has its content captured."""
+        return self.capture != "no_content" and span.is_recording()
+
     def finish(
         self,
         span: Span,
@@ -183,15 +241,30 @@ class Telemetry:
         duration_s: float,
         events: Sequence[tuple[str, Mapping[str, Any]]] = (),
         error: BaseException | None = None,
+        content: Callable[[], Content] | None = None,
+        gaps: Sequence[float] = (),
     ) -> None:
-        """Set the outcome attributes, add events, end the span and record metrics."""
+        """Set the outcome attributes, add events, end the span and record metrics.
+
+        Args:
+            content: the call's messages, read only when content capture is on.
+            gaps: seconds between consecutive chunks of a stream.
+        """
         if not self.enabled:
             return
         if span is not trace.INVALID_SPAN:
-            self._end(span, record, events, error)
+            captured = None
+            if content is not None and self.captures(span):
+                try:
+                    captured = content()
+                except Exception:
+                    logger.exception("metered: could not read the call's content")
+            self._end(span, record, events, error, captured)
         if self._metrics_live():
             try:
-                self._record_metrics(record, operation, duration_s)
+                self._record_metrics(
+                    record, operation, duration_s, gaps, genai=not isinstance(span, JoinedSpan)
+                )
             except Exception:
                 logger.exception("metered: could not record metrics")
 
@@ -201,10 +274,14 @@ class Telemetry:
         record: UsageRecord,
         events: Sequence[tuple[str, Mapping[str, Any]]],
         error: BaseException | None,
+        content: Content | None,
     ) -> None:
         try:
             if span.is_recording():
-                span.set_attributes(record_attributes(record))
+                attributes = record_attributes(record)
+                span.set_attributes(attributes)
+                if content is not None:
+                    self._content(span, attributes, content)
                 for name, attrs in events:  # no name: attributes of the span itself
                     if name:
                         span.add_event(name, attrs)  # the SDK copies them: no copy of ours
@@ -220,7 +297,32 @@ class Telemetry:
         except Exception:
             logger.exception("metered: could not end span")
 
-    def _record_metrics(self, record: UsageRecord, operation: str, duration_s: float) -> None:
+    def _content(self, span: Span, attributes: dict[str, Any], content: Content) -> None:
+        """Put the call's content on its span and/or in an event, as the mode says."""
+        if spans_content(self.capture):
+            span.set_attributes(content.as_json())
+        if events_content(self.capture):
+            start = getattr(span, "attributes", None)
+            details = dict(start) if isinstance(start, Mapping) else {}
+            details.update(attributes)
+            details.update(content.structured())
+            self._events.emit(
+                _logs.LogRecord(
+                    event_name=EVENT_DETAILS,
+                    attributes=details,
+                    context=trace.set_span_in_context(span),
+                )
+            )
+
+    def _record_metrics(
+        self,
+        record: UsageRecord,
+        operation: str,
+        duration_s: float,
+        gaps: Sequence[float],
+        *,
+        genai: bool,
+    ) -> None:
         base: dict[str, Any] = {ATTR.OPERATION: operation}
         provider = provider_name(record.provider)
         if provider is not None:
@@ -231,15 +333,8 @@ class Telemetry:
             base[ATTR.RESPONSE_MODEL] = record.response_model
         if record.server_address is not None:
             base[ATTR.SERVER_ADDRESS] = record.server_address
-        duration_attrs = dict(base)
-        if record.error_type is not None:
-            duration_attrs[ATTR.ERROR_TYPE] = record.error_type
-        self._duration.record(duration_s, duration_attrs)
-        if record.time_to_first_chunk_ms is not None:
-            self._first_chunk.record(record.time_to_first_chunk_ms / 1000, duration_attrs)
-        if record.tokens_in or record.tokens_out:
-            self._token_usage.record(record.tokens_in, {**base, ATTR.TOKEN_TYPE: "input"})
-            self._token_usage.record(record.tokens_out, {**base, ATTR.TOKEN_TYPE: "output"})
+        if genai:  # beside another producer's span, its GenAI metrics are the ones
+            self._genai_metrics(record, base, duration_s, gaps)
         money_attrs = {**base, ATTR.PRICING_SOURCE: record.pricing_source or "none"}
         if record.cost is not None and record.payment_settled:
             self._cost.add(float(record.cost), money_attrs)
@@ -254,3 +349,18 @@ class Telemetry:
                 ATTR.POLICY_DECISION: record.policy_decision,
             },
         )
+
+    def _genai_metrics(
+        self, record: UsageRecord, base: dict[str, Any], duration_s: float, gaps: Sequence[float]
+    ) -> None:
+        duration_attrs = dict(base)
+        if record.error_type is not None:
+            duration_attrs[ATTR.ERROR_TYPE] = record.error_type
+        self._duration.record(duration_s, duration_attrs)
+        if record.time_to_first_chunk_ms is not None:
+            self._first_chunk.record(record.time_to_first_chunk_ms / 1000, duration_attrs)
+            for gap in gaps:
+                self._chunk_gap.record(gap, duration_attrs)
+        if record.tokens_in or record.tokens_out:
+            self._token_usage.record(record.tokens_in, {**base, ATTR.TOKEN_TYPE: "input"})
+            self._token_usage.record(record.tokens_out, {**base, ATTR.TOKEN_TYPE: "output"})
