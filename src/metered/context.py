@@ -9,12 +9,17 @@ attributed to that request's caller.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+
+from opentelemetry import trace
+
+from metered.semconv import ATTR
 
 __all__ = [
     "CallerContext",
@@ -24,6 +29,8 @@ __all__ = [
     "current_totals",
     "forwarding",
 ]
+
+logger = logging.getLogger("metered")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +53,21 @@ class RequestTotals:
     ``calls`` — its price is unknown, and adding $0 would state otherwise. So the
     ``x-metered-cost`` / ``x-metered-price`` headers and ``metered.request.*`` attributes
     cover the priced calls only, and a request whose calls were all unpriced gets none.
+
+    The request's server span (``span``) is the first recording span of kind SERVER
+    found current: when the middleware starts (a server instrumentation outside it),
+    when a call settles, or when the response starts (one inside it, whose span has
+    ended by the time the middleware is done). The running totals are written onto it
+    as they change, so it has them however early it ends.
     """
 
-    __slots__ = ("_lock", "calls", "cost", "price")
+    __slots__ = ("_lock", "calls", "cost", "price", "span")
 
     def __init__(self) -> None:
         self.calls = 0
         self.cost = Decimal(0)
         self.price = Decimal(0)
+        self.span: trace.Span | None = None  # the request's server span, once found
         self._lock = threading.Lock()  # handlers may fan calls out to threads
 
     def add(self, cost: Decimal | None, price: Decimal) -> None:
@@ -63,6 +77,63 @@ class RequestTotals:
             if cost is not None:
                 self.cost += cost
             self.price += price
+            span = self.span
+            if span is None:
+                span = self.span = _server_span()
+            if span is not None:
+                self._write(span)  # under the lock: the last write has the last totals
+
+    def find_span(self) -> None:
+        """Remember the current span if it is the request's server span (the first
+        recording SERVER span seen), and put the totals so far on it."""
+        if self.span is not None:
+            return
+        span = _server_span()
+        if span is None:
+            return
+        with self._lock:
+            if self.span is None:
+                self.span = span
+                self._write(span)
+
+    def annotate(self) -> None:
+        """The request is done: put its totals on the current span if no server span
+        was found (one found has them already, and may have ended)."""
+        if self.span is not None or not self.calls:
+            return
+        try:
+            span = trace.get_current_span()
+            if span.is_recording():
+                with self._lock:
+                    self._write(span)
+        except Exception:  # telemetry must never break a request
+            logger.exception("metered: could not annotate the request span")
+
+    def _write(self, span: trace.Span) -> None:
+        if not self.calls:
+            return
+        try:
+            if span.is_recording():  # an ended SDK span is not
+                span.set_attributes(
+                    {
+                        ATTR.REQUEST_COST: float(self.cost),
+                        ATTR.REQUEST_PRICE: float(self.price),
+                        ATTR.REQUEST_CALLS: self.calls,
+                    }
+                )
+        except Exception:  # telemetry must never break a call
+            logger.exception("metered: could not set the request totals on its span")
+
+
+def _server_span() -> trace.Span | None:
+    """The current span, if it is a recording SERVER span (an SDK span has a ``kind``)."""
+    try:
+        span = trace.get_current_span()
+        if span.is_recording() and getattr(span, "kind", None) is trace.SpanKind.SERVER:
+            return span
+    except Exception:
+        logger.exception("metered: could not read the current span")
+    return None
 
 
 _account: ContextVar[str | None] = ContextVar("metered.account", default=None)

@@ -11,7 +11,8 @@ Two jobs, one middleware::
    ``content-length``: the handler had finished), it gets the request's totals as
    ``x-metered-cost`` and ``x-metered-price`` headers (USD, plain decimals). A streamed
    response's headers leave before its body is produced, so it gets none: its totals
-   are on each call's span and usage record, and on the current server span as
+   are on each call's span and usage record, and on the request's server span (a
+   server instrumentation's, outside or inside this middleware) as
    ``metered.request.cost.usd`` / ``metered.request.price.usd`` / ``metered.request.calls``.
    The cost header reveals your upstream cost: drop it with ``total_headers=("price",)``
    when callers are your customers.
@@ -148,14 +149,14 @@ class MeteredMiddleware:
             await _respond(send, *error_parts(_UNAUTHORIZED))
             return
         totals = RequestTotals()
+        totals.find_span()  # a server instrumentation outside this middleware
         route = self._routes.get((scope["method"], scope["path"])) if self._routes else None
         with bind(totals=totals, **bindings(caller)):
             if route is None:
                 await self._handler(scope, receive, send, totals)
             else:
                 await self._gateway(route, scope, receive, send, totals)
-            if totals.calls:
-                annotate_request_span(totals)
+            annotate_request_span(totals)
 
     async def _handler(
         self, scope: Scope, receive: Receive, send: Send, totals: RequestTotals
@@ -171,6 +172,7 @@ class MeteredMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                totals.find_span()  # a server instrumentation inside this middleware
                 # a content-length means the body was complete before the headers went
                 # out: every call the handler made is in the totals
                 if totals.calls and which:
@@ -263,6 +265,7 @@ class _Relay:
         kind = message["type"]
         response = self.response
         if kind == "http.response.start":
+            self._totals.find_span()  # a server instrumentation inside the middleware
             content_type = ""
             for name, value in message.get("headers", ()):
                 if name.lower() == b"content-type":

@@ -8,8 +8,6 @@ from collections.abc import Collection
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from opentelemetry import trace
-
 from metered.context import RequestTotals
 from metered.errors import (
     ConfigError,
@@ -22,7 +20,6 @@ from metered.http.wire import (
     finish_args,
     json_outcome,
 )
-from metered.telemetry import ATTR
 
 if TYPE_CHECKING:
     from metered.engine.meter import Api, Call
@@ -181,13 +178,7 @@ class GatewayResponse:
 
 
 def annotate_request_span(totals: RequestTotals) -> None:
-    """Put a request's totals on the current (server) span, if one is recording."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attributes(
-            {
-                ATTR.REQUEST_COST: float(totals.cost),
-                ATTR.REQUEST_PRICE: float(totals.price),
-                ATTR.REQUEST_CALLS: totals.calls,
-            }
-        )
+    """The request is done: its totals are on its server span if one was found
+    (:class:`~metered.context.RequestTotals`), else they go on the current span, if one is
+    recording."""
+    totals.annotate()

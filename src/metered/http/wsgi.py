@@ -123,6 +123,7 @@ class MeteredWSGIMiddleware:
         if self._reject and is_unidentified(caller):
             return _respond(start_response, *error_parts(_UNAUTHORIZED))
         totals = RequestTotals()
+        totals.find_span()  # a server instrumentation outside this middleware
         route = self._routes.get((environ.get("REQUEST_METHOD", ""), path))
         # One context per request, holding the caller; the app call and every step of
         # the body iteration run in it, since WSGI servers iterate after the app returns.
@@ -212,6 +213,7 @@ class _Relay:
     def start_response(
         self, status: str, headers: Headers, exc_info: ExcInfo | None = None
     ) -> Write:
+        self._totals.find_span()  # a server instrumentation inside the middleware
         code = int(status.split(" ", 1)[0])
         content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
         if self.response.start(code, content_type):
@@ -321,8 +323,7 @@ class _InContext:
             if close is not None:
                 self._context.run(close)
         finally:
-            if self._totals.calls:
-                self._context.run(annotate_request_span, self._totals)
+            self._context.run(annotate_request_span, self._totals)
 
 
 class _Start:
@@ -342,6 +343,7 @@ class _Start:
 
     def __call__(self, status: str, headers: Headers, exc_info: ExcInfo | None = None, /) -> Write:
         self.started = True
+        self._totals.find_span()  # a server instrumentation inside this middleware
         which = self._which
         if (
             which
