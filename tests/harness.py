@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from metered.records import UsageRecord
 from metered.testing import serve_asgi
 
-__all__ = ["OtlpReceiver", "ReceivedSpan", "Recorder", "serve_asgi", "serve_wsgi"]
+__all__ = ["OtlpReceiver", "ReceivedSpan", "Recorder", "run_json", "serve_asgi", "serve_wsgi"]
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -171,3 +175,18 @@ class OtlpReceiver:
         self._server.shutdown()
         self._thread.join()
         self._server.server_close()
+
+
+def run_json(script: str, argument: Any, *, env: dict[str, str] | None = None) -> Any:
+    """Run ``script`` in a fresh interpreter with ``argument`` (as JSON) in ``sys.argv[1]``
+    and return the JSON its last output line holds: for what patches a process for good
+    (the official instrumentations) or needs a clean one."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(argument)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])

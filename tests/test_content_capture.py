@@ -5,8 +5,6 @@ event when asked, the same at every door, bounded, and never a credential."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ from metered.engine.meter import Meter
 from metered.providers import ANTHROPIC, CHAT, RESPONSES, Bound, Transcript
 from metered.testing import FakeUpstream
 from test_parity import DOORS, SCENARIOS, upstream_of
+from test_semconv_official import official_span
 
 ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 CONTENT_KEYS = ("gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions")
@@ -51,24 +50,6 @@ CONVERSATION: dict[str, Any] = {
     ],
 }
 
-OFFICIAL = """
-import json, os, sys
-os.environ["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] = "SPAN_ONLY"
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.instrumentation.genai.openai import OpenAIInstrumentor
-from metered.testing import FakeUpstream
-
-exporter = InMemorySpanExporter()
-provider = TracerProvider()
-provider.add_span_processor(SimpleSpanProcessor(exporter))
-OpenAIInstrumentor().instrument(tracer_provider=provider)
-FakeUpstream().openai_client().chat.completions.create(**json.loads(sys.argv[1]))
-(span,) = exporter.get_finished_spans()
-print(json.dumps(dict(span.attributes)))
-"""
-
 
 def spans_of(meter_kwargs: dict[str, Any]) -> tuple[InMemorySpanExporter, dict[str, Any]]:
     exporter = InMemorySpanExporter()
@@ -86,15 +67,7 @@ def test_span_content_is_what_the_official_instrumentation_writes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Same call, same JSON (parsed): system and tool turns, tool calls, names."""
-    official = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", OFFICIAL, json.dumps(CONVERSATION)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout.splitlines()[-1]
-    )
+    official = official_span(CONVERSATION, env={ENV: "SPAN_ONLY"})["attributes"]
     monkeypatch.setenv(ENV, "SPAN_ONLY")
     exporter, kwargs = spans_of({})
     client = MeteredOpenAI(FakeUpstream().openai_client(), meter=Meter({}, **kwargs))

@@ -7,9 +7,6 @@ process, so it runs in a subprocess that prints what was exported.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -20,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from harness import run_json
 from metered.clients import MeteredOpenAI
 from metered.engine.meter import Meter
 from metered.testing import FakeUpstream
@@ -72,14 +70,7 @@ print(json.dumps({"spans": spans, "tokens": tokens}))
 
 
 def run_both(*, stream: bool, genai_spans: str = "merge") -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-c", BOTH, json.dumps([REQUEST, stream, genai_spans])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    data: dict[str, Any] = run_json(BOTH, [REQUEST, stream, genai_spans])
     return data
 
 

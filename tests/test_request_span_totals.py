@@ -140,53 +140,27 @@ async def _post(app: Any, path: str) -> httpx.Response:
 
 
 @pytest.mark.parametrize("placement", ["outside", "inside"])
+@pytest.mark.parametrize("path", ["/twice", "/spanned", "/stream"])
 async def test_fastapi_totals_on_the_server_span(
     placement: Placement,
+    path: str,
     meter: Meter,
     upstream: FakeUpstream,
     tracer_provider: TracerProvider,
     span_exporter: InMemorySpanExporter,
     records: list[UsageRecord],
 ) -> None:
-    """(a) instrumentation outside, (b) inside: the SERVER span gets the two calls' totals."""
+    """(a) instrumentation outside, (b) inside: the SERVER span gets the two calls'
+    totals, (c) also when they settle under the handler's own INTERNAL span, and when
+    they are made while a response streams (after its headers left)."""
     app = fastapi_app(meter, upstream, tracer_provider, placement)
-    response = await _post(app, "/twice")
-    assert "x-metered-price" in response.headers  # not streamed: the headers have them too
-    _assert_totals_on_server_span(span_exporter.get_finished_spans(), records)
-
-
-@pytest.mark.parametrize("placement", ["outside", "inside"])
-async def test_fastapi_handler_span_does_not_take_the_totals(
-    placement: Placement,
-    meter: Meter,
-    upstream: FakeUpstream,
-    tracer_provider: TracerProvider,
-    span_exporter: InMemorySpanExporter,
-    records: list[UsageRecord],
-) -> None:
-    """(c) the calls settle under the handler's own INTERNAL span: the totals still go on
-    the SERVER span, not on the handler's."""
-    app = fastapi_app(meter, upstream, tracer_provider, placement)
-    await _post(app, "/spanned")
+    response = await _post(app, path)
+    # a streamed response's headers leave before its calls: only whole ones have totals
+    assert ("x-metered-price" in response.headers) is (path != "/stream")
     spans = span_exporter.get_finished_spans()
-    assert [s.kind for s in spans if s.name == "work"] == [SpanKind.INTERNAL]
+    if path == "/spanned":
+        assert [s.kind for s in spans if s.name == "work"] == [SpanKind.INTERNAL]
     _assert_totals_on_server_span(spans, records)
-
-
-@pytest.mark.parametrize("placement", ["outside", "inside"])
-async def test_fastapi_streamed_totals_on_the_server_span(
-    placement: Placement,
-    meter: Meter,
-    upstream: FakeUpstream,
-    tracer_provider: TracerProvider,
-    span_exporter: InMemorySpanExporter,
-    records: list[UsageRecord],
-) -> None:
-    """Calls made while a response streams (after its headers left) count too."""
-    app = fastapi_app(meter, upstream, tracer_provider, placement)
-    response = await _post(app, "/stream")
-    assert "x-metered-price" not in response.headers
-    _assert_totals_on_server_span(span_exporter.get_finished_spans(), records)
 
 
 # -- Flask -------------------------------------------------------------------------------

@@ -8,13 +8,11 @@ the SDK globally, so it runs in a subprocess and prints its span's attributes.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from typing import Any
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from harness import run_json
 from metered.clients import MeteredOpenAI
 from metered.testing import FakeUpstream
 
@@ -49,15 +47,11 @@ print(json.dumps({"name": span.name, "attributes": dict(span.attributes)}))
 """
 
 
-def official_span() -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-c", OFFICIAL, json.dumps(REQUEST)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+def official_span(
+    request: dict[str, Any] = REQUEST, *, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The official instrumentation's span (name and attributes) for ``request``."""
+    data: dict[str, Any] = run_json(OFFICIAL, request, env=env)
     return data
 
 

@@ -122,23 +122,18 @@ class Telemetry:
             description="Tokens used per call, by token type",
             explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
         )
-        self._duration = meter.create_histogram(
-            METRIC.DURATION,
-            unit="s",
-            description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self._first_chunk = meter.create_histogram(
-            METRIC.TIME_TO_FIRST_CHUNK,
-            unit="s",
-            description="Time to the first chunk of a streamed response",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self._chunk_gap = meter.create_histogram(
-            METRIC.TIME_PER_OUTPUT_CHUNK,
-            unit="s",
-            description="Time between consecutive chunks of a streamed response",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        self._duration, self._first_chunk, self._chunk_gap = (
+            meter.create_histogram(
+                name,
+                unit="s",
+                description=text,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            )
+            for name, text in (
+                (METRIC.DURATION, "GenAI operation duration"),
+                (METRIC.TIME_TO_FIRST_CHUNK, "Time to the first chunk of a streamed response"),
+                (METRIC.TIME_PER_OUTPUT_CHUNK, "Time between consecutive chunks of a stream"),
+            )
         )
         self._cost = meter.create_counter(
             METRIC.COST, unit="{USD}", description="Upstream cost of calls, in US dollars"
