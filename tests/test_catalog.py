@@ -14,7 +14,7 @@ from genai_prices.data_snapshot import get_snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import metered.pricing.catalog as catalog_module
+import metered.pricing.rates as rates_module
 from metered.config import ModelOverride
 from metered.pricing.catalog import Catalog, CostRates, TieredRates, TimedRates
 from metered.providers.anthropic import from_anthropic
@@ -442,16 +442,18 @@ def test_provider_narrows_the_lookup() -> None:
     assert (google.provider, direct.provider) == ("google", "anthropic")
 
 
-def test_provider_without_the_model_falls_back_to_any_provider() -> None:
-    """A route upstream that does not list the model still finds its list price."""
-    entry = CATALOG.lookup("claude-haiku-4-5", provider="openai")
+def test_a_named_provider_without_the_model_has_no_price() -> None:
+    """Provider-true: a provider that does not list the model never borrows another's."""
+    assert CATALOG.lookup("claude-haiku-4-5", provider="openai") is None
+    assert CATALOG.lookup("gpt-4o", provider="groq") is None
+    entry = CATALOG.lookup("claude-haiku-4-5")  # no provider named: found by its name
     assert entry is not None
     assert entry.provider == "anthropic"
 
 
 def test_version_names_the_price_data() -> None:
     """The catalog version identifies the genai-prices snapshot and overrides."""
-    assert CATALOG.version == f"genai-prices {version('genai-prices')}"
+    assert CATALOG.version == f"genai-prices {version('genai-prices')}+corrections 2026-12-04"
     overridden = Catalog(overrides={"m": ModelOverride.model_validate({"request": "$0.01"})})
     assert overridden.version.endswith("+overrides")
 
@@ -548,8 +550,10 @@ def test_timed_rates_switch_when_the_minute_changes(monkeypatch: pytest.MonkeyPa
     cheap = SimpleNamespace(input_mtok=Decimal(1), output_mtok=Decimal(2))
     dear = SimpleNamespace(input_mtok=Decimal(10), output_mtok=Decimal(20))
     now = {"t": 60.0 * 1000}
-    model = SimpleNamespace(get_prices=lambda when: cheap if now["t"] < 60.0 * 1001 else dear)
-    monkeypatch.setattr(catalog_module, "time", SimpleNamespace(time=lambda: now["t"]))
+    model = SimpleNamespace(
+        get_prices=lambda when, context=None: cheap if now["t"] < 60.0 * 1001 else dear
+    )
+    monkeypatch.setattr(rates_module, "time", SimpleNamespace(time=lambda: now["t"]))
     rates = TimedRates(model)
     usage = Usage(input_tokens=MTOK, output_tokens=0)
     assert rates.cost(usage) == Decimal(1)

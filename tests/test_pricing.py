@@ -54,7 +54,7 @@ def test_quote_records_the_request_and_the_price_data() -> None:
     quote = DEFAULT.quote(" GPT-4o-2024-08-06 ", USAGE)
     assert quote.requested_model == " GPT-4o-2024-08-06 "
     assert quote.usage is USAGE
-    assert quote.catalog_version == f"genai-prices {version('genai-prices')}"
+    assert quote.catalog_version == f"genai-prices {version('genai-prices')}+corrections 2026-12-04"
 
 
 def test_unknown_model_on_the_default_route_is_unpriced_never_zero() -> None:

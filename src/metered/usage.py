@@ -26,6 +26,7 @@ _COUNTS = (
     "cache_write_1h_tokens",
     "reasoning_tokens",
     "requests",
+    "web_search_requests",
 )
 
 
@@ -46,7 +47,13 @@ class Usage:
             TTL (Anthropic bills those above the default five-minute writes).
         reasoning_tokens: output tokens spent on hidden reasoning.
         requests: number of billable requests (1 for a chat call).
+        web_search_requests: server-side web searches the provider ran for the call
+            (Anthropic ``server_tool_use.web_search_requests``), billed per search.
         seconds: billable compute time, for per-second (self-hosted) prices.
+        service_tier: the tier that served the call when it is not the standard one
+            (OpenAI ``flex`` / ``priority``, Google ``flex`` / ``priority``), priced at
+            that tier's rates.
+        batch: the call ran through a batch API (half price at most providers).
         source: ``actual`` (provider-reported), ``estimated`` (counted locally) or
             ``unknown``.
     """
@@ -60,6 +67,9 @@ class Usage:
     requests: int = 1
     seconds: Decimal = _ZERO
     source: UsageSource = "actual"
+    web_search_requests: int = 0
+    service_tier: str | None = None
+    batch: bool = False
 
     def __post_init__(self) -> None:
         counts = (
@@ -70,6 +80,7 @@ class Usage:
             self.cache_write_1h_tokens,
             self.reasoning_tokens,
             self.requests,
+            self.web_search_requests,
         )
         # Every call builds a few Usages: the common case (plain ints within their totals,
         # the default seconds and a known source) is decided by one pass of cheap tests;
@@ -82,6 +93,8 @@ class Usage:
             and self.reasoning_tokens <= self.output_tokens
             and (self.seconds is _ZERO or _valid_seconds(self.seconds))
             and self.source in _SOURCES
+            and (self.service_tier is None or type(self.service_tier) is str)
+            and type(self.batch) is bool
         ):
             return
         self._explain(counts)
@@ -107,6 +120,10 @@ class Usage:
                 f"Usage: reasoning_tokens ({self.reasoning_tokens}) exceed output_tokens "
                 f"({self.output_tokens}); output_tokens is the total, reasoning included"
             )
+        if self.service_tier is not None and type(self.service_tier) is not str:
+            raise ValueError(f"Usage.service_tier must be a str or None, got {self.service_tier!r}")
+        if type(self.batch) is not bool:
+            raise ValueError(f"Usage.batch must be a bool, got {self.batch!r}")
         if not _valid_seconds(self.seconds):
             raise ValueError(
                 f"Usage.seconds must be a finite non-negative Decimal, got {self.seconds!r}"
@@ -136,6 +153,9 @@ class Usage:
             requests=self.requests + other.requests,
             seconds=self.seconds + other.seconds,
             source=source,
+            web_search_requests=self.web_search_requests + other.web_search_requests,
+            service_tier=self.service_tier if self.service_tier == other.service_tier else None,
+            batch=self.batch and other.batch,
         )
 
 

@@ -8,8 +8,14 @@ A requested id goes through, in order:
    as another upstream. An operator who needs such a name lists it verbatim as an alias
    (``models.aliases``), which names what it stands for.
 2. operator aliases (``my-chatbot -> claude-sonnet-4-5``),
-3. provider prefixes (``openai/``, ``anthropic/``, ``azure/`` ...) and Azure deployments
-   (``azure/prod-4o -> gpt-4o`` via ``models.deployments``),
+3. the provider the id names, and the region or data zone it pins, kept for pricing
+   (provider-true: :mod:`metered.pricing.catalog`): a prefix (``openai/``, ``groq/``,
+   ``bedrock/``, ``azure/`` ...) with an optional region segment
+   (``bedrock/us-gov-west-1/<id>``, ``azure/eu/<id>``, ``vertex_ai/europe-west4/<id>``),
+   a bare Bedrock model id (``anthropic.claude-3-5-sonnet-20241022-v2:0``, with or
+   without a cross-region prefix such as ``us.``), Azure deployments
+   (``azure/prod-4o -> gpt-4o`` via ``models.deployments``) and Vertex's ``@version``
+   suffix (``claude-3-5-sonnet-v2@20241022``),
 4. dated snapshots (``gpt-4o-2024-08-06 -> gpt-4o``, ``claude-sonnet-4-5-20250929``,
    ``gpt-3.5-turbo-0125``),
 5. fine-tunes (``ft:gpt-4o-mini-2024-07-18:acme::x``): priced as themselves (the catalog
@@ -60,6 +66,21 @@ PROVIDER_PREFIXES = frozenset(
         "openrouter",
     }
 )
+# a Bedrock model id: [geo.]vendor.model[-vN[:M]] (geo: a cross-region inference profile)
+_BEDROCK_ID = re.compile(
+    r"^(?:(?:us|eu|apac|au|ca|jp|us-gov|global)\.)?"
+    r"(?:anthropic|amazon|meta|mistral|cohere|ai21|deepseek|qwen|openai|writer|twelvelabs)"
+    r"\.[a-z0-9][a-z0-9.:-]*$"
+)
+# the region or zone segment each cloud's ids may carry after the provider prefix
+_REGIONS = {
+    "bedrock": re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$"),
+    "aws": re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$"),
+    "azure": re.compile(r"^(?:eu|us|global)$"),
+    "azure_openai": re.compile(r"^(?:eu|us|global)$"),
+    "vertex_ai": re.compile(r"^(?:[a-z]+-[a-z]+\d+|global)$"),
+    "vertex": re.compile(r"^(?:[a-z]+-[a-z]+\d+|global)$"),
+}
 _DATED = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 _FINE_TUNE = re.compile(r"^ft:(?P<base>[^:]+):(?P<rest>.*)$")
 _CACHE_LIMIT = 4096  # requested ids are user input: bound the cache
@@ -104,7 +125,8 @@ class ResolvedModel:
         requested: the id exactly as the caller sent it.
         normalized: the normalised id.
         chain: names to price by, most specific first (the normalised id first).
-        provider: provider named by a prefix (``azure/...``), if any.
+        provider: provider the id names (a prefix, a Bedrock id, a deployment), if any.
+        region: the region or data zone the id pins the call to, if any.
         fine_tune_base: the base model of a fine-tune id (for deny lists only).
         aliases: names in the chain that are operator aliases: they may carry a resale
             price, but their upstream cost is their target's (``gpt-4 -> gpt-4o`` must
@@ -117,6 +139,7 @@ class ResolvedModel:
     provider: str | None = None
     fine_tune_base: str | None = None
     aliases: frozenset[str] = frozenset()
+    region: str | None = None
 
     @property
     def cost_chain(self) -> tuple[str, ...]:
@@ -219,11 +242,21 @@ class Resolver:
         add(name)
         current = self._alias_target(name)
         add(current)
+        region: str | None = None
         prefix, slash, rest = current.partition("/")
         if slash and prefix in PROVIDER_PREFIXES and rest:
             provider = prefix
+            head, slash, tail = rest.partition("/")
+            zone = _REGIONS.get(prefix)
+            if slash and tail and zone is not None and zone.match(head):
+                region, rest = head, tail
             current = self._alias_target(rest)
             add(rest)
+            add(current)
+        if provider is None and _BEDROCK_ID.match(current):
+            provider = "bedrock"
+        if "@" in current and provider in (None, "vertex_ai", "vertex", "google"):
+            current = current.partition("@")[0]  # Vertex's claude-...@20241022
             add(current)
         deployment = self._deployments.get(current)
         if deployment is not None:
@@ -248,4 +281,5 @@ class Resolver:
             provider=provider,
             fine_tune_base=fine_tune_base,
             aliases=frozenset(n for n in chain if n in self._aliases),
+            region=region,
         )

@@ -165,7 +165,9 @@ class RoutePricer:
         self.config = route
         self._catalog = catalog
         self._resolver = resolver
-        self._provider = route.upstream if route.upstream and "://" not in route.upstream else None
+        # the provider a named upstream is (the built-in fake is none: priced by model)
+        upstream = route.upstream
+        self._provider = upstream if upstream in ("openai", "anthropic") else None
         self._models = {
             name: Resale(price) for name, price in self._normalised(route.models, "models").items()
         }
@@ -210,7 +212,7 @@ class RoutePricer:
         provider = resolved.provider or self._provider
         entry = None
         for name in resolved.cost_chain:
-            entry = self._catalog.lookup(name, provider=provider)
+            entry = self._catalog.lookup(name, provider=provider, region=resolved.region)
             if entry is not None:
                 break
         model_price = model_key = None
