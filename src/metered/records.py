@@ -86,6 +86,9 @@ class UsageRecord:
     catalog_version: str | None
     # who set the output limit sent upstream (caller, tier, model, budget); None: no limit
     max_tokens_source: str | None = None
+    # the price layer the cost came from, and how the model was resolved to it
+    cost_source: str | None = None
+    cost_resolution: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: Decimals as strings (exact), tuples as lists."""

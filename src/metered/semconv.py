@@ -89,6 +89,8 @@ class ATTR:
     TTFC = "gen_ai.response.time_to_first_chunk"  # seconds
     UPSTREAM_STATUS = "metered.upstream.status"
     CATALOG_VERSION = "metered.catalog.version"
+    COST_SOURCE = "metered.cost.source"
+    COST_RESOLUTION = "metered.cost.resolution"
     # on the server span of an HTTP request: totals of the calls made while serving it
     REQUEST_COST = "metered.request.cost.usd"
     REQUEST_PRICE = "metered.request.price.usd"
@@ -205,6 +207,8 @@ _RECORD_ATTRIBUTES = (
     (ATTR.TTFC, "time_to_first_chunk_ms"),
     (ATTR.UPSTREAM_STATUS, "upstream_status"),
     (ATTR.CATALOG_VERSION, "catalog_version"),
+    (ATTR.COST_SOURCE, "cost_source"),
+    (ATTR.COST_RESOLUTION, "cost_resolution"),
 )
 _RECORD_ATTRIBUTE_NAMES = tuple(name for name, _ in _RECORD_ATTRIBUTES)
 # one C call reads every field: ~3x cheaper than reading them one by one on every span

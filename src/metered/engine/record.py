@@ -195,6 +195,8 @@ def build_record(
         server_address=call.server_address,
         catalog_version=quote.catalog_version if quote is not None else None,
         max_tokens_source=call.output_limit_source,
+        cost_source=quote.cost_source if quote is not None else None,
+        cost_resolution=quote.cost_resolution or None if quote is not None else None,
     )
 
 

@@ -146,7 +146,7 @@ class Catalog:
         if layers is None:
             layers = default_layers() if source != "none" else ()
         self.layers: tuple[Layer, ...] = (self.overrides, *layers)
-        self._cache: dict[tuple[str | None, str | None, str], CatalogEntry | None] = {}
+        self._cache: dict[tuple[str | None, str | None, tuple[str, ...]], CatalogEntry | None] = {}
         self._lock = threading.Lock()
 
     @property
@@ -163,7 +163,15 @@ class Catalog:
     ) -> CatalogEntry | None:
         """The entry for ``model`` (lower-case id) from the first layer that prices it for
         ``provider`` in ``region``, or ``None`` (see the module doc: provider-true)."""
-        key = (provider, region, model)
+        return self.find((model,), provider=provider, region=region)
+
+    def find(
+        self, names: tuple[str, ...], *, provider: str | None = None, region: str | None = None
+    ) -> CatalogEntry | None:
+        """The entry of the first layer that prices any of ``names`` (most specific first)
+        for ``provider`` in ``region``: layers are asked in order, and each with every
+        name, so a curated layer wins over a later one whatever name it knows the model by."""
+        key = (provider, region, names)
         try:
             return self._cache[key]
         except KeyError:
@@ -171,7 +179,10 @@ class Catalog:
         pid = provider_id(provider)
         entry = None
         for layer in self.layers:
-            entry = layer.find(model, pid, region)
+            for name in names:
+                entry = layer.find(name, pid, region)
+                if entry is not None:
+                    break
             if entry is not None:
                 break
         if entry is not None and entry.source != "override" and entry.model_id in self.overrides:

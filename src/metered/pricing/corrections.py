@@ -4,7 +4,8 @@
 comes from (``source``) and why the snapshot is wrong (``note``); the file's ``checked``
 date says when they were last compared. An entry prices one provider's model and names
 the ids it covers exactly (``match``), by prefix (``prefix``, for fine-tune ids) or by
-substring (``contains``, for Bedrock ids with their cross-region prefixes). Prices are
+substring (``contains``, for Bedrock ids with their cross-region prefixes); a reseller's
+entry (``named_only``: Bedrock, Vertex) prices only calls that name that provider. Prices are
 USD per 1M tokens; ``tiers`` switch every token to the tier's rates once the prompt is
 over ``above`` tokens. ``metered catalog diff`` shows every entry next to the snapshot's.
 """
@@ -39,6 +40,7 @@ class _Correction:
     exact: frozenset[str]
     prefixes: tuple[str, ...]
     contains: tuple[str, ...]
+    named_only: bool  # a reseller's price: only for calls that name the reseller
 
     def covers(self, model: str) -> bool:
         return (
@@ -68,6 +70,7 @@ def _correction(spec: Mapping[str, Any]) -> _Correction:
         frozenset(spec.get("match", ())),
         tuple(spec.get("prefix", ())),
         tuple(spec.get("contains", ())),
+        bool(spec.get("named_only", False)),
     )
 
 
@@ -94,7 +97,8 @@ class CorrectionsLayer:
         if not region_is_default(region):
             return None
         for item in self._items:
-            if (provider is None or item.entry.provider == provider) and item.covers(model):
+            named = item.entry.provider == provider
+            if (named or (provider is None and not item.named_only)) and item.covers(model):
                 return item.entry
         return None
 

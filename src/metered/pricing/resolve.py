@@ -256,7 +256,8 @@ class Resolver:
         if provider is None and _BEDROCK_ID.match(current):
             provider = "bedrock"
         if "@" in current and provider in (None, "vertex_ai", "vertex", "google"):
-            current = current.partition("@")[0]  # Vertex's claude-...@20241022
+            provider = provider or "vertex_ai"  # model@version is Vertex's naming
+            current = current.partition("@")[0]
             add(current)
         deployment = self._deployments.get(current)
         if deployment is not None:

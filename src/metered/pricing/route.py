@@ -30,7 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 from metered.config import Config, RouteConfig
 from metered.errors import ConfigError, InvalidRequest, UnknownModel
-from metered.pricing.catalog import Catalog, CatalogEntry, CostRates
+from metered.pricing.catalog import Catalog, CatalogEntry, CostRates, provider_id
 from metered.pricing.resolve import ResolvedModel, Resolver
 from metered.pricing.rules import (
     MatchRule,
@@ -77,6 +77,11 @@ class Quote(NamedTuple):
         route: route name.
         usage: the usage that was priced.
         catalog_version: the price data version.
+        cost_source: the price layer the cost came from (``override``, ``corrections``,
+            ``genai-prices``, ``litellm``), ``None`` when no layer priced the model.
+        cost_resolution: how the cost was found, e.g.
+            ``gpt-4o-2024-08-06 > gpt-4o @openai = genai-prices openai/gpt-4o`` or
+            ``groq/gpt-4o > gpt-4o @groq = no price``.
     """
 
     cost: Decimal | None
@@ -90,6 +95,8 @@ class Quote(NamedTuple):
     route: str | None
     usage: Usage
     catalog_version: str
+    cost_source: str | None = None
+    cost_resolution: str = ""
 
     def checked_price(self) -> Decimal:
         """The price, for a call a budget must check.
@@ -109,6 +116,7 @@ class _Plan:
 
     resolved: ResolvedModel
     entry: CatalogEntry | None
+    resolution: str  # how the entry was found (Quote.cost_resolution)
     cost: Callable[[Usage], Decimal] | None  # the entry's cost function, bound once
     per_second: bool
     model_price: Resale | None  # from route.models
@@ -120,6 +128,17 @@ class _Plan:
 def _is_per_second(entry: CatalogEntry) -> bool:
     rates = entry.rates
     return isinstance(rates, CostRates) and rates.second is not None and rates.input is None
+
+
+def _resolution(
+    tried: tuple[str, ...], provider: str | None, region: str | None, entry: CatalogEntry | None
+) -> str:
+    """The names tried, the provider (and region) they were priced for, and the outcome."""
+    where = f" @{provider_id(provider)}" if provider else " @any"
+    if region:
+        where += f"/{region}"
+    found = "no price" if entry is None else f"{entry.source} {entry.provider}/{entry.model_id}"
+    return f"{' > '.join(tried)}{where} = {found}"
 
 
 class _Warned:
@@ -210,11 +229,8 @@ class RoutePricer:
             return plan
         resolved = self._resolver.resolve(model)  # raises InvalidRequest for a non-string
         provider = resolved.provider or self._provider
-        entry = None
-        for name in resolved.cost_chain:
-            entry = self._catalog.lookup(name, provider=provider, region=resolved.region)
-            if entry is not None:
-                break
+        tried = resolved.cost_chain
+        entry = self._catalog.find(tried, provider=provider, region=resolved.region)
         model_price = model_key = None
         for name in (*resolved.chain, "*"):
             if name in self._models:
@@ -225,6 +241,7 @@ class RoutePricer:
         plan = _Plan(
             resolved=resolved,
             entry=entry,
+            resolution=_resolution(tried, provider, resolved.region, entry),
             cost=None if entry is None else entry.rates.cost,
             per_second=entry is not None and _is_per_second(entry),
             model_price=model_price,
@@ -332,6 +349,8 @@ class RoutePricer:
             self.name,
             usage,
             self._catalog.version,
+            entry.source if entry is not None else None,
+            plan.resolution,
         )
 
 

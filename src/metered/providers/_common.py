@@ -34,6 +34,7 @@ __all__ = [
     "get",
     "normalised",
     "reader",
+    "served_tier",
     "settled_usage",
     "string",
     "whole",
@@ -102,6 +103,10 @@ def as_int(value: Any) -> int:
     return 0
 
 
+#: Service tiers billed at the standard rates (each provider's name for its default).
+STANDARD_TIERS = frozenset({"default", "standard", "auto", "on_demand", "standard_only"})
+
+
 def normalised(
     input_total: Any,
     output_total: Any,
@@ -109,9 +114,13 @@ def normalised(
     cache_write: Any,
     reasoning: Any,
     cache_write_1h: Any = 0,
+    *,
+    web_searches: Any = 0,
+    service_tier: Any = None,
 ) -> Usage:
     """The actual Usage of raw provider counts, each read as :func:`as_int`, details
-    clamped to their totals."""
+    clamped to their totals; ``service_tier`` is the tier the provider says served the
+    call (a standard one is left out, ``batch`` marks a batch call)."""
     input_total = as_int(input_total)
     output_total = as_int(output_total)
     cache_read = min(as_int(cache_read), input_total)
@@ -123,7 +132,18 @@ def normalised(
         cache_write_tokens=cache_write,
         cache_write_1h_tokens=min(as_int(cache_write_1h), cache_write),
         reasoning_tokens=min(as_int(reasoning), output_total),
+        web_search_requests=as_int(web_searches),
+        service_tier=tier if (tier := served_tier(service_tier)) != "batch" else None,
+        batch=tier == "batch",
     )
+
+
+def served_tier(value: Any) -> str | None:
+    """The non-standard service tier a response names (``flex``, ``priority``, ``batch``),
+    else ``None``."""
+    if isinstance(value, str) and value and value not in STANDARD_TIERS:
+        return value
+    return None
 
 
 def error_message(error: object) -> str:

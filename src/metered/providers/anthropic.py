@@ -47,6 +47,8 @@ _ANTHROPIC_USAGE = reader(
     "output_tokens",
     "output_tokens_details",
     "cache_creation",
+    "server_tool_use.web_search_requests",
+    "service_tier",
 )
 _USAGE_FIELDS = (
     "input_tokens",
@@ -55,13 +57,17 @@ _USAGE_FIELDS = (
     "cache_creation_input_tokens",
     "cache_creation",
     "output_tokens_details",
+    "server_tool_use",
+    "service_tier",
 )
 #: The ``content_block_delta`` fields that hold billed output, by delta type.
 _DELTA_FIELDS = ("text", "thinking", "partial_json")
 
 
 def _anthropic_usage(usage: Any) -> Usage:
-    base, cache_read, cache_write, output, output_details, cache_creation = _ANTHROPIC_USAGE(usage)
+    base, cache_read, cache_write, output, output_details, cache_creation, searches, tier = (
+        _ANTHROPIC_USAGE(usage)
+    )
     cache_read = as_int(cache_read)
     cache_write = as_int(cache_write)
     return normalised(
@@ -71,6 +77,8 @@ def _anthropic_usage(usage: Any) -> Usage:
         cache_write,
         get(output_details, "thinking_tokens"),
         get(cache_creation, "ephemeral_1h_input_tokens"),
+        web_searches=searches,
+        service_tier=tier,
     )
 
 

@@ -26,7 +26,7 @@ from metered.providers._common import (
     whole,
 )
 from metered.providers.messages import Transcript
-from metered.providers.openai_responses import responses_usage
+from metered.providers.openai_responses import responses_usage, with_tier
 from metered.usage import Usage
 
 __all__ = ["ChatStream", "finish_reasons", "from_openai_chat", "from_openai_chunk", "read"]
@@ -50,12 +50,16 @@ def chat_usage(usage: Any) -> Usage:
 
 
 def from_openai_chat(response: Any) -> Usage | None:
-    """Usage of an OpenAI Chat Completions response (SDK object or JSON dict).
+    """Usage of an OpenAI Chat Completions response (SDK object or JSON dict), priced at
+    the service tier the response says served it.
 
     Returns ``None`` when the response carries no usage.
     """
     usage = get(response, "usage")
-    return None if usage is None else chat_usage(usage)
+    if usage is None:
+        return None
+    counted = chat_usage(usage)
+    return with_tier(counted, get(response, "service_tier"))
 
 
 def from_openai_chunk(chunk: Any) -> Usage | None:
@@ -142,7 +146,7 @@ class ChatStream(StreamReader):
         usage = get(event, "usage")
         if usage is not None and (isinstance(usage, dict) or not isinstance(event, dict)):
             # the usage chunk comes after the last content chunk: the reply is complete
-            out.usage = chat_usage(usage)
+            out.usage = with_tier(chat_usage(usage), get(event, "service_tier"))
             out.complete = True
             return not (self.strip and not choices)
         return True

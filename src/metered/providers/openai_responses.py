@@ -17,6 +17,7 @@ and reasoning (text and summary) deltas, all billed as output tokens.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from metered.providers._common import (
@@ -27,6 +28,7 @@ from metered.providers._common import (
     get,
     normalised,
     reader,
+    served_tier,
     string,
     whole,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "from_openai_responses_event",
     "read",
     "responses_usage",
+    "with_tier",
 ]
 
 _RESPONSES_USAGE = reader(
@@ -71,9 +74,22 @@ def responses_usage(usage: Any) -> Usage:
 
 
 def from_openai_responses(response: Any) -> Usage | None:
-    """Usage of an OpenAI Responses API response (SDK object or JSON dict)."""
+    """Usage of an OpenAI Responses API response (SDK object or JSON dict), priced at
+    the service tier the response says served it."""
     usage = get(response, "usage")
-    return None if usage is None else responses_usage(usage)
+    if usage is None:
+        return None
+    return with_tier(responses_usage(usage), get(response, "service_tier"))
+
+
+def with_tier(usage: Usage, tier: Any) -> Usage:
+    """``usage`` served at ``tier`` (unchanged for a standard tier: no copy)."""
+    served = served_tier(tier)
+    if served is None:
+        return usage
+    if served == "batch":
+        return replace(usage, batch=True)
+    return replace(usage, service_tier=served)
 
 
 def from_openai_responses_event(event: Any) -> Usage | None:
