@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 import threading
+from functools import cached_property
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -89,7 +90,7 @@ class OverridesLayer:
     def __init__(self, overrides: Mapping[str, ModelOverride]) -> None:
         self._overrides = {k.strip().lower(): v for k, v in overrides.items()}
 
-    @property
+    @cached_property
     def version(self) -> str:
         return "overrides"
 
@@ -149,7 +150,7 @@ class Catalog:
         self._cache: dict[tuple[str | None, str | None, tuple[str, ...]], CatalogEntry | None] = {}
         self._lock = threading.Lock()
 
-    @property
+    @cached_property
     def version(self) -> str:
         """Identifies the price data: ``genai-prices 0.2.3`` (+ corrections, overrides)."""
         # the base data first: "genai-prices 0.2.3+corrections 2026-12-04+overrides"

@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from metered.pricing.rates import CostRates, Rates, TieredRates, TimedRates
+from metered.pricing.rates import CostRates, Rates, TieredRates, TimedRates, VariantRates
 from metered.usage import Usage
 
 __all__ = ["CatalogEntry", "Layer", "provider_id", "region_is_default"]
@@ -91,6 +91,8 @@ class CatalogEntry:
     def current_rates(self, *, when: datetime | None = None) -> CostRates | TieredRates:
         """The rates in force now (or at ``when``), for a standard-tier call."""
         rates = self.rates
+        if isinstance(rates, VariantRates):
+            return rates.standard
         return rates.at(when) if isinstance(rates, TimedRates) else rates
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from metered.pricing.entry import CatalogEntry, region_is_default
-from metered.pricing.rates import TimedRates, compile_model_price
+from metered.pricing.rates import Rates, TimedRates, VariantRates, compile_model_price
 
 __all__ = ["GenaiPricesLayer", "entry_of", "prices_chat"]
 
@@ -106,14 +106,20 @@ def entry_of(prov: Any, info: Any) -> CatalogEntry | None:
     constant = isinstance(info.prices, ModelPrice)
     if not prices_chat(info.prices if constant else info.prices[0].prices):
         return None
-    varies = not constant or bool(info.price_variants)
+    rates: Rates
+    if not constant:
+        rates = TimedRates(info)
+    elif info.price_variants:
+        rates = VariantRates(compile_model_price(info.prices), info)
+    else:
+        rates = compile_model_price(info.prices)
     return CatalogEntry(
         model_id=info.id,
         provider=prov.id,
         source=GenaiPricesLayer.name,
         context_window=info.context_window,
         max_output_tokens=None,
-        rates=TimedRates(info) if varies else compile_model_price(info.prices),
+        rates=rates,
         deprecated=bool(getattr(info, "deprecated", False)),
         reference=(prov.pricing_urls or [None])[0],
     )

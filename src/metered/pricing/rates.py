@@ -24,6 +24,7 @@ __all__ = [
     "Rates",
     "TieredRates",
     "TimedRates",
+    "VariantRates",
     "compile_model_price",
     "price_context",
 ]
@@ -184,7 +185,28 @@ class TimedRates:
 
     def cost(self, usage: Usage) -> Decimal:
         """Exact cost of ``usage`` at the rates in force now for its tier."""
+        if usage.service_tier is None and not usage.batch:
+            return self.at().cost(usage)
         return self.at(None, price_context(usage)).cost(usage)
+
+
+class VariantRates:
+    """Rates of a model with a constant standard price and price variants (service tiers,
+    batch): a standard call costs what :attr:`standard` says, with no other work; a
+    variant's rates are compiled on first use (once per minute: a variant may start on a
+    date)."""
+
+    __slots__ = ("_timed", "standard")
+
+    def __init__(self, standard: CostRates | TieredRates, model: Any) -> None:
+        self.standard = standard
+        self._timed = TimedRates(model)
+
+    def cost(self, usage: Usage) -> Decimal:
+        """Exact cost of ``usage`` at its tier's rates."""
+        if usage.service_tier is None and not usage.batch:
+            return self.standard.cost(usage)
+        return self._timed.at(None, price_context(usage)).cost(usage)
 
 
 def _per_unit(value: Any, per: Decimal) -> Any:
@@ -231,4 +253,4 @@ def compile_model_price(prices: Any) -> CostRates | TieredRates:
 
 
 #: Any compiled rates a catalog entry may hold.
-Rates = CostRates | TieredRates | TimedRates
+Rates = CostRates | TieredRates | TimedRates | VariantRates
