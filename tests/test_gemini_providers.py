@@ -123,6 +123,26 @@ def test_stream_last_chunk_usage_is_final(sdk: bool) -> None:
     assert reader.outcome.response_id == "r1"
     messages = reader.transcript.messages(reader.outcome.finish_reasons)
     assert messages[0]["parts"] == [{"type": "text", "content": "Hello world"}]
+    assert messages[0]["finish_reason"] == "length"  # the conventions' name for MAX_TOKENS
+
+
+def test_streamed_function_call_is_captured_as_a_tool_call() -> None:
+    reader = GeminiStream(model="gemini-2.5-flash")
+    reader.transcript = Transcript(1000)
+    call = {"functionCall": {"name": "lookup", "args": {"q": "x"}, "id": "c1"}}
+    reader.feed({"candidates": [{"content": {"role": "model", "parts": [call]}}]})
+    reader.feed(
+        {
+            "candidates": [{"content": {"parts": [{"text": ""}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 4},
+        }
+    )
+    [message] = reader.transcript.messages(reader.outcome.finish_reasons)
+    assert message["finish_reason"] == "tool_call"
+    assert message["parts"] == [
+        {"type": "tool_call", "id": "c1", "name": "lookup", "arguments": {"q": "x"}}
+    ]
+    assert reader.measured(0) == (Usage(input_tokens=5, output_tokens=4), False)
 
 
 def test_cut_stream_is_estimated_on_the_reported_input_side() -> None:

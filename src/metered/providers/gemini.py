@@ -57,6 +57,7 @@ __all__ = [
     "field",
     "finish_reasons",
     "from_gemini",
+    "gemini_finish_reason",
     "gemini_usage",
     "parts_of",
     "read",
@@ -88,6 +89,27 @@ def _enum_text(value: Any) -> str | None:
     if isinstance(value, Enum):
         value = value.value
     return string(value)
+
+
+_FILTERED = frozenset(
+    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
+)
+
+
+def gemini_finish_reason(reason: Any, tool: bool = False) -> str:
+    """The GenAI conventions' finish reason (content capture) for a Gemini
+    ``finishReason``: ``STOP`` → ``stop`` (``tool_call`` when the candidate calls a
+    function), ``MAX_TOKENS`` → ``length``, the safety stops → ``content_filter``."""
+    reason = _enum_text(reason)
+    if reason is None:
+        return "error"
+    if reason == "STOP":
+        return "tool_call" if tool else "stop"
+    if reason == "MAX_TOKENS":
+        return "length"
+    if reason in _FILTERED:
+        return "content_filter"
+    return "error" if reason == "MALFORMED_FUNCTION_CALL" else reason.lower()
 
 
 def gemini_usage(usage: Any) -> Usage:
@@ -178,6 +200,11 @@ def read(response: Any) -> Outcome:
     )
 
 
+def _choice(candidate: Any, index: int) -> int:
+    choice = get(candidate, "index")
+    return choice if type(choice) is int else index
+
+
 class GeminiStream(StreamReader):
     """Reads ``streamGenerateContent`` chunks; see :class:`~metered.providers.StreamReader`.
 
@@ -186,12 +213,13 @@ class GeminiStream(StreamReader):
     stream ended) is the call's usage.
     """
 
-    __slots__ = ("_calls", "_latest")
+    __slots__ = ("_calls", "_latest", "_tools")
 
     def __init__(self, *, model: str = "", strip_usage: bool = False) -> None:
         super().__init__(model=model, strip_usage=strip_usage)
         self._latest: Usage | None = None
         self._calls = 0
+        self._tools: set[int] = set()  # candidates that called a function
 
     def read(self, event: Any) -> bool:
         out = self.outcome
@@ -213,8 +241,7 @@ class GeminiStream(StreamReader):
             )
         pieces: list[str] = []
         for index, candidate in enumerate(_candidates(event)):
-            choice = get(candidate, "index")
-            choice = choice if type(choice) is int else index
+            choice = _choice(candidate, index)
             for part in parts_of(candidate):
                 _part_output(part, pieces)
                 if self.transcript is not None:
@@ -226,7 +253,21 @@ class GeminiStream(StreamReader):
             out.finish_reasons[:] = reasons
             out.usage = self._latest
             out.complete = True
+            if self.transcript is not None:
+                self._conclude(event)
         return True
+
+    def _conclude(self, event: Any) -> None:
+        """The stream's output messages, with the conventions' finish reasons."""
+        transcript = self.transcript
+        assert transcript is not None
+        ends = {
+            _choice(candidate, index): gemini_finish_reason(
+                field(candidate, _FINISH), _choice(candidate, index) in self._tools
+            )
+            for index, candidate in enumerate(_candidates(event))
+        }
+        transcript.final = transcript.messages([ends[choice] for choice in sorted(ends)])
 
     def measured(self, prompt_tokens: int, *, ended: bool = False) -> tuple[Usage, bool]:
         if self.outcome.usage is None and ended and self._latest is not None:
@@ -241,6 +282,7 @@ class GeminiStream(StreamReader):
         transcript.text(get(part, "text"), choice=choice, kind=kind)
         call = field(part, _CALL)
         if call is not None:
+            self._tools.add(choice)
             self._calls += 1
             transcript.tool(
                 self._calls,

@@ -15,10 +15,10 @@ import base64
 from typing import Any
 
 from metered.providers._common import get
-from metered.providers.gemini import field, parts_of
+from metered.providers.gemini import field, gemini_finish_reason, parts_of
 from metered.providers.messages import Bound, Message, Part, _media, _message, _text, _tool_call
 
-__all__ = ["gemini_finish_reason", "gemini_input", "gemini_output"]
+__all__ = ["gemini_input", "gemini_output"]
 
 _SYSTEM = ("systemInstruction", "system_instruction")
 _INLINE = ("inlineData", "inline_data")
@@ -29,23 +29,6 @@ _MIME = ("mimeType", "mime_type")
 _URI = ("fileUri", "file_uri")
 _FINISH = ("finishReason", "finish_reason")
 _ROLES = {"model": "assistant", "user": "user", "function": "tool", "tool": "tool"}
-_FILTERED = frozenset(
-    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
-)
-
-
-def gemini_finish_reason(reason: Any, tool: bool = False) -> str:
-    """The convention's finish reason for a Gemini ``finishReason``."""
-    reason = getattr(reason, "value", reason)
-    if not isinstance(reason, str):
-        return "error"
-    if reason == "STOP":
-        return "tool_call" if tool else "stop"
-    if reason == "MAX_TOKENS":
-        return "length"
-    if reason in _FILTERED:
-        return "content_filter"
-    return "error" if reason == "MALFORMED_FUNCTION_CALL" else reason.lower()
 
 
 def _modality(mime: Any) -> str:
