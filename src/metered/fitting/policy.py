@@ -276,7 +276,10 @@ def fit_thinking(body: dict[str, Any], api: OutputApi, limit: int) -> None:
     """Keep a thinking budget below the output ``limit`` (in place), as the providers
     count thinking inside it: Anthropic's ``thinking.budget_tokens`` (at least 1024, its
     least) and Gemini's ``generationConfig.thinkingConfig.thinkingBudget`` (only a
-    positive budget: ``-1`` is dynamic, ``0`` off)."""
+    positive budget: ``-1`` is dynamic, ``0`` off). Gemini bills thoughts as output and
+    counts them against ``maxOutputTokens`` (googleapis/python-genai issues 782, 811,
+    2062), so the limit bounds the price either way; the lower budget leaves room for an
+    answer. A budget below a model's least (128 on 2.5 Pro) is Gemini's to refuse."""
     if api == "anthropic":
         thinking = body.get("thinking")
         budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
