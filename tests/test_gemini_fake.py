@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx2
 import pytest
 
+from metered.engine.meter import Meter
 from metered.providers import GEMINI
 from metered.providers.gemini import GeminiStream
 from metered.testing import DEFAULT_REPLY, FakeUpstream
@@ -146,3 +148,36 @@ def test_the_genai_sdk_raises_its_errors_at_once(upstream: FakeUpstream) -> None
     with pytest.raises(errors.ServerError):
         client.models.generate_content(model=MODEL, contents="Hi")
     assert len(upstream.requests) == 1  # one attempt: no retry
+
+
+def test_a_budgeted_call_sent_by_hand_never_overspends() -> None:
+    """begin → send the fitted body → read the answer with the Gemini reader → finish:
+    the limit the budget chose bounds thoughts and answer together, so the spend fits."""
+    meter = Meter(
+        {
+            "routes": {
+                "g": {"models": {MODEL: {"input": "$1 / 1M tokens", "output": "$10 / 1M tokens"}}}
+            },
+            "default_route": "g",
+            "accounts": {"acme": {"budgets": ["$0.0005/day"]}},  # ~50 output tokens
+        }
+    )
+    long_upstream = FakeUpstream(reply="word " * 500, reasoning_tokens=20)
+    with httpx2.Client(transport=long_upstream.httpx2_transport(), base_url="http://f") as client:
+        call = meter.begin({"model": MODEL, "contents": CONTENTS}, api="gemini", account="acme")
+        limit = call.body["generationConfig"]["maxOutputTokens"]
+        assert call.output_limit_source == "budget"
+        sent = {k: v for k, v in call.body.items() if k != "model"}  # the model is in the path
+        answer = client.post(PATH, json=sent).json()
+    outcome = GEMINI.read(answer)
+    call.finish(
+        outcome.usage,
+        response=answer,
+        response_model=outcome.response_model,
+        finish_reasons=outcome.finish_reasons,
+    )
+    assert outcome.finish_reasons == ["MAX_TOKENS"]
+    assert outcome.usage is not None
+    assert outcome.usage.output_tokens == limit  # 20 thoughts + the answer, cut at the limit
+    assert outcome.usage.reasoning_tokens == 20
+    assert meter.spent("acme") <= Decimal("0.0005")
