@@ -24,15 +24,19 @@ from metered.fitting.policy import (
     OutputCap,
     apply_output_cap,
     cap_output,
+    fit_thinking,
     output_limit_param,
     requested_output_limit,
+    set_output_limit,
 )
 from metered.fitting.trimming import trim_messages
 from metered.money import to_nanos
 from metered.pricing.resolve import normalize_model_id
 from metered.pricing.route import Pricer, Quote, RoutePricer
 from metered.settlement import SettlementMode
-from metered.tokens import ChatCounter, count_request
+from metered.tokens import ChatCounter, Shape, count_request
+from metered.tokens.estimate import gemini_config
+from metered.tokens.request import gemini_contents, gemini_system
 from metered.usage import estimated
 
 if TYPE_CHECKING:
@@ -57,7 +61,7 @@ __all__ = [
 
 logger = logging.getLogger("metered")
 
-Api = Literal["chat", "responses", "anthropic"]
+Api = Literal["chat", "responses", "anthropic", "gemini"]
 OnResponse = Callable[["Call", Any], object]
 OnRequest = Callable[["Call"], object]
 
@@ -66,7 +70,8 @@ OnRequest = Callable[["Call"], object]
 #: capture still records the actual).
 DEFAULT_OUTPUT_TOKENS = 4096
 _MAX_PLANS = 4096
-_MIN_THINKING = 1024  # Anthropic's least thinking budget
+
+_SHAPES: dict[str, Shape] = {"anthropic": "anthropic", "gemini": "gemini"}
 
 PlanKey = tuple[str | None, str, Api, str | None, bool]
 
@@ -185,7 +190,7 @@ class Planner:
             window=entry.context_window if entry is not None else None,
             counter=None
             if api == "responses"
-            else ChatCounter(base, shape="anthropic" if api == "anthropic" else "openai"),
+            else ChatCounter(base, shape=_SHAPES.get(api, "openai")),
             mode=pricer.config.settlement,
             on_request=on_request,
             on_response=tuple(h for h in (self._on_response, on_response) if h is not None),
@@ -224,7 +229,7 @@ def admit(plan: Plan, call: Call, urgent: bool, budgeted: bool) -> tuple[Fit, Qu
 
 
 def _quote(plan: Plan, call: Call, body: dict[str, Any], prompt: int, limit: int) -> Quote:
-    usage = estimated(prompt, limit * choices(body))
+    usage = estimated(prompt, limit * choices(body, call.api))
     return plan.pricer.quote(
         plan.model, usage, headers=call.headers, body=body, metadata=call.metadata
     )
@@ -249,12 +254,8 @@ def afford(plan: Plan, call: Call, held_nanos: int) -> tuple[dict[str, Any], int
             high = mid
     param = output_limit_param(plan.base, call.api, body=call.body)
     body = apply_output_cap(call.body, OutputCap(low, param))
-    thinking = body.get("thinking")
-    if call.api == "anthropic" and isinstance(thinking, dict):
-        # Anthropic wants the thinking budget below max_tokens (and at least 1024)
-        budget = thinking.get("budget_tokens")
-        if type(budget) is int and budget >= low:
-            body["thinking"] = {**thinking, "budget_tokens": max(_MIN_THINKING, low - 1)}
+    # the providers want a thinking budget below the output limit
+    fit_thinking(body, call.api, low)
     return body, low, best
 
 
@@ -271,7 +272,7 @@ def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool, budgeted: bool
     :data:`DEFAULT_OUTPUT_TOKENS`, when neither the caller nor the tier sets one): the
     amount held must bound what the provider may return.
     """
-    requested = requested_output_limit(body)
+    requested = requested_output_limit(body, api)
     cap = plan.cap
     limit = requested
     clamped_from = None
@@ -299,17 +300,22 @@ def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool, budgeted: bool
     if budgeted and limit is None:
         # the body names no limit (else requested would be set): the plan's parameter
         # name holds, and the body is the meter's own copy, written in place
-        body[plan.limit_param] = reserved
+        set_output_limit(body, plan.limit_param, reserved)
         source = "model"
     counter = plan.counter
     if counter is None:  # the Responses API
         prompt = count_request(body, model=plan.base).tokens
         return Fit(body, prompt, reserved, clamped_from, 0, source)
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        raise InvalidRequest("'messages' must be a list of messages", param="messages")
-    tools = body.get("tools") or body.get("functions")
-    system = body.get("system")
+    key = "contents" if api == "gemini" else "messages"
+    messages: Any = body.get(key)
+    if api == "gemini":
+        messages = gemini_contents(messages)
+        tools, system = body.get("tools"), gemini_system(body)
+    else:
+        if not isinstance(messages, list):
+            raise InvalidRequest("'messages' must be a list of messages", param="messages")
+        tools = body.get("tools") or body.get("functions")
+        system = body.get("system")
     prompt = counter.total(messages, tools=tools, system=system)
     window = plan.window
     if window is None or prompt + min(reserved, window) <= window:
@@ -324,7 +330,7 @@ def fit(plan: Plan, body: dict[str, Any], api: Api, urgent: bool, budgeted: bool
         shape=counter.shape,
     )
     if result.trimmed:
-        body["messages"] = result.messages
+        body[key] = result.messages
     return Fit(body, result.prompt_tokens, reserved, clamped_from, len(result.dropped), source)
 
 
@@ -340,11 +346,17 @@ def responses_allowed(hooks: tuple[OnResponse, ...], call: Call, response: Any) 
     return True
 
 
-def choices(body: Mapping[str, Any]) -> int:
-    """How many completions the request asks for (``n``): each may use the output limit."""
+def choices(body: Mapping[str, Any], api: Api = "chat") -> int:
+    """How many completions the request asks for (``n``; Gemini's
+    ``generationConfig.candidateCount``): each may use the output limit."""
+    param = "n"
     n = body.get("n")
+    if api == "gemini":
+        config = gemini_config(body)[1] or {}
+        param = "generationConfig.candidateCount"
+        n = config.get("candidateCount", config.get("candidate_count"))
     if n is None:
         return 1
     if type(n) is not int or n < 1:
-        raise InvalidRequest("'n' must be a positive integer", param="n")
+        raise InvalidRequest(f"'{param}' must be a positive integer", param=param)
     return n

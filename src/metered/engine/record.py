@@ -42,7 +42,12 @@ __all__ = [
 logger = logging.getLogger("metered")
 
 #: The GenAI operation of each wire format.
-OPERATION: dict[str, str] = {"chat": "chat", "responses": "chat", "anthropic": "chat"}
+OPERATION: dict[str, str] = {
+    "chat": "chat",
+    "responses": "chat",
+    "anthropic": "chat",
+    "gemini": "chat",
+}
 _NO_USAGE = Usage(source="unknown")
 
 

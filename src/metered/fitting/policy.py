@@ -19,14 +19,18 @@ from typing import Any, Final, Literal
 from metered.errors import ConfigError, InvalidRequest, PolicyDenied
 from metered.pricing.resolve import PROVIDER_PREFIXES, ResolvedModel, normalize_model_id
 from metered.tokens.estimate import (
+    GEMINI_OUTPUT_LIMIT,
+    GEMINI_OUTPUT_LIMIT_KEYS,
     MAX_OUTPUT_TOKENS,
     OUTPUT_LIMIT_PARAMS,
     checked_output_limit,
+    gemini_config,
     requested_output_limit,
 )
 
 __all__ = [
     "DEFAULT_URGENT_MULTIPLIER",
+    "GEMINI_OUTPUT_LIMIT",
     "MAX_OUTPUT_TOKENS",
     "OUTPUT_LIMIT_PARAMS",
     "CapPolicy",
@@ -35,8 +39,10 @@ __all__ = [
     "OutputCap",
     "apply_output_cap",
     "cap_output",
+    "fit_thinking",
     "output_limit_param",
     "requested_output_limit",
+    "set_output_limit",
 ]
 
 
@@ -107,11 +113,12 @@ class ModelPolicy:
 # Output caps: per-tier limits on max output tokens (token fit, step 3 of the pipeline).
 # ======================================================================================
 
-OutputApi = Literal["chat", "responses", "anthropic"]
+OutputApi = Literal["chat", "responses", "anthropic", "gemini"]
 CapPolicy = Literal["clamp", "reject"]
 
 DEFAULT_URGENT_MULTIPLIER: Final = Decimal("1.5")
 
+_MIN_THINKING: Final = 1024  # Anthropic's least thinking budget
 # o-series and gpt-5 reasoning models reject max_tokens in chat
 _COMPLETION_TOKENS_MODELS = re.compile(r"(?:o\d|gpt-5|codex-mini)(?![a-z0-9])")
 
@@ -123,7 +130,8 @@ class OutputCap:
     Attributes:
         limit: the limit to set; ``None`` only when there is no request limit, no cap and
             no default (nothing to enforce).
-        param: the body parameter that carries it for this model and API.
+        param: the body parameter that carries it for this model and API; a dotted path
+            names a nested key (Gemini's ``generationConfig.maxOutputTokens``).
         clamped_from: the caller's limit when it was lowered to the cap, else ``None``.
         defaulted: the caller set no limit and ``limit`` was filled in.
     """
@@ -147,8 +155,11 @@ def output_limit_param(
 
     Chat: ``max_completion_tokens`` for o-series and gpt-5 models (they reject
     ``max_tokens``) and whenever ``body`` already uses it; ``max_tokens`` otherwise.
-    Responses: ``max_output_tokens``. Anthropic: ``max_tokens``.
+    Responses: ``max_output_tokens``. Anthropic: ``max_tokens``. Gemini:
+    ``generationConfig.maxOutputTokens`` (a nested key).
     """
+    if api == "gemini":
+        return GEMINI_OUTPUT_LIMIT
     if api == "responses":
         return "max_output_tokens"
     if api == "anthropic":
@@ -197,7 +208,7 @@ def cap_output(
         urgent_multiplier: the urgent allowance factor (exact decimal arithmetic).
         default: the limit to set when the caller set none (never above the cap); with no
             default the cap itself is set.
-        api: ``chat``, ``responses`` or ``anthropic``, for the parameter name.
+        api: ``chat``, ``responses``, ``anthropic`` or ``gemini``, for the parameter name.
         param: force the parameter name (default: :func:`output_limit_param`).
 
     Raises:
@@ -236,7 +247,56 @@ def apply_output_cap(body: Mapping[str, Any], cap: OutputCap) -> dict[str, Any]:
     """
     out = dict(body)
     if cap.limit is not None:
-        for name in OUTPUT_LIMIT_PARAMS:
-            out.pop(name, None)
-        out[cap.param] = cap.limit
+        set_output_limit(out, cap.param, cap.limit)
     return out
+
+
+def set_output_limit(body: dict[str, Any], param: str, limit: int) -> None:
+    """Write ``limit`` at ``param`` in ``body``, in place, other spellings removed.
+
+    A flat ``param`` replaces every output-limit name of the body. Gemini's nested
+    ``generationConfig.maxOutputTokens`` is written into the body's generation config
+    (whichever spelling the body uses), which is copied first: the nested object may be
+    the caller's own.
+    """
+    if param != GEMINI_OUTPUT_LIMIT:
+        for name in OUTPUT_LIMIT_PARAMS:
+            body.pop(name, None)
+        body[param] = limit
+        return
+    name, config = gemini_config(body)
+    out = dict(config or {})
+    for key in GEMINI_OUTPUT_LIMIT_KEYS:
+        out.pop(key, None)
+    out[GEMINI_OUTPUT_LIMIT_KEYS[0]] = limit
+    body[name] = out
+
+
+def fit_thinking(body: dict[str, Any], api: OutputApi, limit: int) -> None:
+    """Keep a thinking budget below the output ``limit`` (in place), as the providers
+    count thinking inside it: Anthropic's ``thinking.budget_tokens`` (at least 1024, its
+    least) and Gemini's ``generationConfig.thinkingConfig.thinkingBudget`` (only a
+    positive budget: ``-1`` is dynamic, ``0`` off). Gemini bills thoughts as output and
+    counts them against ``maxOutputTokens`` (googleapis/python-genai issues 782, 811,
+    2062), so the limit bounds the price either way; the lower budget leaves room for an
+    answer. A budget below a model's least (128 on 2.5 Pro) is Gemini's to refuse."""
+    if api == "anthropic":
+        thinking = body.get("thinking")
+        budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+        if type(budget) is int and budget >= limit:
+            assert isinstance(thinking, dict)
+            body["thinking"] = {**thinking, "budget_tokens": max(_MIN_THINKING, limit - 1)}
+    elif api == "gemini":
+        name, config = gemini_config(body)
+        if config is None:
+            return
+        for key in ("thinkingConfig", "thinking_config"):
+            thinking = config.get(key)
+            if not isinstance(thinking, Mapping):
+                continue
+            for field in ("thinkingBudget", "thinking_budget"):
+                budget = thinking.get(field)
+                if type(budget) is int and budget > 0 and budget >= limit:
+                    thinking = {**thinking, field: max(1, limit - 1)}
+                    config = {**config, key: thinking}
+                    body[name] = config

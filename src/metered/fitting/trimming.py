@@ -3,8 +3,8 @@
 The limit is ``context_window - reserved_output`` and/or ``max_prompt_tokens`` (what the
 caller's remaining budget can pay for), whichever is smaller. Trimming keeps:
 
-* every ``system`` / ``developer`` message (OpenAI shape; Anthropic's ``system`` is
-  separate and always counted),
+* every ``system`` / ``developer`` message (OpenAI shape; Anthropic's ``system`` and
+  Gemini's ``systemInstruction`` are separate and always counted),
 * the last ``user`` message, and the tool-call group it belongs to,
 * the newest turns that fit, as one contiguous stretch: once a turn does not fit, every
   older turn is dropped too, so the model never sees a history with holes.
@@ -12,9 +12,11 @@ caller's remaining budget can pay for), whichever is smaller. Trimming keeps:
 An assistant message with ``tool_calls`` (or a legacy ``function_call``) and the ``tool``
 results that follow it are one unit, kept or dropped together; in Anthropic shape an
 assistant ``tool_use`` message and the next user message carrying ``tool_result`` blocks
-are. Messages are counted once each (:class:`metered.tokens.ChatCounter`), newest first,
-and only as far back as the first turn that does not fit: trimming a history of *n*
-messages costs an O(n) scan of roles plus encoding what is kept (and one turn more).
+are; in Gemini shape (``contents``) a ``model`` turn with ``functionCall`` parts and the
+next ``user`` turn carrying ``functionResponse`` parts are. Messages are counted once each
+(:class:`metered.tokens.ChatCounter`), newest first, and only as far back as the first
+turn that does not fit: trimming a history of *n* messages costs an O(n) scan of roles
+plus encoding what is kept (and one turn more).
 
 A *summarizer* may replace what was dropped: it receives the dropped messages and returns
 one message, which is counted and inserted after the system messages. If it does not fit
@@ -78,6 +80,14 @@ def _has_blocks(message: Mapping[str, Any], kind: str) -> bool:
     )
 
 
+def _has_parts(content: Mapping[str, Any], camel: str, snake: str) -> bool:
+    parts = content.get("parts")
+    return isinstance(parts, list) and any(
+        isinstance(part, Mapping) and (part.get(camel) is not None or part.get(snake) is not None)
+        for part in parts
+    )
+
+
 def _unit_start(
     messages: Sequence[Mapping[str, Any]], roles: list[Any], end: int, shape: Shape
 ) -> int:
@@ -95,6 +105,16 @@ def _unit_start(
             if message.get("tool_calls") or message.get("function_call"):
                 return call
         return start
+    if shape == "gemini":
+        if (
+            last > 0
+            and roles[last] == "user"
+            and roles[last - 1] == "model"
+            and _has_parts(messages[last], "functionResponse", "function_response")
+            and _has_parts(messages[last - 1], "functionCall", "function_call")
+        ):
+            return last - 1
+        return last
     if (
         last > 0
         and roles[last] == "user"
@@ -137,14 +157,16 @@ def trim_messages(
     """Drop the oldest turns until the prompt fits.
 
     Args:
-        messages: the conversation (OpenAI chat or Anthropic ``messages`` shape).
+        messages: the conversation (OpenAI chat or Anthropic ``messages`` shape, or Gemini
+            ``contents``, whose role defaults to ``user``).
         model: the model id, for counting.
         context_window: the model's context window, in tokens.
         reserved_output: tokens kept free for the reply (usually the output limit).
         max_prompt_tokens: a further limit, e.g. what the remaining budget can pay for.
         tools: the request's tool definitions (counted, never trimmed).
-        system: Anthropic's top-level ``system`` (counted, never trimmed).
-        shape: ``"openai"`` or ``"anthropic"``.
+        system: Anthropic's top-level ``system`` or Gemini's ``systemInstruction``
+            (counted, never trimmed).
+        shape: ``"openai"``, ``"anthropic"`` or ``"gemini"``.
         summarize: optional; receives the dropped messages, returns one message.
 
     Returns:
@@ -159,6 +181,8 @@ def trim_messages(
     n = len(messages)
     try:
         roles = [m.get("role") for m in messages]
+        if shape == "gemini":  # a content without a role is the user's
+            roles = [role or "user" for role in roles]
     except AttributeError:
         raise InvalidRequest("every message must be an object", param="messages") from None
     counter = ChatCounter(model, shape=shape)
@@ -200,8 +224,9 @@ def trim_messages(
         end = start
 
     evictable = kept_units[::-1]  # oldest first
-    if shape == "anthropic":
-        # the Messages API wants the history to open with a user turn
+    if shape != "openai":
+        # the Messages API wants the history to open with a user turn, and Gemini a
+        # function call to follow a user turn
         first_pinned = min(pinned, default=n)
         skip = 0
         while (

@@ -6,7 +6,8 @@ a stream cut short cannot differ between doors:
 
 * :mod:`~metered.providers.openai_chat` — OpenAI Chat Completions;
 * :mod:`~metered.providers.openai_responses` — OpenAI Responses API;
-* :mod:`~metered.providers.anthropic` — Anthropic Messages.
+* :mod:`~metered.providers.anthropic` — Anthropic Messages;
+* :mod:`~metered.providers.gemini` — Google Gemini ``generateContent``.
 
 Each format is a :class:`Format`: ``usage(response)``, ``read(response)`` (an
 :class:`Outcome`) and ``stream(model=..., strip_usage=...)`` (a :class:`StreamReader`
@@ -19,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from metered.providers import anthropic, messages, openai_chat, openai_responses
+from metered.providers import anthropic, gemini, messages, openai_chat, openai_responses
 from metered.providers._common import Outcome, StreamReader, WireFormat, settled_usage
+from metered.providers.gemini_messages import gemini_input, gemini_output
 from metered.providers.messages import Bound, InputReader, Message, Transcript
 from metered.usage import Usage
 
@@ -28,6 +30,7 @@ __all__ = [
     "ANTHROPIC",
     "CHAT",
     "FORMATS",
+    "GEMINI",
     "RESPONSES",
     "Bound",
     "Format",
@@ -87,5 +90,13 @@ ANTHROPIC = Format(
     messages.anthropic_input,
     messages.anthropic_output,
 )
+GEMINI = Format(
+    "gemini",
+    gemini.from_gemini,
+    gemini.read,
+    gemini.GeminiStream,
+    gemini_input,
+    gemini_output,
+)
 #: Every format by name.
-FORMATS: dict[str, Format] = {f.name: f for f in (CHAT, RESPONSES, ANTHROPIC)}
+FORMATS: dict[str, Format] = {f.name: f for f in (CHAT, RESPONSES, ANTHROPIC, GEMINI)}

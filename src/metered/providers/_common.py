@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: The wire formats metered reads (the engine's ``Api`` values).
-WireFormat = Literal["chat", "responses", "anthropic"]
+WireFormat = Literal["chat", "responses", "anthropic", "gemini"]
 
 # Delivered stream text is counted in batches of this many characters: constant memory,
 # one tokenizer call per batch instead of one per chunk.

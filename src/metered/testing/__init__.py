@@ -1,10 +1,12 @@
-"""Test helpers: an in-process fake of the OpenAI and Anthropic HTTP APIs.
+"""Test helpers: an in-process fake of the OpenAI, Anthropic and Gemini HTTP APIs.
 
 :class:`FakeUpstream` answers ``POST /v1/chat/completions``, ``POST /v1/responses``,
-``POST /v1/messages`` and ``GET /v1/models`` in the providers' real wire formats (JSON
-and server-sent events), so the unmodified ``openai`` and ``anthropic`` SDK clients run
-against it. Token counts come from :mod:`metered.tokens`, so the usage it reports is
-what metered would estimate for the same request.
+``POST /v1/messages``, ``GET /v1/models`` and Gemini's ``POST
+/v1beta/models/{model}:generateContent`` / ``:streamGenerateContent`` in the providers'
+real wire formats (JSON and server-sent events), so the unmodified ``openai``,
+``anthropic`` and ``google-genai`` SDK clients run against it
+(:meth:`FakeUpstream.genai_client`). Token counts come from :mod:`metered.tokens`, so the
+usage it reports is what metered would estimate for the same request.
 
 One upstream, several ways in; all share one request handler:
 
@@ -31,7 +33,8 @@ request received is recorded (:attr:`FakeUpstream.requests`) with credentials re
 
 Layout: :mod:`~metered.testing.upstream` holds :class:`FakeUpstream` and its one request
 handler; each API's answers live in :mod:`~metered.testing.openai_chat`,
-:mod:`~metered.testing.openai_responses` and :mod:`~metered.testing.anthropic`, over the
+:mod:`~metered.testing.openai_responses`, :mod:`~metered.testing.anthropic` and
+:mod:`~metered.testing.gemini`, over the
 framing and error bodies they share (``_wire``) and the request record, faults and reply
 generation (``_exchange``); :mod:`~metered.testing.transports` reaches the upstream
 through httpx/httpx2 transports or a loopback socket; :mod:`~metered.testing.capture`

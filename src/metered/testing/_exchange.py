@@ -33,12 +33,12 @@ _FAKE_HOST = "http://fake-upstream.test"
 _REDACTED = "[redacted]"
 # Headers that carry credentials: never kept in the request record.
 _SECRET_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
+    {"authorization", "proxy-authorization", "x-api-key", "x-goog-api-key", "api-key", "cookie"}
 )
 # Models that spend hidden reasoning tokens: OpenAI o-series and the gpt-5 family.
 _REASONING_MODEL = re.compile(r"(?:^|/)(?:o\d|gpt-5)")
 
-_Provider = Literal["openai", "anthropic"]
+_Provider = Literal["openai", "anthropic", "google"]
 _FaultKind = Literal["status", "disconnect", "timeout"]
 _Frames = Generator[bytes, None, None]
 

@@ -2,8 +2,8 @@
 framing, each provider's error bodies and its ``GET /v1/models`` list.
 
 Each API's own answers (its JSON body, its stream events) live beside its request
-handling: :mod:`metered.testing.openai_chat`, :mod:`metered.testing.openai_responses`
-and :mod:`metered.testing.anthropic`.
+handling: :mod:`metered.testing.openai_chat`, :mod:`metered.testing.openai_responses`,
+:mod:`metered.testing.anthropic` and :mod:`metered.testing.gemini`.
 """
 
 from __future__ import annotations
@@ -71,6 +71,24 @@ def _anthropic_error(status: int, message: str | None) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message or default}}
 
 
+# Google's status names (google.rpc.Code) by HTTP status, and a typical message
+_GOOGLE_ERRORS = {
+    400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
+    401: ("UNAUTHENTICATED", "API key not valid. Please pass a valid API key."),
+    403: ("PERMISSION_DENIED", "The caller does not have permission."),
+    404: ("NOT_FOUND", "Requested entity was not found."),
+    429: ("RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
+    500: ("INTERNAL", "An internal error has occurred."),
+    503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
+    504: ("DEADLINE_EXCEEDED", "Deadline exceeded."),
+}
+
+
+def _google_error(status: int, message: str | None) -> dict[str, Any]:
+    name, default = _GOOGLE_ERRORS.get(status) or _GOOGLE_ERRORS[500 if status >= 500 else 400]
+    return {"error": {"code": status, "message": message or default, "status": name}}
+
+
 def _error_reply(
     provider: _Provider,
     status: int,
@@ -82,6 +100,8 @@ def _error_reply(
     if body is None:
         if provider == "anthropic":
             body = _anthropic_error(status, message)
+        elif provider == "google":
+            body = _google_error(status, message)
         else:
             body = {"error": _openai_error(status, message, param)}
     return _json_reply(status, body)

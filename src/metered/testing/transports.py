@@ -155,6 +155,29 @@ def _transport_class(module_name: str) -> Any:
     return Transport
 
 
+def client_defaults(
+    upstream: FakeUpstream,
+    sdk: Any,
+    kwargs: dict[str, Any],
+    api_key: str,
+    base_url: str,
+    *,
+    async_: bool,
+) -> dict[str, Any]:
+    """Constructor arguments of an OpenAI or Anthropic SDK client wired to ``upstream``."""
+    options = {"api_key": api_key, "max_retries": 0, **kwargs}
+    if "base_url" not in kwargs:
+        options["base_url"] = base_url
+        if "http_client" not in kwargs:
+            # Older SDK lines are built on httpx, newer ones on httpx2: use theirs.
+            default = sdk.DefaultAsyncHttpxClient if async_ else sdk.DefaultHttpxClient
+            library = _http_library(default)
+            module = importlib.import_module(library)
+            client_class = module.AsyncClient if async_ else module.Client
+            options["http_client"] = client_class(transport=_transport_class(library)(upstream))
+    return options
+
+
 @contextlib.contextmanager
 def serve_asgi(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve an ASGI app with uvicorn on a loopback socket in a background thread.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import math
@@ -34,12 +33,13 @@ from metered.testing._exchange import (
 )
 from metered.testing._wire import _error_reply, _json_reply, _model_entry, _model_list
 from metered.testing.anthropic import messages_reply
+from metered.testing.gemini import GEMINI_PATH, gemini_client, gemini_reply
 from metered.testing.openai_chat import chat_reply
 from metered.testing.openai_responses import responses_reply
 from metered.testing.transports import (
-    _http_library,
     _not_injected,
     _transport_class,
+    client_defaults,
     serve_asgi,
     serve_scope,
 )
@@ -49,10 +49,11 @@ if TYPE_CHECKING:
     import httpx
     import httpx2
     import openai
+    from google import genai
 
 
 class FakeUpstream:
-    """An in-process fake of the OpenAI and Anthropic HTTP APIs.
+    """An in-process fake of the OpenAI, Anthropic and Gemini HTTP APIs.
 
     Instances are ASGI applications and hand out ``httpx2``/``httpx`` transports; all
     of them share one request handler, one request record and one fault queue (safe to
@@ -263,16 +264,18 @@ class FakeUpstream:
             body = None
         record = RecordedRequest(method.upper(), path, query, kept, body, content)
         route = path[3:] if path.startswith("/v1/") else path
-        provider: _Provider = (
-            "anthropic" if route == "/messages" or "anthropic-version" in kept else "openai"
-        )
+        gemini = GEMINI_PATH.fullmatch(path)
+        provider: _Provider = "google" if gemini else "openai"
+        if route == "/messages" or "anthropic-version" in kept:
+            provider = "anthropic"
         with self._lock:
             self._requests.append(record)
             fault = self._take_fault()
             self._serial += 1
             serial = self._serial
         request_id = f"req_fake{serial:08d}"
-        in_stream = fault is not None and fault.after_chunks > 0 and _streaming(body)
+        streaming = _streaming(body) or (gemini is not None and gemini[2][0] == "s")
+        in_stream = fault is not None and fault.after_chunks > 0 and streaming
         if fault is not None and fault.kind == "status" and not in_stream:
             reply = _error_reply(provider, fault.status, fault.message, body=fault.body)
             reply.headers.extend(fault.headers)
@@ -301,6 +304,10 @@ class FakeUpstream:
             return responses_reply(record, serial, self._generate)
         if method == "POST" and route == "/messages":
             return messages_reply(record, serial, self._generate)
+        gemini = GEMINI_PATH.fullmatch(record.path)
+        if method == "POST" and gemini is not None:
+            stream = gemini[2] == "streamGenerateContent"
+            return gemini_reply(record, gemini[1], stream, serial, self._generate)
         if method == "GET" and route == "/models":
             return _json_reply(200, _model_list(provider, self._models))
         if method == "GET" and route.startswith("/models/"):
@@ -401,17 +408,15 @@ class FakeUpstream:
     def _client_defaults(
         self, sdk: Any, kwargs: dict[str, Any], api_key: str, base_url: str, *, async_: bool
     ) -> dict[str, Any]:
-        options = {"api_key": api_key, "max_retries": 0, **kwargs}
-        if "base_url" not in kwargs:
-            options["base_url"] = base_url
-            if "http_client" not in kwargs:
-                # Older SDK lines are built on httpx, newer ones on httpx2: use theirs.
-                default = sdk.DefaultAsyncHttpxClient if async_ else sdk.DefaultHttpxClient
-                library = _http_library(default)
-                module = importlib.import_module(library)
-                client_class = module.AsyncClient if async_ else module.Client
-                options["http_client"] = client_class(transport=_transport_class(library)(self))
-        return options
+        return client_defaults(self, sdk, kwargs, api_key, base_url, async_=async_)
+
+    def genai_client(self, **kwargs: Any) -> genai.Client:
+        """A ``google-genai`` client (``client.models`` and ``client.aio.models``) wired to
+        this fake through in-process transports: a fake API key, one attempt per request
+        (injected faults surface at once). Keywords go to ``genai.Client``; an
+        ``http_options`` (dict or ``HttpOptions``) is merged over these defaults.
+        """
+        return gemini_client(self, **kwargs)
 
     @contextlib.contextmanager
     def serve(self, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:

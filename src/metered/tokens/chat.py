@@ -6,8 +6,10 @@ field's text). Tool definitions use the cookbook's ``num_tokens_for_tools`` form
 reproduces the API's reported counts for the cookbook's example (105 tokens on gpt-4 /
 gpt-3.5-turbo, 101 on gpt-4o / gpt-4o-mini). Nested schemas, tool calls in the history
 and other shapes the cookbook does not cover are approximated, and the count is then
-marked inexact (:attr:`ChatCounter.exact` is ``False``). Anthropic Messages have no public
-tokenizer: they are counted with the same framing and always marked estimated.
+marked inexact (:attr:`ChatCounter.exact` is ``False``). Anthropic Messages and Gemini
+``contents`` have no public tokenizer: they are counted with the same framing and always
+marked estimated (a Gemini image or other media part as 258 tokens, Gemini's count for an
+image of up to 384 px a side, the least it bills for one).
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from metered.tokens.images import anthropic_image_tokens, openai_image_tokens
 
 __all__ = ["ChatCounter", "Shape", "count_anthropic", "count_chat"]
 
-Shape = Literal["openai", "anthropic"]
+Shape = Literal["openai", "anthropic", "gemini"]
 
 # Tool calls in the history: name + arguments, plus a framing estimate (not published).
 _TOOL_CALL_OVERHEAD: Final = 3
 # Anthropic adds a hidden tool-use system prompt when tools are given; its pricing docs
 # list 346 tokens for Claude 3.5+ / 4 models with tool_choice auto (the largest value).
 _ANTHROPIC_TOOL_PROMPT: Final = 346
+# Gemini bills an image of up to 384 px a side as 258 tokens, larger ones per 768 px tile.
+_GEMINI_MEDIA: Final = 258
+_GEMINI_TOOL_KEYS: Final = ("functionDeclarations", "function_declarations")
+_GEMINI_SCHEMA_KEYS: Final = ("parameters", "parametersJsonSchema", "parameters_json_schema")
 _FLAT_PROPERTY_KEYS: Final = frozenset({"type", "description", "enum"})
 _TEXT_PART_TYPES: Final = frozenset({"text", "input_text", "output_text", "refusal"})
 _PLAIN_MESSAGE_KEYS: Final = frozenset({"role", "content", "name"})
@@ -45,7 +51,8 @@ class ChatCounter:
 
     Args:
         model: the model id (provider prefixes and ``ft:`` ids are understood).
-        shape: ``"openai"`` (Chat Completions / Responses) or ``"anthropic"`` (Messages).
+        shape: ``"openai"`` (Chat Completions / Responses), ``"anthropic"`` (Messages) or
+            ``"gemini"`` (``generateContent`` contents).
     """
 
     __slots__ = ("_count", "_tok", "encoding", "exact", "model", "shape")
@@ -84,6 +91,8 @@ class ChatCounter:
             )
         if self.shape == "anthropic":
             return self._anthropic_message(message)
+        if self.shape == "gemini":
+            return self._gemini_content(message)
         if "role" not in message and "type" in message:
             return self._responses_item(message)
         rules = self._tok.rules
@@ -187,6 +196,8 @@ class ChatCounter:
         if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence):
             # tools come from request bodies: `"tools": true` is a 400, not a TypeError
             raise InvalidRequest("tools must be a list of tool definitions", param="tools")
+        if self.shape == "gemini":
+            return self._gemini_tools(tools)
         if self.shape == "anthropic":
             return _ANTHROPIC_TOOL_PROMPT + sum(
                 self._count(str(tool.get("name") or ""))
@@ -249,9 +260,16 @@ class ChatCounter:
     # -- Anthropic ---------------------------------------------------------------------
 
     def system(self, system: Any) -> int:
-        """Tokens of an Anthropic top-level ``system`` (string or text blocks)."""
+        """Tokens of an Anthropic top-level ``system`` (string or text blocks) or a Gemini
+        ``systemInstruction`` (a content or a string)."""
         if not system:
             return 0
+        if self.shape == "gemini":
+            if isinstance(system, str):
+                return self._tok.rules.per_message + self._count(system)
+            if not isinstance(system, Mapping):
+                return 0
+            return self._tok.rules.per_message + self._gemini_parts(system.get("parts"))
         return self._tok.rules.per_message + self._blocks(system)
 
     def _anthropic_message(self, message: Mapping[str, Any]) -> int:
@@ -289,6 +307,56 @@ class ChatCounter:
                     n += self._blocks(source.get("content"))
         return n
 
+    # -- Gemini ------------------------------------------------------------------------
+
+    def _gemini_content(self, content: Mapping[str, Any]) -> int:
+        role = content.get("role")
+        n = self._tok.rules.per_message + (self._count(role) if isinstance(role, str) else 0)
+        return n + self._gemini_parts(content.get("parts"))
+
+    def _gemini_parts(self, parts: Any) -> int:
+        if not isinstance(parts, Sequence) or isinstance(parts, (str, bytes)):
+            return 0
+        n = 0
+        for part in parts:
+            if not isinstance(part, Mapping):
+                continue
+            text = part.get("text")
+            if isinstance(text, str):
+                n += self._count(text)
+            if _either(part, "inlineData", "inline_data") or _either(part, "fileData", "file_data"):
+                n += _GEMINI_MEDIA
+            call = _either(part, "functionCall", "function_call")
+            if isinstance(call, Mapping):
+                n += self._function_call({"name": call.get("name"), "arguments": call.get("args")})
+            response = _either(part, "functionResponse", "function_response")
+            if isinstance(response, Mapping):
+                n += _TOOL_CALL_OVERHEAD + self._count(str(response.get("name") or ""))
+                n += self._json(response.get("response") or "")
+            for key in ("executableCode", "codeExecutionResult"):
+                if isinstance(part.get(key), Mapping):
+                    n += self._json(part[key])
+        return n
+
+    def _gemini_tools(self, tools: Sequence[Mapping[str, Any]]) -> int:
+        n = 0
+        for tool in tools:
+            if not isinstance(tool, Mapping):
+                continue
+            declarations = next((tool[k] for k in _GEMINI_TOOL_KEYS if k in tool), None)
+            if not isinstance(declarations, Sequence) or isinstance(declarations, str):
+                continue  # googleSearch, codeExecution, ...: no published count
+            for function in declarations:
+                if isinstance(function, Mapping):
+                    n += self._tok.rules.func_init
+                    n += self._count(str(function.get("name") or ""))
+                    n += self._count(str(function.get("description") or ""))
+                    schema: Any = next(
+                        (function[k] for k in _GEMINI_SCHEMA_KEYS if function.get(k)), {}
+                    )
+                    n += self._json(schema)
+        return n
+
     # -- totals ------------------------------------------------------------------------
 
     def total(
@@ -309,6 +377,11 @@ class ChatCounter:
         for message in messages:
             n += self.message(message)
         return n
+
+
+def _either(part: Mapping[str, Any], camel: str, snake: str) -> Any:
+    value = part.get(camel)
+    return part.get(snake) if value is None else value
 
 
 def count_chat(

@@ -1,4 +1,5 @@
-"""Counting a whole request: a text, a message list, or a Chat / Anthropic / Responses body.
+"""Counting a whole request: a text, a message list, or a Chat / Anthropic / Responses /
+Gemini body.
 
 :func:`count_request` recognises the body's API by its fields and returns a
 :class:`TokenCount`: the tokens, the encoding used and whether the count is exact.
@@ -14,7 +15,7 @@ from metered.errors import InvalidRequest
 from metered.tokens.chat import ChatCounter, Shape
 from metered.tokens.encodings import count_text, encoding_name_for_model, is_exact
 
-__all__ = ["TokenCount", "count_request"]
+__all__ = ["TokenCount", "count_request", "gemini_contents", "gemini_system"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,23 @@ def _is_anthropic(body: Mapping[str, Any]) -> bool:
     return False
 
 
+def gemini_contents(contents: Any) -> Sequence[Mapping[str, Any]]:
+    """A Gemini body's ``contents`` as a list of contents.
+
+    Raises:
+        InvalidRequest: it is not a list.
+    """
+    if isinstance(contents, (str, bytes)) or not isinstance(contents, Sequence):
+        raise InvalidRequest("contents must be a list of contents", param="contents")
+    return contents
+
+
+def gemini_system(body: Mapping[str, Any]) -> Any:
+    """A Gemini body's system instruction, whichever spelling carries it."""
+    system = body.get("systemInstruction")
+    return body.get("system_instruction") if system is None else system
+
+
 def count_request(body_or_text: Any, *, model: str, chat: bool = True) -> TokenCount:
     """Count a request body, a message list or a plain text.
 
@@ -67,7 +85,8 @@ def count_request(body_or_text: Any, *, model: str, chat: bool = True) -> TokenC
     * ``list``: OpenAI chat ``messages``.
     * ``Mapping``: a Chat Completions body (``messages``, ``tools``/``functions``), an
       Anthropic Messages body (``system``, ``input_schema`` tools or Anthropic blocks), a
-      Responses body (``instructions``, ``input``) or a legacy ``prompt``.
+      Responses body (``instructions``, ``input``), a Gemini ``generateContent`` body
+      (``contents``, ``systemInstruction``, ``tools``) or a legacy ``prompt``.
 
     Raises:
         InvalidRequest: nothing countable was found.
@@ -93,6 +112,13 @@ def count_request(body_or_text: Any, *, model: str, chat: bool = True) -> TokenC
         counter = ChatCounter(model, shape=shape)
         tools = body.get("tools") or body.get("functions")
         tokens = counter.total(body["messages"], tools=tools, system=body.get("system"))
+    elif "contents" in body:
+        counter = ChatCounter(model, shape="gemini")
+        tokens = counter.total(
+            gemini_contents(body["contents"]),
+            tools=body.get("tools"),
+            system=gemini_system(body),
+        )
     elif "input" in body:
         counter = ChatCounter(model)
         items = body["input"]
