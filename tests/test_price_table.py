@@ -218,6 +218,10 @@ CASES = [
         {"input": "1.25", "output": "10", "cache_read": "0.125"},
     ),
     Case("gemini-2.5-flash-lite", U(), {"input": "0.10", "output": "0.40"}),
+    Case("models/gemini-2.5-flash", U(), {"input": "0.30", "output": "2.50"}, "resource name"),
+    Case(
+        "vertex_ai/publishers/google/models/gemini-2.5-pro", U(), {"input": "1.25", "output": "10"}
+    ),
     Case("gemini-2.0-flash", U(), {"input": "0.10", "output": "0.40"}),
     # -- Azure: deployments, data zones, models Azure does not sell ---------------------------
     Case("azure/o4-mini", U(), {"input": "1.10", "output": "4.40"}),
@@ -344,3 +348,25 @@ def test_the_record_names_the_price_layer_and_the_resolution() -> None:
         ("genai-prices", "gpt-4o @any = genai-prices openai/gpt-4o"),
         (None, "groq/gpt-4o > gpt-4o @groq = no price"),
     ]
+
+
+def test_a_gemini_response_prices_thinking_and_cached_tokens() -> None:
+    """usageMetadata: thoughts are billed as output, cached content at the cached rate."""
+    from metered.providers.gemini import from_gemini
+
+    usage = from_gemini(
+        {
+            "usageMetadata": {
+                "promptTokenCount": 2000,
+                "cachedContentTokenCount": 1500,
+                "candidatesTokenCount": 300,
+                "thoughtsTokenCount": 700,
+            }
+        }
+    )
+    assert usage is not None
+    assert (usage.input_tokens, usage.cache_read_tokens) == (2000, 1500)
+    assert (usage.output_tokens, usage.reasoning_tokens) == (1000, 700)
+    # gemini-2.5-flash: input $0.30, cached $0.03, output (thinking included) $2.50 per 1M
+    expected_cost = (Decimal("0.30") * 500 + Decimal("0.03") * 1500 + Decimal("2.50") * 1000) / M
+    assert ROUTE.quote("gemini-2.5-flash", usage).cost == expected_cost

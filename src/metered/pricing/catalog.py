@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import re
 import threading
-from functools import cached_property
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from metered.pricing.corrections import CorrectionsLayer

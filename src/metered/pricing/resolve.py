@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from metered.errors import ConfigError, InvalidRequest, PolicyDenied
@@ -227,6 +227,15 @@ class Resolver:
             self._cache[requested] = resolved
         return resolved
 
+    def _resource_name(self, name: str, add: Callable[[str | None], None]) -> str:
+        """``name`` without a Google resource prefix (``models/gemini-2.5-flash``, the form
+        the Gemini REST API and SDK use; Vertex's ``publishers/google/models/...``)."""
+        for resource in ("models/", "publishers/google/models/"):
+            if name.startswith(resource) and len(name) > len(resource):
+                name = self._alias_target(name.removeprefix(resource))
+                add(name)
+        return name
+
     def _resolve(self, requested: str) -> ResolvedModel:
         # an id the operator listed verbatim as an alias is taken as written
         verbatim = type(requested) is str and requested in self._aliases
@@ -242,6 +251,7 @@ class Resolver:
         add(name)
         current = self._alias_target(name)
         add(current)
+        current = self._resource_name(current, add)
         region: str | None = None
         prefix, slash, rest = current.partition("/")
         if slash and prefix in PROVIDER_PREFIXES and rest:
@@ -253,6 +263,7 @@ class Resolver:
             current = self._alias_target(rest)
             add(rest)
             add(current)
+        current = self._resource_name(current, add)
         if provider is None and _BEDROCK_ID.match(current):
             provider = "bedrock"
         if "@" in current and provider in (None, "vertex_ai", "vertex", "google"):
