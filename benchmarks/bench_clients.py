@@ -92,6 +92,12 @@ class _StubCall:
     def finish(self, usage: Usage | None = None, **outcome: Any) -> None:
         return None
 
+    def upstream_context(self) -> None:
+        return None  # no span to make current
+
+    def transcript(self) -> None:
+        return None  # no content capture
+
 
 class _StubMeter:
     """An engine that meters nothing: ``begin`` only hands the body back."""
