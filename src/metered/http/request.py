@@ -145,8 +145,11 @@ def check_content_type(value: str | None) -> None:
         )
 
 
-def parse_request(raw: bytes, *, max_choices: int = 1) -> dict[str, Any]:
+def parse_request(raw: bytes, *, max_choices: int = 1, model: str | None = None) -> dict[str, Any]:
     """Parse and check a gateway request body before it reaches the engine.
+
+    ``model``: the model a request names outside its body (Gemini's URL); the body must
+    then name none (two names could disagree) and gets it for the engine.
 
     The engine checks the rest (``stream``, output limits) as it does for every door.
 
@@ -174,6 +177,10 @@ def parse_request(raw: bytes, *, max_choices: int = 1) -> dict[str, Any]:
     # fewer brackets than the limit cannot nest that deep (the common case: no walk)
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _nests_deeper(body, MAX_JSON_DEPTH):
         raise InvalidRequest(_TOO_DEEP)
+    if model is not None:
+        if "model" in body:
+            raise InvalidRequest("the URL names the model: the body must not", param="model")
+        body["model"] = model
     model = body.get("model")
     if model is None:
         raise InvalidRequest("'model' is required", param="model")

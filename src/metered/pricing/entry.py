@@ -45,7 +45,7 @@ _PROVIDER_IDS = {
 
 
 # the regions and zones whose price is the snapshot's: US commercial, global endpoints
-_DEFAULT_REGION = re.compile(r"^(?:us-(?:east|west)-\d|us-central\d|us|global)$")
+_DEFAULT_REGION = re.compile(r"^(?:us-(?:east|west)-\d|us-central\d|global)$")
 
 
 def region_is_default(region: str | None) -> bool:
