@@ -1,0 +1,132 @@
+"""``metered catalog diff`` and ``metered catalog update`` (metered.cli.catalog)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from metered.cli import main
+from metered.pricing.catalog import default_layers
+from metered.pricing.compare import disagreements, per_mtok
+from metered.pricing.litellm import LiteLLMLayer
+
+DATA = Path(__file__).parent / "data"
+LITELLM = DATA / "litellm_prices.json"
+GENAI = DATA / "genai_prices_data.json"
+
+
+def run(capsys: pytest.CaptureFixture[str], command: str) -> tuple[int, str, str]:
+    code = main(shlex.split(command))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def rows(out: str) -> list[list[str]]:
+    """The table's rows as cells (cells never hold two spaces in a row)."""
+    lines = out.split("\n\n")[0].splitlines()[2:]
+    return [[cell.strip() for cell in line.split("  ") if cell.strip()] for line in lines]
+
+
+# --- diff --------------------------------------------------------------------------------
+
+
+def test_diff_lists_every_disagreement_per_1m_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    """gpt-4o against LiteLLM: the Azure US data zone and a cached-input price differ."""
+    code, out, err = run(capsys, f"catalog diff gpt-4o --litellm {LITELLM}")
+    assert (code, err) == (0, "")
+    header = out.splitlines()[0].split()
+    assert header == [
+        "provider",
+        "model",
+        "region",
+        "price/1M",
+        "corrections",
+        "genai-prices",
+        "litellm",
+    ]
+    assert rows(out) == [
+        ["azure", "gpt-4o", "us", "input", "-", "$2.5", "$2.75"],
+        ["azure", "gpt-4o", "us", "output", "-", "$10", "$11"],
+        ["azure", "gpt-4o", "us", "cache_read", "-", "$1.25", "$1.375"],
+        ["azure", "gpt-4o", "us", "cache_write", "-", "$2.5 (input)", "$1.38"],
+        ["openai", "gpt-4o-search-preview", "-", "cache_read", "-", "$2.5 (input)", "$1.25"],
+    ]
+    assert out.splitlines()[-1].startswith("5 disagreement(s) in 2 model(s); layers: corrections")
+    assert out.splitlines()[-1].endswith("litellm litellm_prices.json")
+
+
+def test_diff_shows_long_context_tiers(capsys: pytest.CaptureFixture[str]) -> None:
+    """A tier one layer has and another lacks bills differently above its threshold."""
+    code, out, _ = run(capsys, f"catalog diff ^gemini-2.5-pro$ --litellm {LITELLM}")
+    assert code == 0
+    assert ["google", "gemini-2.5-pro", "-", "cache_write >200k", "-", "$2.5 (input)", "$0.25"] in (
+        rows(out)
+    )
+
+
+def test_diff_compares_corrections_with_the_snapshot(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without LiteLLM, metered's corrections are compared with genai-prices."""
+    code, out, _ = run(capsys, "catalog diff ^deepseek-chat$")
+    assert code == 0
+    assert rows(out)[:2] == [
+        ["deepseek", "deepseek-chat", "-", "input", "$0.28", "$0.27"],
+        ["deepseek", "deepseek-chat", "-", "output", "$0.42", "$1.1"],
+    ]
+
+
+def test_diff_fail_on_diff_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = run(capsys, f"catalog diff gpt-4o --litellm {LITELLM} --fail-on-diff")
+    assert code == 1
+    code, out, _ = run(capsys, f"catalog diff ^gpt-4o-mini$ --litellm {LITELLM} --fail-on-diff")
+    assert code == 0
+    assert out.startswith("0 disagreement(s) in 0 model(s)")
+
+
+def test_diff_json_has_exact_decimals(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, f"catalog diff gpt-4o --litellm {LITELLM} --json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["layers"][-1] == "litellm litellm_prices.json"
+    first = data["disagreements"][0]
+    assert first == {
+        "provider": "azure",
+        "model": "gpt-4o",
+        "region": "us",
+        "price": "input",
+        "above_tokens": None,
+        "per_mtok": {"corrections": None, "genai-prices": "2.5", "litellm": "2.75"},
+        "billed_as_input": [],
+    }
+
+
+def test_diff_reads_the_layers_of_a_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "metered.yaml"
+    config.write_text(f"catalog:\n  litellm: {LITELLM}\n", encoding="utf-8")
+    code, out, _ = run(capsys, f"catalog diff ^gpt-4o$ --config {config}")
+    assert code == 0
+    assert rows(out)[0] == ["azure", "gpt-4o", "us", "input", "-", "$2.5", "$2.75"]
+
+
+def test_disagreements_of_one_model() -> None:
+    layers = (*default_layers(), LiteLLMLayer(LITELLM))
+    assert disagreements(layers, "gpt-4o", "openai") == []
+    (diff,) = disagreements(layers, "gpt-4o-search-preview", "openai")
+    assert (diff.label, diff.values["litellm"], diff.as_input) == (
+        "cache_read",
+        Decimal("1.25"),
+        frozenset({"genai-prices"}),
+    )
+
+
+def test_per_mtok_has_no_float_noise_or_exponent() -> None:
+    assert [str(per_mtok(Decimal(x))) for x in ("0.00001", "2.5E-7", "0.0000025")] == [
+        "10",
+        "0.25",
+        "2.5",
+    ]
