@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import shlex
+import threading
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -130,3 +133,98 @@ def test_per_mtok_has_no_float_noise_or_exponent() -> None:
         "0.25",
         "2.5",
     ]
+
+
+# --- update ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A loopback HTTP server serving ``files`` (path -> body): no internet in tests."""
+    files: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.end_headers()
+            self.wfile.write(body or b"not found")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", files
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def test_update_fetches_checks_and_writes_both_files(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    server: tuple[str, dict[str, bytes]],
+) -> None:
+    url, files = server
+    files["/genai.json"] = GENAI.read_bytes()
+    files["/litellm.json"] = LITELLM.read_bytes()
+    genai_out, litellm_out = tmp_path / "prices" / "genai.json", tmp_path / "litellm.json"
+    code, out, err = run(
+        capsys,
+        f"catalog update --genai-prices-url {url}/genai.json --litellm-url {url}/litellm.json "
+        f"--genai-prices-out {genai_out} --litellm-out {litellm_out}",
+    )
+    assert (code, err) == (0, "")
+    assert genai_out.read_bytes() == GENAI.read_bytes()
+    assert litellm_out.read_bytes() == LITELLM.read_bytes()
+    lines = out.splitlines()
+    assert lines[0] == f"{genai_out}: 1 chat models from {url}/genai.json"
+    assert lines[1] == f"{litellm_out}: 9 chat models from {url}/litellm.json"
+    assert lines[-3:] == [
+        "catalog:",
+        f"  genai_prices_data: {genai_out.resolve()}",
+        f"  litellm: {litellm_out.resolve()}",
+    ]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["genai.json", "litellm.json", "prices"]
+
+
+def test_update_keeps_the_old_file_when_the_new_one_does_not_load(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    server: tuple[str, dict[str, bytes]],
+) -> None:
+    url, files = server
+    files["/litellm.json"] = b'{"truncated": '
+    out_path = tmp_path / "litellm.json"
+    out_path.write_text("{}", encoding="utf-8")
+    code, out, err = run(
+        capsys,
+        f"catalog update --only litellm --litellm-url {url}/litellm.json --litellm-out {out_path}",
+    )
+    assert code == 1
+    assert out == ""
+    assert err.startswith(f"error: {url}/litellm.json: ")
+    assert err.endswith(f"; {out_path} is unchanged\n")
+    assert out_path.read_text(encoding="utf-8") == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["litellm.json"]  # no temporary file left
+
+
+def test_update_reports_an_unreachable_url(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    server: tuple[str, dict[str, bytes]],
+) -> None:
+    url, _ = server
+    out_path = tmp_path / "genai.json"
+    code, _, err = run(
+        capsys,
+        f"catalog update --only genai-prices --genai-prices-url {url}/missing.json "
+        f"--genai-prices-out {out_path}",
+    )
+    assert code == 1
+    assert "HTTP Error 404" in err
+    assert not out_path.exists()
