@@ -92,6 +92,57 @@ def test_quote_unknown_model_exits_1(capsys: pytest.CaptureFixture[str]) -> None
     assert err.startswith("error: model 'my-private-llm' has no price")
 
 
+def test_quote_fills_the_new_usage_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    """--cache-write-1h, --web-searches: Anthropic's 1h cache writes and searches are billed."""
+    command = (
+        "quote claude-sonnet-4-5 --input 1000 --output 500 --cache-write 400 "
+        "--cache-write-1h 100 --web-searches 2 --json"
+    )
+    code, out, _ = run(capsys, command)
+    assert code == 0
+    data = json.loads(out)
+    # 600 input at $3, 300 5-minute writes at $3.75, 100 1h writes at $6, 500 output at $15
+    tokens = (600 * Decimal(3) + 300 * Decimal("3.75") + 100 * Decimal(6) + 500 * 15) / MTOK
+    assert Decimal(data["cost_usd"]) == tokens + 2 * Decimal("0.01")  # $10 / 1000 searches
+    assert data["usage"]["cache_write_1h_tokens"] == 100
+    assert data["usage"]["web_search_requests"] == 2
+
+
+def test_quote_batch_and_service_tier(capsys: pytest.CaptureFixture[str]) -> None:
+    """--batch halves gpt-4o; --service-tier priority uses the priority rates."""
+    code, out, _ = run(capsys, "quote gpt-4o --input 1000 --output 500 --batch")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[2].split()[5] == "$0.00375"
+    assert lines[-1].startswith("usage: 1000 input (0 cache read, 0 cache write), 500 output")
+    assert ", batch; prices: " in lines[-1]
+    code, out, _ = run(capsys, "quote gpt-4o --input 1000 --output 500 --service-tier priority")
+    assert code == 0
+    assert out.splitlines()[2].split()[5] == "$0.01275"
+    assert ", service tier priority; " in out.splitlines()[-1]
+
+
+def test_quote_keeps_the_table_when_a_route_rejects_a_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A model the route rejects is an `unpriced` row; the others are quoted; exit 1."""
+    path = tmp_path / "metered.yaml"
+    path.write_text('routes:\n  chat:\n    models:\n      gpt-4o: "$0.05"\n', encoding="utf-8")
+    command = f"quote my-llm gpt-4o --input 10 --output 5 --config {quoted(path)} --route chat"
+    code, out, err = run(capsys, command)
+    assert code == 1
+    rows = [line.split() for line in out.splitlines()[2:4]]
+    assert rows[0] == ["my-llm", "-", "-", "unpriced", "token-based", "-", "-", "-"]
+    assert rows[1][:4] == ["gpt-4o", "gpt-4o", "openai", "route.models"]
+    assert err == "error: model 'my-llm' has no price (unpriced: cost unknown)\n"
+    code, out, _ = run(capsys, f"{command} --json")
+    assert code == 1
+    assert [(q["requested_model"], q["price_usd"]) for q in json.loads(out)] == [
+        ("my-llm", None),
+        ("gpt-4o", "0.05"),
+    ]
+
+
 def test_quote_impossible_usage_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     """--cache-read above --input is reported, not a traceback."""
     code, _, err = run(capsys, "quote gpt-4o --input 1 --output 1 --cache-read 5")
@@ -146,6 +197,43 @@ def test_models_includes_config_overrides(capsys: pytest.CaptureFixture[str]) ->
     code, out, _ = run(capsys, f"models acme --config {quoted(CONFIGS / 'full.yaml')}")
     assert code == 0
     assert out.splitlines()[2].split()[:4] == ["acme-negotiated", "custom", "$2", "$8"]
+
+
+def test_models_prints_prices_without_float_noise(capsys: pytest.CaptureFixture[str]) -> None:
+    """Per-1M prices are exact and plain: `$10`, `$2.5`, never `1E+1` or `2.500000`."""
+    code, out, _ = run(capsys, "models ^gpt-4o$ --json")
+    assert code == 0
+    (row,) = [r for r in json.loads(out) if r["model"] == "gpt-4o"]
+    assert (row["input_per_mtok"], row["output_per_mtok"], row["cache_read_per_mtok"]) == (
+        "2.5",
+        "10",
+        "1.25",
+    )
+    code, out, _ = run(capsys, "models ^gpt-4o$")
+    assert ["gpt-4o", "openai", "$2.5", "$10", "$1.25"] in [
+        line.split()[:5] for line in out.splitlines()
+    ]
+
+
+def test_models_lists_the_ids_quote_prices(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each listed id is one `metered quote` prices, with the listed prices: a model another
+    provider serves is listed with its provider named."""
+    code, out, _ = run(capsys, "models ^claude-sonnet-4-5$ --json")
+    assert code == 0
+    listed = {r["model"]: r for r in json.loads(out)}
+    assert {"claude-sonnet-4-5", "vertex_ai/claude-sonnet-4-5"} <= set(listed)
+    assert listed["vertex_ai/claude-sonnet-4-5"]["provider"] == "google"
+    for model, row in listed.items():
+        code, out, _ = run(capsys, f"quote {model} --input 1000 --output 0 --json")
+        assert code == 0, model
+        expected = Decimal(row["input_per_mtok"]) * 1000 / MTOK
+        assert Decimal(json.loads(out)["cost_usd"]) == expected, model
+
+
+def test_models_marks_deprecated_models(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models ^gemini-2.0-flash$")
+    assert code == 0
+    assert out.splitlines()[2].split()[:3] == ["gemini-2.0-flash", "(deprecated)", "google"]
 
 
 def test_models_without_match_exits_1(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,9 +4,9 @@ Human output is a plain table; ``--json`` prints one JSON document for scripts.
 Errors print one line on stderr and exit 1; usage errors exit 2.
 
 Each command lives with its arguments and output: :mod:`metered.cli.pricing` (quote,
-check, models, tokens), :mod:`metered.cli.catalog` (catalog diff, catalog update),
-:mod:`metered.cli.reports` (report, propose),
-:mod:`metered.cli.gateway`; shared output helpers in :mod:`metered.cli.format`.
+models, tokens), :mod:`metered.cli.check`, :mod:`metered.cli.catalog` (catalog diff,
+catalog update), :mod:`metered.cli.reports` (report, propose), :mod:`metered.cli.gateway`;
+shared output helpers in :mod:`metered.cli.format`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from metered.cli.catalog import add_catalog_parser
+from metered.cli.check import add_check_parser
 from metered.cli.gateway import add_gateway_parser
 from metered.cli.pricing import add_pricing_parsers
 from metered.cli.reports import add_report_parsers
@@ -30,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     add_pricing_parsers(sub)
+    add_check_parser(sub)
     add_catalog_parser(sub)
     add_gateway_parser(sub)
     add_report_parsers(sub)

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from metered.cli.format import dump, fail, table
-from metered.config import load_config, load_yaml
-from metered.pricing.catalog import Layer, config_layers
+from metered.config import Config, load_config, load_yaml
+from metered.pricing.catalog import Catalog, Layer, config_layers
 from metered.pricing.compare import PriceDiff, diff_layers
 from metered.pricing.genai_prices import GenaiPricesLayer
 from metered.pricing.litellm import LiteLLMLayer
+from metered.pricing.route import Pricer
 
-__all__ = ["LITELLM_URL", "add_catalog_parser", "show_price"]
+__all__ = ["LITELLM_URL", "add_catalog_parser", "pricer_for", "show_price"]
 
 #: Where ``metered catalog update`` fetches LiteLLM's cost map.
 LITELLM_URL = (
@@ -33,6 +34,11 @@ LITELLM_URL = (
 )
 _MAX_BYTES = 64 * 1024 * 1024  # both files are a few MB; refuse anything absurd
 _TIMEOUT = 30
+
+
+def pricer_for(config: Config) -> Pricer:
+    """The pricer of ``config`` with the layers its ``catalog`` section asks for."""
+    return Pricer(config, catalog=Catalog.from_config(config.catalog))
 
 
 def show_price(value: Decimal | None, as_input: bool = False) -> str:

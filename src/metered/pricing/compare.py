@@ -90,14 +90,30 @@ def per_mtok(rate: Decimal) -> Decimal:
     return value.quantize(Decimal(1)) if value == value.to_integral_value() else value
 
 
+def _find(
+    layer: Layer, names: Sequence[str], provider: str, region: str | None
+) -> CatalogEntry | None:
+    for name in names:
+        entry = layer.find(name, provider, region)
+        if entry is not None:
+            return entry
+    return None
+
+
 def disagreements(
-    layers: Sequence[Layer], model: str, provider: str, region: str | None = None
+    layers: Sequence[Layer], model: str | Sequence[str], provider: str, region: str | None = None
 ) -> list[PriceDiff]:
     """Every price of ``model`` (served by ``provider`` in ``region``) on which the
-    layers that price it disagree; empty when fewer than two price it."""
+    layers that price it disagree; empty when fewer than two price it.
+
+    ``model`` may be a chain of names, most specific first (a resolved id's
+    ``cost_chain``): each layer answers with the first name it prices.
+    """
+    names = (model,) if isinstance(model, str) else tuple(model)
     found: dict[str, CatalogEntry | None] = {}
     for layer in layers:
-        found.setdefault(layer.name, layer.find(model, provider, region))
+        found.setdefault(layer.name, _find(layer, names, provider, region))
+    model = names[0]
     rates = {name: e.current_rates() for name, e in found.items() if e is not None}
     if len(rates) < 2:
         return []
