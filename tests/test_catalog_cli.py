@@ -6,6 +6,7 @@ import http.server
 import json
 import shlex
 import threading
+import zipfile
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -15,11 +16,24 @@ import pytest
 from metered.cli import main
 from metered.pricing.catalog import default_layers
 from metered.pricing.compare import disagreements, per_mtok
-from metered.pricing.litellm import LiteLLMLayer
+from metered.pricing.litellm import LITELLM_DATA_FILE, LiteLLMLayer
 
 DATA = Path(__file__).parent / "data"
 LITELLM = DATA / "litellm_prices.json"
 GENAI = DATA / "genai_prices_data.json"
+#: a developer's downloaded litellm wheel (`pip download litellm --no-deps -d /tmp/ll`)
+WHEELS = sorted(Path("/tmp/ll").glob("litellm-*.whl"))
+
+
+@pytest.fixture
+def real_cost_map(tmp_path: Path) -> Path:
+    """LiteLLM's real cost map, copied out of a downloaded wheel (skips without one)."""
+    if not WHEELS:
+        pytest.skip("no litellm wheel in /tmp/ll")
+    target = tmp_path / "model_prices_and_context_window.json"
+    with zipfile.ZipFile(WHEELS[-1]) as wheel:
+        target.write_bytes(wheel.read(f"litellm/{LITELLM_DATA_FILE}"))
+    return target
 
 
 def run(capsys: pytest.CaptureFixture[str], command: str) -> tuple[int, str, str]:
@@ -60,6 +74,17 @@ def test_diff_lists_every_disagreement_per_1m_tokens(capsys: pytest.CaptureFixtu
     ]
     assert out.splitlines()[-1].startswith("5 disagreement(s) in 2 model(s); layers: corrections")
     assert out.splitlines()[-1].endswith("litellm litellm_prices.json")
+
+
+def test_diff_against_the_real_cost_map(
+    capsys: pytest.CaptureFixture[str], real_cost_map: Path
+) -> None:
+    """The acceptance run: `metered catalog diff gpt-4o --litellm <LiteLLM's file>`."""
+    code, out, err = run(capsys, f"catalog diff gpt-4o --litellm {real_cost_map}")
+    assert (code, err) == (0, "")
+    assert ["azure", "gpt-4o", "us", "input", "-", "$2.5", "$2.75"] in rows(out)
+    assert all(row[0] in ("azure", "openai") for row in rows(out))
+    assert out.splitlines()[-1].endswith(f"litellm {real_cost_map.name}")
 
 
 def test_diff_shows_long_context_tiers(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from metered.usage import Usage
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "litellm_prices.json"
 GENAI_FIXTURE = DATA / "genai_prices_data.json"
-WHEEL_COPY = Path("/tmp/ll/x/litellm") / LITELLM_DATA_FILE
+WHEELS = sorted(Path("/tmp/ll").glob("litellm-*.whl"))  # `pip download litellm --no-deps`
 MTOK = 10**6
 
 
@@ -234,10 +235,13 @@ def test_missing_data_files_are_config_errors(catalog: dict[str, str], message: 
     assert str(info.value).startswith(message)
 
 
-@pytest.mark.skipif(not WHEEL_COPY.is_file(), reason="the litellm wheel's cost map is not here")
-def test_the_real_cost_map_loads() -> None:
-    """The cost map of litellm 1.110.2, when a developer has unpacked it."""
-    layer = LiteLLMLayer(WHEEL_COPY)
+@pytest.mark.skipif(not WHEELS, reason="no downloaded litellm wheel in /tmp/ll")
+def test_the_real_cost_map_loads(tmp_path: Path) -> None:
+    """The cost map of a downloaded litellm wheel (1.110.2 here), copied out of it."""
+    path = tmp_path / "prices.json"
+    with zipfile.ZipFile(WHEELS[-1]) as wheel:
+        path.write_bytes(wheel.read(f"litellm/{LITELLM_DATA_FILE}"))
+    layer = LiteLLMLayer(path)
     assert sum(1 for _ in layer.entries()) > 1000
     entry = layer.find("gpt-4o", "openai", None)
     assert entry is not None
