@@ -103,7 +103,9 @@ def _disagreement(diffs: list[PriceDiff], source: str) -> str:
     parts = []
     for d in diffs:
         values = ", ".join(
-            f"{name} {show_price(v, name in d.as_input)}" for name, v in d.values.items() if v
+            f"{name} {show_price(v, name in d.as_input)}"
+            for name, v in d.values.items()
+            if v is not None
         )
         parts.append(f"{d.label}: {values}")
     return f"price layers disagree ({'; '.join(parts)}); priced by {source}"
