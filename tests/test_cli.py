@@ -307,6 +307,103 @@ def test_check_catches_alias_cycles(capsys: pytest.CaptureFixture[str], tmp_path
     assert err.startswith("error: models.aliases.a: aliases form a cycle")
 
 
+def test_check_reports_every_problem_in_one_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad upstream, a price below cost and a deprecated model: all three, one line each."""
+    code, out, err = run(capsys, f"check {quoted(CONFIGS / 'check_three_problems.yaml')}")
+    assert (code, err) == (1, "")
+    lines = out.splitlines()
+    findings = [line for line in lines if line.startswith(("error", "warning"))]
+    assert [" ".join(line.split()) for line in findings] == [
+        "error chat - upstream upstream 'openia' does not exist: one of openai, anthropic, "
+        "fake or an http(s) URL",
+        "warning chat gpt-4o route.models route chat prices gpt-4o at $0.001, below its cost "
+        "$0.0075 (1000 input + 500 output tokens)",
+        "warning chat gemini-2.0-flash route.models is deprecated "
+        "(genai-prices google/gemini-2.0-flash)",
+    ]
+    assert len(lines) == 2 + len(findings) + 1  # header, rule, findings, summary
+    assert lines[-1].endswith("check_three_problems.yaml: 1 route(s), 1 error(s), 2 warning(s)")
+
+
+def test_check_reports_a_bad_upstream_beside_another_config_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A bad upstream and a config that still does not load: both errors, no traceback."""
+    path = tmp_path / "metered.yaml"
+    path.write_text("routes:\n  chat:\n    upstream: nope\n    markup: 0.2\n", encoding="utf-8")
+    code, out, err = run(capsys, f"check {quoted(path)}")
+    assert (code, out) == (1, "")
+    first, second = err.splitlines()
+    assert first.startswith("error: routes.chat.upstream: upstream 'nope' does not exist")
+    assert second.startswith("error: routes.chat.markup: ")
+
+
+def test_check_warns_when_price_layers_disagree(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A model whose corrections and genai-prices (or LiteLLM) prices differ is a warning."""
+    litellm = Path(__file__).parent / "data" / "litellm_prices.json"
+    path = tmp_path / "metered.yaml"
+    path.write_text(
+        f"catalog:\n  litellm: {litellm}\n"
+        'models:\n  allow: ["deepseek-chat", "gpt-4o-search-preview", "gpt-4o"]\n',
+        encoding="utf-8",
+    )
+    code, out, _ = run(capsys, f"check {quoted(path)} --json")
+    assert code == 0
+    problems = {f["model"]: f["problem"] for f in json.loads(out)["findings"]}
+    assert problems["deepseek-chat"] == (
+        "price layers disagree ("
+        "input: corrections $0.28, genai-prices $0.27, litellm $0.28; "
+        "output: corrections $0.42, genai-prices $1.1, litellm $0.42; "
+        "cache_read: corrections $0.028, genai-prices $0.07, litellm $0.028; "
+        "cache_write: corrections $0.28 (input), genai-prices $0.27 (input), litellm $0); "
+        "priced by corrections"
+    )
+    assert problems["gpt-4o-search-preview"] == (
+        "price layers disagree (cache_read: genai-prices $2.5 (input), litellm $1.25); "
+        "priced by genai-prices"
+    )
+    assert "gpt-4o" not in problems  # the layers agree
+
+
+def test_check_compares_corrections_without_a_second_layer(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Corrections cover deepseek-chat: the snapshot's figure is shown beside them."""
+    path = tmp_path / "metered.yaml"
+    path.write_text('models:\n  allow: ["deepseek-chat", "gpt-4o"]\n', encoding="utf-8")
+    code, out, _ = run(capsys, f"check {quoted(path)}")
+    assert code == 0
+    warnings = [line for line in out.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1
+    assert "deepseek-chat" in warnings[0]
+    assert "(input: corrections $0.28, genai-prices $0.27; " in warnings[0]
+
+
+def test_check_warns_about_a_model_id_naming_an_unknown_provider(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "metered.yaml"
+    path.write_text('routes:\n  chat:\n    models:\n      groqq/llama-3: "$0.01"\n')
+    code, out, _ = run(capsys, f"check {quoted(path)} --json")
+    assert code == 0
+    assert [f["problem"] for f in json.loads(out)["findings"]] == [
+        "no catalog cost: margin unknown",
+        "names provider 'groqq', which metered does not know",
+    ]
+
+
+def test_check_reports_a_missing_price_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "metered.yaml"
+    path.write_text("catalog:\n  litellm: /no/such/prices.json\n", encoding="utf-8")
+    code, out, err = run(capsys, f"check {quoted(path)}")
+    assert (code, out) == (1, "")
+    assert err == "error: catalog.litellm: '/no/such/prices.json' is not a readable file\n"
+
+
 def test_check_entry_point_runs_as_a_module() -> None:
     """`python -m metered check` is wired to the same CLI, exit code and stderr included."""
     bad = CONFIGS / "bad" / "typo_key.yaml"
