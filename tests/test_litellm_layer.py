@@ -34,7 +34,7 @@ def test_prices_are_read_exactly(layer: LiteLLMLayer) -> None:
     """2.5e-06 becomes Decimal('0.0000025'): no float arithmetic."""
     entry = layer.find("gpt-4o", "openai", None)
     assert entry is not None
-    assert entry.rates == CostRates(
+    assert entry.current_rates() == CostRates(
         input=Decimal("0.0000025"), output=Decimal("0.00001"), cache_read=Decimal("0.00000125")
     )
     assert (entry.source, entry.provider, entry.context_window, entry.max_output_tokens) == (
@@ -61,7 +61,7 @@ def test_long_context_prices_are_a_tier_at_200k(layer: LiteLLMLayer) -> None:
     """`_above_200k_tokens` rates switch every token once the prompt is over 200,000."""
     entry = layer.find("gemini-2.5-pro", "google", None)
     assert entry is not None
-    rates = entry.rates
+    rates = entry.current_rates()
     assert isinstance(rates, TieredRates)
     assert [start for start, _ in rates.tiers] == [200000]
     small = Usage(input_tokens=200000, output_tokens=1000)
@@ -73,9 +73,10 @@ def test_long_context_prices_are_a_tier_at_200k(layer: LiteLLMLayer) -> None:
 def test_cache_writes_of_one_hour_are_priced(layer: LiteLLMLayer) -> None:
     entry = layer.find("claude-sonnet-4-5", "anthropic", None)
     assert entry is not None
-    assert isinstance(entry.rates, CostRates)
-    assert entry.rates.cache_write == Decimal("0.00000375")
-    assert entry.rates.cache_write_1h == Decimal("0.000006")
+    rates = entry.current_rates()
+    assert isinstance(rates, CostRates)
+    assert rates.cache_write == Decimal("0.00000375")
+    assert rates.cache_write_1h == Decimal("0.000006")
 
 
 def test_lookups_are_provider_true(layer: LiteLLMLayer) -> None:
@@ -98,8 +99,9 @@ def test_regions_only_when_the_key_names_them(layer: LiteLLMLayer) -> None:
     eu = layer.find("gpt-4o-2024-08-06", "azure", "eu")
     assert eu is not None
     assert eu.region == "eu"
-    assert isinstance(eu.rates, CostRates)
-    assert eu.rates.input == Decimal("0.00000275")
+    eu_rates = eu.current_rates()
+    assert isinstance(eu_rates, CostRates)
+    assert eu_rates.input == Decimal("0.00000275")
     assert layer.find("gpt-4o-2024-08-06", "azure", None) is None
     gov = layer.find("anthropic.claude-3-haiku-20240307-v1:0", "aws", "us-gov-west-1")
     assert gov is not None
@@ -203,6 +205,9 @@ def test_pricer_quotes_from_the_configured_layers() -> None:
     quote = pricer.quote("azure/eu/gpt-4o-2024-08-06", Usage(input_tokens=1000, output_tokens=500))
     assert quote.cost == (Decimal("2.75") * 1000 + Decimal(11) * 500) / MTOK
     assert quote.provider == "azure"
+    batch = Usage(input_tokens=1000, output_tokens=500, batch=True)
+    quote = pricer.quote("azure/eu/gpt-4o-2024-08-06", batch)
+    assert quote.cost == (Decimal("1.375") * 1000 + Decimal("5.5") * 500) / MTOK
 
 
 def test_genai_prices_data_file_replaces_the_snapshot() -> None:
@@ -248,3 +253,30 @@ def test_the_real_cost_map_loads(tmp_path: Path) -> None:
     assert entry.current_rates() == CostRates(
         input=Decimal("0.0000025"), output=Decimal("0.00001"), cache_read=Decimal("0.00000125")
     )
+
+
+@pytest.mark.parametrize(
+    ("usage", "cost"),
+    [
+        (Usage(input_tokens=1000, output_tokens=500), "0.0075"),
+        (Usage(input_tokens=1000, output_tokens=500, batch=True), "0.00375"),
+        (Usage(input_tokens=1000, output_tokens=500, service_tier="priority"), "0.01275"),
+        (Usage(input_tokens=1000, output_tokens=500, service_tier="scale"), "0.0075"),
+    ],
+)
+def test_batch_and_service_tier_rates(layer: LiteLLMLayer, usage: Usage, cost: str) -> None:
+    """`_batches` and `_priority` rates price those calls; an unknown tier is standard."""
+    entry = layer.find("gpt-4o", "openai", None)
+    assert entry is not None
+    assert entry.rates.cost(usage) == Decimal(cost)
+    assert entry.current_rates() == CostRates(
+        input=Decimal("0.0000025"), output=Decimal("0.00001"), cache_read=Decimal("0.00000125")
+    )
+
+
+def test_batch_rates_keep_their_long_context_tier(layer: LiteLLMLayer) -> None:
+    entry = layer.find("gemini-2.5-pro", "google", None)
+    assert entry is not None
+    usage = Usage(input_tokens=300000, output_tokens=1000, batch=True)
+    # batch: $1.25 input and $7.5 output per 1M above 200k (standard: $2.5 and $15)
+    assert entry.rates.cost(usage) == (Decimal("1.25") * 300000 + Decimal("7.5") * 1000) / MTOK

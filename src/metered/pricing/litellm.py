@@ -18,8 +18,9 @@ Provider-true lookups, like the other layers: a named provider gets only its own
 a region gets the entry for that region, or (for a region billed at the default price,
 :func:`~metered.pricing.entry.region_is_default`) the region-less one; an id that names
 no provider gets the entry LiteLLM keys without a prefix (its own provider's).
-Service-tier (``_priority``, ``_flex``) and batch (``_batches``) rates are not read: a
-call on those tiers is priced at the standard rates by this layer.
+Service-tier (``_priority``, ``_flex``) and batch (``_batches``) rates price the calls
+of that tier or batch (a rate the variant lacks is the standard one); other variants
+(``_ultrafast``...) are not read.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from metered.pricing.entry import CatalogEntry, provider_id, region_is_default
-from metered.pricing.rates import CostRates, Rates, TieredRates
+from metered.pricing.rates import CostRates, Rates, TieredRates, TimedRates
 
 __all__ = ["LITELLM_DATA_FILE", "LiteLLMLayer", "litellm_provider"]
 
@@ -71,7 +72,16 @@ _FIELDS = {
     "cache_creation_input_token_cost_above_1hr": "cache_write_1h",
     "output_cost_per_reasoning_token": "reasoning",
 }
-_TIER = re.compile(r"^(?P<field>" + "|".join(_FIELDS) + r")_above_(?P<k>\d+)k_tokens$")
+_TIER = re.compile(
+    r"^(?P<field>" + "|".join(_FIELDS) + r")_above_(?P<k>\d+)k_tokens"
+    r"(?:_(?P<variant>batches|priority|flex))?$"
+)
+# a rate's suffix -> the request context it applies to (rates.price_context)
+_VARIANTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "batches": (("processing", "batch"),),
+    "priority": (("service_tier", "priority"),),
+    "flex": (("service_tier", "flex"),),
+}
 
 
 def litellm_provider(name: str) -> str:
@@ -97,10 +107,36 @@ def _decimal(value: Any) -> Decimal | None:
     return number if number.is_finite() and number >= 0 else None
 
 
-def _rates(spec: Mapping[str, Any]) -> Rates | None:
-    base: dict[str, Decimal | None] = {
-        name: _decimal(spec.get(key)) for key, name in _FIELDS.items()
-    }
+class _ContextRates(TimedRates):
+    """LiteLLM's service-tier and batch rates (``_priority``, ``_flex``, ``_batches``),
+    chosen by the request's context like genai-prices' price variants."""
+
+    __slots__ = ("_standard", "_variants")
+
+    def __init__(
+        self,
+        standard: CostRates | TieredRates,
+        variants: dict[tuple[tuple[str, str], ...], CostRates | TieredRates],
+    ) -> None:
+        super().__init__(None)
+        self._standard = standard
+        self._variants = variants
+
+    def _select(
+        self, when: datetime, context: tuple[tuple[str, str], ...]
+    ) -> CostRates | TieredRates:
+        return self._variants.get(context, self._standard)
+
+
+def _compile(spec: Mapping[str, Any], variant: str | None) -> CostRates | TieredRates | None:
+    """The rates of the standard tier (``variant`` ``None``) or of a variant; ``None`` if
+    they do not price input and output. A variant's missing rates are the standard's."""
+    base = {name: _decimal(spec.get(key)) for key, name in _FIELDS.items()}
+    if variant is not None:
+        own = {name: _decimal(spec.get(f"{key}_{variant}")) for key, name in _FIELDS.items()}
+        if own["input"] is None or own["output"] is None:
+            return None
+        base.update({name: value for name, value in own.items() if value is not None})
     if base["input"] is None or base["output"] is None:
         return None  # an input price alone would bill output at $0
     search = spec.get("search_context_cost_per_query")
@@ -108,11 +144,12 @@ def _rates(spec: Mapping[str, Any]) -> Rates | None:
         _decimal(search.get("search_context_size_medium")) if isinstance(search, dict) else None
     )
     by_start: dict[int, dict[str, Decimal]] = {}
-    for key, value in spec.items():
-        m = _TIER.match(key)
-        price = _decimal(value) if m else None
-        if m and price is not None:
-            by_start.setdefault(int(m["k"]) * 1000, {})[_FIELDS[m["field"]]] = price
+    for wanted in (None, variant) if variant is not None else (None,):
+        for key, value in spec.items():
+            m = _TIER.match(key)
+            price = _decimal(value) if m is not None and m["variant"] == wanted else None
+            if m is not None and price is not None:
+                by_start.setdefault(int(m["k"]) * 1000, {})[_FIELDS[m["field"]]] = price
     rates = CostRates(web_search=web_search, **base)
     if not by_start:
         return rates
@@ -122,6 +159,18 @@ def _rates(spec: Mapping[str, Any]) -> Rates | None:
         current.update(by_start[start])
         tiers.append((start, CostRates(web_search=web_search, **current)))
     return TieredRates(rates, tuple(tiers))
+
+
+def _rates(spec: Mapping[str, Any]) -> Rates | None:
+    standard = _compile(spec, None)
+    if standard is None:
+        return None
+    variants = {
+        context: rates
+        for variant, context in _VARIANTS.items()
+        if (rates := _compile(spec, variant)) is not None
+    }
+    return _ContextRates(standard, variants) if variants else standard
 
 
 def _int(value: Any) -> int | None:
