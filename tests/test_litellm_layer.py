@@ -240,6 +240,28 @@ def test_missing_data_files_are_config_errors(catalog: dict[str, str], message: 
     assert str(info.value).startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("key", "text", "reason"),
+    [
+        ("litellm", '{"gpt-4o": ', "(Expecting value: line 1 column 12 (char 11))"),
+        ("litellm", "[1, 2]", "a LiteLLM cost map is an object of models)"),
+        ("genai_prices_data", "{}", "a genai-prices data file is a list of providers)"),
+    ],
+)
+def test_data_files_that_do_not_load_are_config_errors(
+    tmp_path: Path, key: str, text: str, reason: str
+) -> None:
+    """A broken price file fails when the catalog is built, not on the first call."""
+    path = tmp_path / "prices.json"
+    path.write_text(text, encoding="utf-8")
+    config = load_config({"catalog": {key: str(path)}})
+    with pytest.raises(ConfigError) as info:
+        Catalog.from_config(config.catalog)
+    message = str(info.value)
+    assert message.startswith(f"catalog.{key}: '{path}' does not load as a price file (")
+    assert message.endswith(reason)
+
+
 @pytest.mark.skipif(not WHEELS, reason="no downloaded litellm wheel in /tmp/ll")
 def test_the_real_cost_map_loads(tmp_path: Path) -> None:
     """The cost map of a downloaded litellm wheel (1.110.2 here), copied out of it."""

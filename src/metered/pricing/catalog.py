@@ -227,19 +227,41 @@ def _data_file(key: str, value: str) -> Path:
     return path
 
 
+def _loaded(key: str, value: str, layer: Layer) -> Layer:
+    """``layer``, its data file read now: a file that does not load is a config error at
+    start-up, not a failure of the first call it would price."""
+    try:
+        next(iter(layer.entries()), None)
+    except (OSError, ValueError, TypeError, LookupError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        problem = f"does not load as a price file ({reason})"
+        raise ConfigError(f"catalog.{key}", problem, value) from None
+    return layer
+
+
 def config_layers(config: CatalogConfig) -> tuple[Layer, ...]:
-    """The layers after the overrides that a config's ``catalog`` section asks for."""
+    """The layers after the overrides that a config's ``catalog`` section asks for; the
+    data files it names are read (and checked) here.
+
+    Raises:
+        ConfigError: a data file that does not exist or does not load, or
+            ``litellm: installed`` without an installed litellm package.
+    """
     layers: list[Layer] = []
     if config.source != "none":
         data = config.genai_prices_data
-        genai = GenaiPricesLayer(None if data is None else _data_file("genai_prices_data", data))
+        genai: Layer = GenaiPricesLayer()
+        if data is not None:
+            key = "genai_prices_data"
+            genai = _loaded(key, data, GenaiPricesLayer(_data_file(key, data)))
         layers += [CorrectionsLayer(), genai]
     if config.litellm == "installed":
         installed = LiteLLMLayer.installed()
         if installed is None:
             problem = "needs an installed litellm package with its cost map"
             raise ConfigError("catalog.litellm", problem, config.litellm)
-        layers.append(installed)
+        layers.append(_loaded("litellm", config.litellm, installed))
     elif config.litellm is not None:
-        layers.append(LiteLLMLayer(_data_file("litellm", config.litellm)))
+        path = _data_file("litellm", config.litellm)
+        layers.append(_loaded("litellm", config.litellm, LiteLLMLayer(path)))
     return tuple(layers)
