@@ -92,6 +92,57 @@ def test_quote_unknown_model_exits_1(capsys: pytest.CaptureFixture[str]) -> None
     assert err.startswith("error: model 'my-private-llm' has no price")
 
 
+def test_quote_fills_the_new_usage_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    """--cache-write-1h, --web-searches: Anthropic's 1h cache writes and searches are billed."""
+    command = (
+        "quote claude-sonnet-4-5 --input 1000 --output 500 --cache-write 400 "
+        "--cache-write-1h 100 --web-searches 2 --json"
+    )
+    code, out, _ = run(capsys, command)
+    assert code == 0
+    data = json.loads(out)
+    # 600 input at $3, 300 5-minute writes at $3.75, 100 1h writes at $6, 500 output at $15
+    tokens = (600 * Decimal(3) + 300 * Decimal("3.75") + 100 * Decimal(6) + 500 * 15) / MTOK
+    assert Decimal(data["cost_usd"]) == tokens + 2 * Decimal("0.01")  # $10 / 1000 searches
+    assert data["usage"]["cache_write_1h_tokens"] == 100
+    assert data["usage"]["web_search_requests"] == 2
+
+
+def test_quote_batch_and_service_tier(capsys: pytest.CaptureFixture[str]) -> None:
+    """--batch halves gpt-4o; --service-tier priority uses the priority rates."""
+    code, out, _ = run(capsys, "quote gpt-4o --input 1000 --output 500 --batch")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[2].split()[5] == "$0.00375"
+    assert lines[-1].startswith("usage: 1000 input (0 cache read, 0 cache write), 500 output")
+    assert ", batch; prices: " in lines[-1]
+    code, out, _ = run(capsys, "quote gpt-4o --input 1000 --output 500 --service-tier priority")
+    assert code == 0
+    assert out.splitlines()[2].split()[5] == "$0.01275"
+    assert ", service tier priority; " in out.splitlines()[-1]
+
+
+def test_quote_keeps_the_table_when_a_route_rejects_a_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A model the route rejects is an `unpriced` row; the others are quoted; exit 1."""
+    path = tmp_path / "metered.yaml"
+    path.write_text('routes:\n  chat:\n    models:\n      gpt-4o: "$0.05"\n', encoding="utf-8")
+    command = f"quote my-llm gpt-4o --input 10 --output 5 --config {quoted(path)} --route chat"
+    code, out, err = run(capsys, command)
+    assert code == 1
+    rows = [line.split() for line in out.splitlines()[2:4]]
+    assert rows[0] == ["my-llm", "-", "-", "unpriced", "token-based", "-", "-", "-"]
+    assert rows[1][:4] == ["gpt-4o", "gpt-4o", "openai", "route.models"]
+    assert err == "error: model 'my-llm' has no price (unpriced: cost unknown)\n"
+    code, out, _ = run(capsys, f"{command} --json")
+    assert code == 1
+    assert [(q["requested_model"], q["price_usd"]) for q in json.loads(out)] == [
+        ("my-llm", None),
+        ("gpt-4o", "0.05"),
+    ]
+
+
 def test_quote_impossible_usage_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     """--cache-read above --input is reported, not a traceback."""
     code, _, err = run(capsys, "quote gpt-4o --input 1 --output 1 --cache-read 5")
@@ -146,6 +197,43 @@ def test_models_includes_config_overrides(capsys: pytest.CaptureFixture[str]) ->
     code, out, _ = run(capsys, f"models acme --config {quoted(CONFIGS / 'full.yaml')}")
     assert code == 0
     assert out.splitlines()[2].split()[:4] == ["acme-negotiated", "custom", "$2", "$8"]
+
+
+def test_models_prints_prices_without_float_noise(capsys: pytest.CaptureFixture[str]) -> None:
+    """Per-1M prices are exact and plain: `$10`, `$2.5`, never `1E+1` or `2.500000`."""
+    code, out, _ = run(capsys, "models ^gpt-4o$ --json")
+    assert code == 0
+    (row,) = [r for r in json.loads(out) if r["model"] == "gpt-4o"]
+    assert (row["input_per_mtok"], row["output_per_mtok"], row["cache_read_per_mtok"]) == (
+        "2.5",
+        "10",
+        "1.25",
+    )
+    code, out, _ = run(capsys, "models ^gpt-4o$")
+    assert ["gpt-4o", "openai", "$2.5", "$10", "$1.25"] in [
+        line.split()[:5] for line in out.splitlines()
+    ]
+
+
+def test_models_lists_the_ids_quote_prices(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each listed id is one `metered quote` prices, with the listed prices: a model another
+    provider serves is listed with its provider named."""
+    code, out, _ = run(capsys, "models ^claude-sonnet-4-5$ --json")
+    assert code == 0
+    listed = {r["model"]: r for r in json.loads(out)}
+    assert {"claude-sonnet-4-5", "vertex_ai/claude-sonnet-4-5"} <= set(listed)
+    assert listed["vertex_ai/claude-sonnet-4-5"]["provider"] == "google"
+    for model, row in listed.items():
+        code, out, _ = run(capsys, f"quote {model} --input 1000 --output 0 --json")
+        assert code == 0, model
+        expected = Decimal(row["input_per_mtok"]) * 1000 / MTOK
+        assert Decimal(json.loads(out)["cost_usd"]) == expected, model
+
+
+def test_models_marks_deprecated_models(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models ^gemini-2.0-flash$")
+    assert code == 0
+    assert out.splitlines()[2].split()[:3] == ["gemini-2.0-flash", "(deprecated)", "google"]
 
 
 def test_models_without_match_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
@@ -217,6 +305,103 @@ def test_check_catches_alias_cycles(capsys: pytest.CaptureFixture[str], tmp_path
     code, _, err = run(capsys, f"check {quoted(path)}")
     assert code == 1
     assert err.startswith("error: models.aliases.a: aliases form a cycle")
+
+
+def test_check_reports_every_problem_in_one_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad upstream, a price below cost and a deprecated model: all three, one line each."""
+    code, out, err = run(capsys, f"check {quoted(CONFIGS / 'check_three_problems.yaml')}")
+    assert (code, err) == (1, "")
+    lines = out.splitlines()
+    findings = [line for line in lines if line.startswith(("error", "warning"))]
+    assert [" ".join(line.split()) for line in findings] == [
+        "error chat - upstream upstream 'openia' does not exist: one of openai, anthropic, "
+        "fake or an http(s) URL",
+        "warning chat gpt-4o route.models route chat prices gpt-4o at $0.001, below its cost "
+        "$0.0075 (1000 input + 500 output tokens)",
+        "warning chat gemini-2.0-flash route.models is deprecated "
+        "(genai-prices google/gemini-2.0-flash)",
+    ]
+    assert len(lines) == 2 + len(findings) + 1  # header, rule, findings, summary
+    assert lines[-1].endswith("check_three_problems.yaml: 1 route(s), 1 error(s), 2 warning(s)")
+
+
+def test_check_reports_a_bad_upstream_beside_another_config_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A bad upstream and a config that still does not load: both errors, no traceback."""
+    path = tmp_path / "metered.yaml"
+    path.write_text("routes:\n  chat:\n    upstream: nope\n    markup: 0.2\n", encoding="utf-8")
+    code, out, err = run(capsys, f"check {quoted(path)}")
+    assert (code, out) == (1, "")
+    first, second = err.splitlines()
+    assert first.startswith("error: routes.chat.upstream: upstream 'nope' does not exist")
+    assert second.startswith("error: routes.chat.markup: ")
+
+
+def test_check_warns_when_price_layers_disagree(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A model whose corrections and genai-prices (or LiteLLM) prices differ is a warning."""
+    litellm = Path(__file__).parent / "data" / "litellm_prices.json"
+    path = tmp_path / "metered.yaml"
+    path.write_text(
+        f"catalog:\n  litellm: {litellm}\n"
+        'models:\n  allow: ["deepseek-chat", "gpt-4o-search-preview", "gpt-4o"]\n',
+        encoding="utf-8",
+    )
+    code, out, _ = run(capsys, f"check {quoted(path)} --json")
+    assert code == 0
+    problems = {f["model"]: f["problem"] for f in json.loads(out)["findings"]}
+    assert problems["deepseek-chat"] == (
+        "price layers disagree ("
+        "input: corrections $0.28, genai-prices $0.27, litellm $0.28; "
+        "output: corrections $0.42, genai-prices $1.1, litellm $0.42; "
+        "cache_read: corrections $0.028, genai-prices $0.07, litellm $0.028; "
+        "cache_write: corrections $0.28 (input), genai-prices $0.27 (input), litellm $0); "
+        "priced by corrections"
+    )
+    assert problems["gpt-4o-search-preview"] == (
+        "price layers disagree (cache_read: genai-prices $2.5 (input), litellm $1.25); "
+        "priced by genai-prices"
+    )
+    assert "gpt-4o" not in problems  # the layers agree
+
+
+def test_check_compares_corrections_without_a_second_layer(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Corrections cover deepseek-chat: the snapshot's figure is shown beside them."""
+    path = tmp_path / "metered.yaml"
+    path.write_text('models:\n  allow: ["deepseek-chat", "gpt-4o"]\n', encoding="utf-8")
+    code, out, _ = run(capsys, f"check {quoted(path)}")
+    assert code == 0
+    warnings = [line for line in out.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1
+    assert "deepseek-chat" in warnings[0]
+    assert "(input: corrections $0.28, genai-prices $0.27; " in warnings[0]
+
+
+def test_check_warns_about_a_model_id_naming_an_unknown_provider(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "metered.yaml"
+    path.write_text('routes:\n  chat:\n    models:\n      groqq/llama-3: "$0.01"\n')
+    code, out, _ = run(capsys, f"check {quoted(path)} --json")
+    assert code == 0
+    assert [f["problem"] for f in json.loads(out)["findings"]] == [
+        "no catalog cost: margin unknown",
+        "names provider 'groqq', which metered does not know",
+    ]
+
+
+def test_check_reports_a_missing_price_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "metered.yaml"
+    path.write_text("catalog:\n  litellm: /no/such/prices.json\n", encoding="utf-8")
+    code, out, err = run(capsys, f"check {quoted(path)}")
+    assert (code, out) == (1, "")
+    assert err == "error: catalog.litellm: '/no/such/prices.json' is not a readable file\n"
 
 
 def test_check_entry_point_runs_as_a_module() -> None:

@@ -1,11 +1,12 @@
-"""The ``metered`` command: quote, check, models, tokens, report, propose, gateway.
+"""The ``metered`` command: quote, check, models, tokens, catalog, report, propose, gateway.
 
 Human output is a plain table; ``--json`` prints one JSON document for scripts.
 Errors print one line on stderr and exit 1; usage errors exit 2.
 
 Each command lives with its arguments and output: :mod:`metered.cli.pricing` (quote,
-check, models, tokens), :mod:`metered.cli.reports` (report, propose),
-:mod:`metered.cli.gateway`; shared output helpers in :mod:`metered.cli.format`.
+models, tokens), :mod:`metered.cli.check`, :mod:`metered.cli.catalog` (catalog diff,
+catalog update), :mod:`metered.cli.reports` (report, propose), :mod:`metered.cli.gateway`;
+shared output helpers in :mod:`metered.cli.format`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from metered.cli.catalog import add_catalog_parser
+from metered.cli.check import add_check_parser
 from metered.cli.gateway import add_gateway_parser
 from metered.cli.pricing import add_pricing_parsers
 from metered.cli.reports import add_report_parsers
@@ -28,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     add_pricing_parsers(sub)
+    add_check_parser(sub)
+    add_catalog_parser(sub)
     add_gateway_parser(sub)
     add_report_parsers(sub)
     return parser

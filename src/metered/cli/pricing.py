@@ -1,4 +1,4 @@
-"""``metered quote | check | models | tokens``: prices, config checks, the catalog, counts.
+"""``metered quote | models | tokens``: prices, the catalog, counts.
 
 Each command prints a plain table, or one JSON document with ``--json``.
 """
@@ -8,19 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from decimal import Decimal
 from typing import Any
 
 from metered import tokens
+from metered.cli.catalog import pricer_for, show_price
 from metered.cli.format import dump, table
 from metered.config import Config, load_config, load_yaml
-from metered.engine.outbox import Outbox, outbox_path
+from metered.errors import InvalidRequest, MeteredError, PolicyDenied, UnknownModel
 from metered.money import format_usd
-from metered.pricing.catalog import TieredRates
+from metered.pricing.catalog import CatalogEntry, TieredRates
+from metered.pricing.compare import per_mtok
+from metered.pricing.resolve import PROVIDER_PREFIXES
 from metered.pricing.route import Pricer, Quote
 from metered.usage import Usage
 
-__all__ = ["add_pricing_parsers", "check_findings"]
+__all__ = ["add_pricing_parsers"]
 
 
 def _load(path: str | None) -> Config:
@@ -28,6 +30,7 @@ def _load(path: str | None) -> Config:
 
 
 def _quote_dict(q: Quote) -> dict[str, Any]:
+    u = q.usage
     return {
         "requested_model": q.requested_model,
         "resolved_model": q.resolved_model,
@@ -40,27 +43,67 @@ def _quote_dict(q: Quote) -> dict[str, Any]:
         "margin_usd": q.margin,
         "catalog_version": q.catalog_version,
         "usage": {
-            "input_tokens": q.usage.input_tokens,
-            "cache_read_tokens": q.usage.cache_read_tokens,
-            "cache_write_tokens": q.usage.cache_write_tokens,
-            "output_tokens": q.usage.output_tokens,
-            "reasoning_tokens": q.usage.reasoning_tokens,
+            "input_tokens": u.input_tokens,
+            "cache_read_tokens": u.cache_read_tokens,
+            "cache_write_tokens": u.cache_write_tokens,
+            "cache_write_1h_tokens": u.cache_write_1h_tokens,
+            "output_tokens": u.output_tokens,
+            "reasoning_tokens": u.reasoning_tokens,
+            "web_search_requests": u.web_search_requests,
+            "service_tier": u.service_tier,
+            "batch": u.batch,
         },
     }
 
 
+def _unpriced(model: str, route: str | None, usage: Usage, version: str) -> Quote:
+    """The row of a model no rule prices on a route that rejects it."""
+    return Quote(
+        None, None, None, "unpriced", "token-based", model, None, None, route, usage, version
+    )
+
+
+def _usage_line(u: Usage) -> str:
+    extra = [f"{u.cache_write_1h_tokens} of them 1h"] if u.cache_write_1h_tokens else []
+    line = (
+        f"usage: {u.input_tokens} input ({u.cache_read_tokens} cache read, "
+        f"{u.cache_write_tokens} cache write{''.join(', ' + e for e in extra)}), "
+        f"{u.output_tokens} output ({u.reasoning_tokens} reasoning)"
+    )
+    if u.web_search_requests:
+        line += f", {u.web_search_requests} web search(es)"
+    if u.service_tier is not None:
+        line += f", service tier {u.service_tier}"
+    if u.batch:
+        line += ", batch"
+    return line
+
+
 def _cmd_quote(args: argparse.Namespace) -> int:
-    pricer = Pricer(_load(args.config))
+    pricer = pricer_for(_load(args.config))
+    route = pricer.route(args.route)  # an unknown route is an error, not a row
     usage = Usage(
         input_tokens=args.input,
         output_tokens=args.output,
         cache_read_tokens=args.cache_read,
         cache_write_tokens=args.cache_write,
+        cache_write_1h_tokens=args.cache_write_1h,
         reasoning_tokens=args.reasoning,
+        web_search_requests=args.web_searches,
+        service_tier=args.service_tier,
+        batch=args.batch,
         source="estimated",
     )
-    quotes = [pricer.quote(model, usage, route=args.route) for model in args.model]
-    # an unpriced model is a row that says so, and the exit status is 1
+    quotes: list[Quote] = []
+    for model in args.model:
+        # a model that cannot be priced is a row saying so: the table is never cut short
+        try:
+            quotes.append(route.quote(model, usage))
+        except UnknownModel:
+            quotes.append(_unpriced(model, route.name, usage, pricer.catalog.version))
+        except (InvalidRequest, PolicyDenied) as exc:
+            quotes.append(_unpriced(model, route.name, usage, pricer.catalog.version))
+            print(f"error: model {model!r}: {exc}", file=sys.stderr)
     unpriced = [q.requested_model for q in quotes if q.pricing_source == "unpriced"]
     status = 1 if unpriced else 0
     for model in unpriced:
@@ -86,113 +129,68 @@ def _cmd_quote(args: argparse.Namespace) -> int:
             ],
         )
     )
-    u = usage
-    print(
-        f"\nusage: {u.input_tokens} input ({u.cache_read_tokens} cache read, "
-        f"{u.cache_write_tokens} cache write), {u.output_tokens} output "
-        f"({u.reasoning_tokens} reasoning); prices: {quotes[0].catalog_version}"
-    )
+    print(f"\n{_usage_line(usage)}; prices: {quotes[0].catalog_version}")
     return status
 
 
-def check_findings(config: Config) -> list[dict[str, str]]:
-    """Models, aliases and allow-list entries that would fall back or have no price.
-
-    Args:
-        config: a loaded configuration.
-
-    Returns:
-        One finding per (route, model): ``level`` (``error``: every call would be
-        rejected; ``warning``), ``route``, ``model``, ``from`` (where the model is named)
-        and ``problem``.
-    """
-    pricer = Pricer(config)
-    findings: list[dict[str, str]] = []
-    routes = list(pricer.routes.items()) or [("(default)", pricer.route())]
-    names: list[tuple[str, str]] = [(a, "alias") for a in config.models.aliases]
-    names += [(d, "deployment") for d in config.models.deployments]
-    names += [(m, "allow") for m in config.models.allow or [] if "*" not in m]
-    for route_name, route in routes:
-        listed = [(m, "route.models") for m in route.config.models if m != "*"]
-        for model, origin in listed + names:
-            level, problem = "", ""
-            if not route.is_known(model):
-                policy = route.config.unknown_policy
-                if policy == "fallback":
-                    level, problem = "warning", "priced by the fallback"
-                elif policy == "unpriced":
-                    level, problem = "warning", "has no price: its calls would go unpriced"
-                else:
-                    level, problem = "error", "has no price: every call would be rejected"
-            elif route.entry(model) is None:
-                level, problem = "warning", "no catalog cost: margin unknown"
-            if problem:
-                findings.append(
-                    {
-                        "level": level,
-                        "route": route_name,
-                        "model": model,
-                        "from": origin,
-                        "problem": problem,
-                    }
-                )
-    return findings
+# catalog provider id -> the id prefix that names it (resolve.PROVIDER_PREFIXES)
+_PREFIX = {"aws": "bedrock", "google": "vertex_ai", "x-ai": "xai"}
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
-    config = load_yaml(args.config)
-    findings = check_findings(config)
-    path = outbox_path(config)
-    backlog = Outbox(path) if path is not None else None
-    if backlog is not None and len(backlog):
-        findings.append(
-            {
-                "level": "warning",
-                "route": "",
-                "model": "",
-                "from": str(backlog.path),
-                "problem": f"{len(backlog)} settlement(s) wait for the budget store",
-            }
-        )
-    errors = [f for f in findings if f["level"] == "error"]
-    if args.json:
-        dump({"ok": not errors, "findings": findings})
-    else:
-        if findings:
-            print(
-                table(
-                    ["level", "route", "model", "from", "problem"],
-                    [
-                        [f["level"], f["route"], f["model"], f["from"], f["problem"]]
-                        for f in findings
-                    ],
-                )
-            )
-        warnings = len(findings) - len(errors)
-        print(
-            f"{args.config}: {len(config.routes)} route(s), "
-            f"{len(errors)} error(s), {warnings} warning(s)"
-        )
-    return 1 if errors else 0
+def _complete(entry: CatalogEntry) -> bool:
+    rates = entry.current_rates()
+    base = rates.base if isinstance(rates, TieredRates) else rates
+    tokens = base.input is not None and base.output is not None
+    return tokens or base.request is not None or base.second is not None
+
+
+def _quotable(pricer: Pricer, entry: CatalogEntry) -> tuple[str, CatalogEntry] | None:
+    """The id ``metered quote`` prices as ``entry``'s model (the model id, else with its
+    provider and region named: ``azure/eu/gpt-4o``) and the entry it prices it with
+    (another layer's may win: metered's corrections); ``None`` if no id reaches it."""
+    prefix = _PREFIX.get(entry.provider, entry.provider)
+    candidates = [] if entry.region else [entry.model_id]
+    if prefix in PROVIDER_PREFIXES:
+        where = f"{entry.region}/" if entry.region else ""
+        candidates.append(f"{prefix}/{where}{entry.model_id}")
+    for model in candidates:
+        try:
+            resolved = pricer.resolver.resolve(model)
+        except MeteredError:
+            continue
+        for name in resolved.cost_chain:
+            found = pricer.catalog.lookup(name, provider=resolved.provider, region=resolved.region)
+            if found is not None:
+                if (found.provider, found.region) == (entry.provider, entry.region):
+                    return model, found
+                break
+    return None
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    pricer = Pricer(_load(args.config))
+    pricer = pricer_for(_load(args.config))
     rows: list[dict[str, Any]] = []
-    for entry in pricer.catalog.entries(args.pattern):
+    listed: set[str] = set()
+    for candidate in pricer.catalog.entries(args.pattern):
+        quotable = _quotable(pricer, candidate) if _complete(candidate) else None
+        if quotable is None or quotable[0] in listed or not _complete(quotable[1]):
+            continue  # only what `metered quote` can price, once
+        model, entry = quotable
+        listed.add(model)
         rates = entry.current_rates()
         base = rates.base if isinstance(rates, TieredRates) else rates
-        per = base.per_mtok()
         rows.append(
             {
-                "model": entry.model_id,
+                "model": model,
                 "provider": entry.provider,
                 "source": entry.source,
-                "input_per_mtok": per.get("input"),
-                "output_per_mtok": per.get("output"),
-                "cache_read_per_mtok": per.get("cache_read"),
-                "cache_write_per_mtok": per.get("cache_write"),
+                **{
+                    f"{kind}_per_mtok": None if rate is None else per_mtok(rate)
+                    for kind in ("input", "output", "cache_read", "cache_write")
+                    for rate in [getattr(base, kind)]
+                },
                 "tiered": isinstance(rates, TieredRates),
+                "deprecated": entry.deprecated,
                 "context_window": entry.context_window,
             }
         )
@@ -202,10 +200,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
         return 1
-
-    def usd(value: Decimal | None) -> str:
-        return "-" if value is None else f"${value:f}"
-
     print(
         table(
             [
@@ -219,12 +213,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
             ],
             [
                 [
-                    r["model"] + (" (tiered)" if r["tiered"] else ""),
+                    r["model"]
+                    + (" (tiered)" if r["tiered"] else "")
+                    + (" (deprecated)" if r["deprecated"] else ""),
                     r["provider"],
-                    usd(r["input_per_mtok"]),
-                    usd(r["output_per_mtok"]),
-                    usd(r["cache_read_per_mtok"]),
-                    usd(r["cache_write_per_mtok"]),
+                    show_price(r["input_per_mtok"]),
+                    show_price(r["output_per_mtok"]),
+                    show_price(r["cache_read_per_mtok"]),
+                    show_price(r["cache_write_per_mtok"]),
                     r["context_window"],
                 ]
                 for r in rows
@@ -249,7 +245,7 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
             return 1
     count = tokens.count_request(payload, model=args.model, chat=args.chat)
     usage = Usage(input_tokens=count.tokens, output_tokens=0, source="estimated")
-    quote = Pricer(_load(args.config)).quote(args.model, usage, route=args.route)
+    quote = pricer_for(_load(args.config)).quote(args.model, usage, route=args.route)
     result = {
         "model": args.model,
         "tokens": count.tokens,
@@ -282,23 +278,22 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def add_pricing_parsers(subparsers: Any) -> None:
-    """Add ``quote``, ``check``, ``models`` and ``tokens`` to the CLI's subparsers."""
+    """Add ``quote``, ``models`` and ``tokens`` to the CLI's subparsers."""
     q = subparsers.add_parser("quote", help="price a call: cost, price, margin and pricing source")
     q.add_argument("model", nargs="+", help="model id(s) as a caller would send them")
     q.add_argument("--input", type=int, required=True, help="input tokens (total, cached included)")
     q.add_argument("--output", type=int, required=True, help="output tokens (reasoning included)")
     q.add_argument("--cache-read", type=int, default=0)
     q.add_argument("--cache-write", type=int, default=0)
+    q.add_argument("--cache-write-1h", type=int, default=0, help="of --cache-write, 1h TTL")
     q.add_argument("--reasoning", type=int, default=0)
+    q.add_argument("--web-searches", type=int, default=0, help="server-side web searches")
+    q.add_argument("--service-tier", metavar="TIER", help="e.g. flex, priority")
+    q.add_argument("--batch", action="store_true", help="the call ran through a batch API")
     q.add_argument("--config", help="metered YAML config")
     q.add_argument("--route", help="route name in the config")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_cmd_quote)
-
-    c = subparsers.add_parser("check", help="validate a config; list models without a price")
-    c.add_argument("config")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_cmd_check)
 
     m = subparsers.add_parser("models", help="search the price catalog (prices per 1M tokens)")
     m.add_argument("pattern", nargs="?", help="case-insensitive regex on model or provider")

@@ -191,10 +191,19 @@ class ModelOverride(_Strict):
 
 
 class CatalogConfig(_Strict):
-    """Where upstream list prices come from."""
+    """Where upstream list prices come from (see :mod:`metered.pricing.catalog`).
+
+    ``source: none`` leaves out metered's corrections and genai-prices (the overrides and
+    a configured ``litellm`` layer remain). ``genai_prices_data`` is a genai-prices
+    ``data.json`` read instead of the bundled snapshot; ``litellm`` is a LiteLLM cost map
+    file, or ``installed`` for the copy inside an installed ``litellm`` package, asked
+    after genai-prices (default: off). ``metered catalog update`` fetches both files.
+    """
 
     source: Literal["genai-prices", "none"] = "genai-prices"
     overrides: dict[str, ModelOverride] = Field(default_factory=dict)
+    genai_prices_data: str | None = Field(default=None, min_length=1)
+    litellm: str | None = Field(default=None, min_length=1)
 
 
 class ModelsConfig(_Strict):

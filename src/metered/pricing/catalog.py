@@ -36,15 +36,18 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from metered.errors import ConfigError
 from metered.pricing.corrections import CorrectionsLayer
 from metered.pricing.entry import CatalogEntry, Layer, provider_id, region_is_default
 from metered.pricing.genai_prices import GenaiPricesLayer
+from metered.pricing.litellm import LiteLLMLayer
 from metered.pricing.rates import CostRates, TieredRates, TimedRates
 
 if TYPE_CHECKING:
-    from metered.config import ModelOverride
+    from metered.config import CatalogConfig, ModelOverride
 
 __all__ = [
     "Catalog",
@@ -54,6 +57,7 @@ __all__ = [
     "OverridesLayer",
     "TieredRates",
     "TimedRates",
+    "config_layers",
     "provider_id",
     "region_is_default",
 ]
@@ -150,6 +154,19 @@ class Catalog:
         self._cache: dict[tuple[str | None, str | None, tuple[str, ...]], CatalogEntry | None] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_config(cls, config: CatalogConfig) -> Catalog:
+        """The catalog a config's ``catalog`` section describes: its overrides, then
+        (unless ``source: none``) metered's corrections and genai-prices (the bundled
+        snapshot, or ``genai_prices_data``), then LiteLLM's cost map when ``litellm`` is
+        set.
+
+        Raises:
+            ConfigError: a data file that does not exist, or ``litellm: installed``
+                without an installed litellm package.
+        """
+        return cls(overrides=config.overrides, layers=config_layers(config))
+
     @cached_property
     def version(self) -> str:
         """Identifies the price data: ``genai-prices 0.2.3`` (+ corrections, overrides)."""
@@ -213,3 +230,50 @@ class Catalog:
 def default_layers() -> tuple[Layer, ...]:
     """metered's corrections, then the bundled genai-prices snapshot."""
     return (CorrectionsLayer(), GenaiPricesLayer())
+
+
+def _data_file(key: str, value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"catalog.{key}", "is not a readable file", value)
+    return path
+
+
+def _loaded(key: str, value: str, layer: Layer) -> Layer:
+    """``layer``, its data file read now: a file that does not load is a config error at
+    start-up, not a failure of the first call it would price."""
+    try:
+        next(iter(layer.entries()), None)
+    except (OSError, ValueError, TypeError, LookupError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        problem = f"does not load as a price file ({reason})"
+        raise ConfigError(f"catalog.{key}", problem, value) from None
+    return layer
+
+
+def config_layers(config: CatalogConfig) -> tuple[Layer, ...]:
+    """The layers after the overrides that a config's ``catalog`` section asks for; the
+    data files it names are read (and checked) here.
+
+    Raises:
+        ConfigError: a data file that does not exist or does not load, or
+            ``litellm: installed`` without an installed litellm package.
+    """
+    layers: list[Layer] = []
+    if config.source != "none":
+        data = config.genai_prices_data
+        genai: Layer = GenaiPricesLayer()
+        if data is not None:
+            key = "genai_prices_data"
+            genai = _loaded(key, data, GenaiPricesLayer(_data_file(key, data)))
+        layers += [CorrectionsLayer(), genai]
+    if config.litellm == "installed":
+        installed = LiteLLMLayer.installed()
+        if installed is None:
+            problem = "needs an installed litellm package with its cost map"
+            raise ConfigError("catalog.litellm", problem, config.litellm)
+        layers.append(_loaded("litellm", config.litellm, installed))
+    elif config.litellm is not None:
+        path = _data_file("litellm", config.litellm)
+        layers.append(_loaded("litellm", config.litellm, LiteLLMLayer(path)))
+    return tuple(layers)

@@ -370,9 +370,7 @@ class Pricer:
         self, config: Config, *, catalog: Catalog | None = None, warn_unpriced: bool = False
     ) -> None:
         self.config = config
-        self.catalog = catalog or Catalog(
-            overrides=config.catalog.overrides, source=config.catalog.source
-        )
+        self.catalog = catalog or Catalog.from_config(config.catalog)
         self.resolver = Resolver(
             aliases=config.models.aliases, deployments=config.models.deployments
         )
