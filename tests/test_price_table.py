@@ -311,6 +311,26 @@ def test_openai_responses_carry_the_tier_that_served_them() -> None:
     assert responses.service_tier == "priority"
 
 
+def test_responses_web_search_calls_are_billed_per_call() -> None:
+    from metered.providers.openai_responses import from_openai_responses
+
+    usage = from_openai_responses(
+        {
+            "output": [
+                {"type": "web_search_call", "status": "completed"},
+                {"type": "web_search_call", "status": "completed"},
+                {"type": "message", "content": [{"type": "output_text", "text": "Paris."}]},
+            ],
+            "usage": {"input_tokens": 1000, "output_tokens": 500},
+        }
+    )
+    assert usage is not None
+    assert usage.web_search_requests == 2
+    # gpt-4o: $2.50 / $10 per 1M; the web search tool $10 per 1,000 calls (genai-prices)
+    expected_cost = (Decimal("2.50") * 1000 + Decimal(10) * 500) / M + Decimal("0.02")
+    assert ROUTE.quote("gpt-4o", usage).cost == expected_cost
+
+
 def test_anthropic_usage_carries_web_searches_and_batch() -> None:
     from metered.providers.anthropic import from_anthropic
 

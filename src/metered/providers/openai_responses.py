@@ -79,7 +79,18 @@ def from_openai_responses(response: Any) -> Usage | None:
     usage = get(response, "usage")
     if usage is None:
         return None
-    return with_tier(responses_usage(usage), get(response, "service_tier"))
+    counted = with_tier(responses_usage(usage), get(response, "service_tier"))
+    searches = _web_searches(response)
+    return replace(counted, web_search_requests=searches) if searches else counted
+
+
+def _web_searches(response: Any) -> int:
+    """The web searches the response ran (one ``web_search_call`` output item each, each
+    billed per call by the web search tool's price)."""
+    items = get(response, "output")
+    if not isinstance(items, list):
+        return 0
+    return sum(1 for item in items if get(item, "type") == "web_search_call")
 
 
 def with_tier(usage: Usage, tier: Any) -> Usage:
