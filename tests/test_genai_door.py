@@ -146,3 +146,34 @@ def test_http_options_meter_a_client_over_loopback() -> None:
     (record,) = records
     assert (record.settlement_status, record.account) == ("settled", "a")
     assert record.server_address == "127.0.0.1"
+
+
+def test_an_upstream_error_releases_the_hold() -> None:
+    from google.genai import errors
+
+    upstream = FakeUpstream()
+    upstream.fail_next(500)
+    records: list[UsageRecord] = []
+    meter = Meter(BUDGET, sink=records.append)
+    with pytest.raises(errors.ServerError):
+        client_of(upstream, meter, account="a").models.generate_content(
+            model=MODEL, contents="hello"
+        )
+    (record,) = records
+    assert (record.settlement_status, record.upstream_status) == ("released", 500)
+    assert meter.spent("a") == 0
+
+
+def test_a_stream_cut_by_the_upstream_settles_once() -> None:
+    upstream = FakeUpstream(reply="one two three four five six seven eight nine ten")
+    upstream.disconnect_next(after_chunks=2)
+    records: list[UsageRecord] = []
+    meter = Meter(BUDGET, sink=records.append)
+    client = client_of(upstream, meter, account="a")
+    with pytest.raises(httpx2.RemoteProtocolError):  # the connection broke mid-stream
+        for _ in client.models.generate_content_stream(model=MODEL, contents="hello"):
+            pass
+    (record,) = records
+    assert record.stream
+    assert record.error_type is not None
+    assert meter.spent("a") == record.settlement_amount
