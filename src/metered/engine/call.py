@@ -327,7 +327,7 @@ class Call:
     def _observe(self, attributes: Mapping[str, Any] | None, output: Any, response: Any) -> None:
         if attributes:
             self._watch.event("", attributes)
-        self._watch.output = output if output is not None else response
+        self._watch.keep(output if output is not None else response)
 
     def _claim(
         self,

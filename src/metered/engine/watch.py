@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from opentelemetry.context import Context
@@ -16,7 +17,6 @@ from metered.engine.record import emit
 from metered.engine.settle import Runtime
 from metered.providers import StreamReader, Transcript
 from metered.records import UsageRecord
-from metered.telemetry import Content
 from metered.telemetry.content import content_of
 
 __all__ = ["Watch"]
@@ -74,6 +74,12 @@ class Watch:
         """The OpenTelemetry context to call the upstream in (``None``: as it is)."""
         return self._runtime.telemetry.upstream_context(self.span)
 
+    def keep(self, output: Any) -> None:
+        """Keep what came back for :meth:`emit`: a stream reader always (its chunk
+        timing), a whole response only while its content is captured."""
+        if isinstance(output, StreamReader) or self._runtime.telemetry.captures(self.span):
+            self.output = output
+
     def emit(
         self,
         record: Callable[[], UsageRecord | None],
@@ -83,20 +89,19 @@ class Watch:
     ) -> None:
         """Hand the finished call to its span, metrics and sinks."""
         runtime = self._runtime
+        telemetry = runtime.telemetry
         output = self.output
-        gaps = output.gaps if isinstance(output, StreamReader) else ()
-
-        def content() -> Content:
-            return content_of(api, body, output, runtime.telemetry.content_max_chars)
-
         emit(
             record,
-            runtime.telemetry,
+            telemetry,
             runtime.sink,
             self.span,
             events=self._events or (),
             error=error,
             started=self.started,
-            content=content,
-            gaps=gaps,
+            # read only when captured: no work on the common path
+            content=partial(content_of, api, body, output, telemetry.content_max_chars)
+            if telemetry.captures(self.span)
+            else None,
+            gaps=output.gaps if isinstance(output, StreamReader) else (),
         )
