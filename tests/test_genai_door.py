@@ -177,3 +177,21 @@ def test_a_stream_cut_by_the_upstream_settles_once() -> None:
     assert record.stream
     assert record.error_type is not None
     assert meter.spent("a") == record.settlement_amount
+
+
+def test_a_stream_the_caller_leaves_settles_what_was_delivered() -> None:
+    import gc
+
+    upstream = FakeUpstream(reply="one two three four five six seven eight nine ten")
+    records: list[UsageRecord] = []
+    meter = Meter(BUDGET, sink=records.append)
+    stream = client_of(upstream, meter, account="a").models.generate_content_stream(
+        model=MODEL, contents="hello"
+    )
+    next(iter(stream))
+    del stream
+    gc.collect()
+    (record,) = records
+    assert record.settlement_status == "settled"  # never released: output was delivered
+    assert record.tokens_out > 0
+    assert meter.spent("a") == record.settlement_amount > 0

@@ -28,6 +28,7 @@ identity``): the transport reads the body before the client decodes it.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -114,13 +115,19 @@ def _transport_class(module: Any) -> Any:
             self._exchange = exchange
             self._done = False
 
-        def _finish_args(self, error: BaseException | None, out: list[bytes]) -> dict[str, Any]:
+        def _end(self) -> tuple[bytes, dict[str, Any]]:
+            """The body's last bytes and the ``finish`` arguments of a whole response."""
             self._done = True
-            if error is not None:
-                return self._exchange.core.cut(error)
-            data, args = self._exchange.core.end()
-            out.append(data)
-            return args
+            return self._exchange.core.end()
+
+        def _cut(self, error: BaseException | None) -> dict[str, Any]:
+            """The ``finish`` arguments of a response that did not end: an upstream
+            error, or the caller stopped reading (no error, the generator closed or its
+            task cancelled), whose delivered part is settled."""
+            self._done = True
+            if isinstance(error, GeneratorExit | asyncio.CancelledError):
+                error = None
+            return self._exchange.core.cut(error, client_left=error is None)
 
         def __iter__(self) -> Iterator[bytes]:
             core = self._exchange.core
@@ -131,13 +138,12 @@ def _transport_class(module: Any) -> Any:
                         yield out
             except BaseException as exc:
                 if not self._done:
-                    self._exchange.call.finish(**self._finish_args(exc, []))
+                    self._exchange.call.finish(**self._cut(exc))
                 raise
-            tail: list[bytes] = []
-            args = self._finish_args(None, tail)
+            tail, args = self._end()
             self._exchange.call.finish(**args)
-            if tail[0]:
-                yield tail[0]
+            if tail:
+                yield tail
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
             core = self._exchange.core
@@ -148,30 +154,26 @@ def _transport_class(module: Any) -> Any:
                         yield out
             except BaseException as exc:
                 if not self._done:
-                    await self._exchange.call.afinish(**self._finish_args(exc, []))
+                    await self._exchange.call.afinish(**self._cut(exc))
                 raise
-            tail: list[bytes] = []
-            args = self._finish_args(None, tail)
+            tail, args = self._end()
             await self._exchange.call.afinish(**args)
-            if tail[0]:
-                yield tail[0]
+            if tail:
+                yield tail
 
         def close(self) -> None:
             try:
                 self._stream.close()
             finally:
                 if not self._done:  # the caller stopped reading: settle what was delivered
-                    self._done = True
-                    self._exchange.call.finish(**self._exchange.core.cut(None, client_left=True))
+                    self._exchange.call.finish(**self._cut(None))
 
         async def aclose(self) -> None:
             try:
                 await self._stream.aclose()
             finally:
                 if not self._done:
-                    self._done = True
-                    args = self._exchange.core.cut(None, client_left=True)
-                    await self._exchange.call.afinish(**args)
+                    await self._exchange.call.afinish(**self._cut(None))
 
     class MeteredTransport(module.BaseTransport, module.AsyncBaseTransport):  # type: ignore[misc]
         """Meters Gemini generate requests; passes every other request through."""
