@@ -62,12 +62,12 @@ def test_a_caller_over_budget_gets_402_json_on_every_route(
             refused = http.post(path, json={"question": "Refund?"}, headers=BOB)
             assert_openai_error(refused, 402, "budget_exceeded")
             assert int(refused.headers["retry-after"]) > 0
-        client = sdk(url, "sk-demo-bob")
-        for stream in (False, True):
-            with pytest.raises(openai.APIStatusError) as caught:
-                client.chat.completions.create(model="gpt-4o", messages=HI, stream=stream)  # type: ignore[call-overload]
-            assert caught.value.status_code == 402
-            assert caught.value.code == "budget_exceeded"
+        with sdk(url, "sk-demo-bob") as client:  # closed: no socket left for the GC
+            for stream in (False, True):
+                with pytest.raises(openai.APIStatusError) as caught:
+                    client.chat.completions.create(model="gpt-4o", messages=HI, stream=stream)  # type: ignore[call-overload]
+                assert caught.value.status_code == 402
+                assert caught.value.code == "budget_exceeded"
         # alice, with budget left, is still served on the same routes
         answer = http.post("/support/answer", json={"question": "Refund?"}, headers=ALICE)
         streamed = http.post("/support/stream", json={"question": "Refund?"}, headers=ALICE)
@@ -84,10 +84,8 @@ def test_a_denied_model_gets_400_json_on_every_route(
         for path in HANDLER_ROUTES:
             refused = http.post(path, json={"question": "Refund?"}, headers=ALICE)
             assert_openai_error(refused, 400, "model_not_allowed")
-        with pytest.raises(openai.BadRequestError) as caught:
-            sdk(url, "sk-demo-alice").chat.completions.create(
-                model="gpt-4.5-preview", messages=HI, stream=True
-            )
+        with sdk(url, "sk-demo-alice") as client, pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="gpt-4.5-preview", messages=HI, stream=True)
         assert caught.value.status_code == 400
 
 

@@ -138,11 +138,11 @@ def test_http_options_meter_a_client_over_loopback() -> None:
     meter = Meter(BUDGET, sink=records.append)
     with upstream.serve() as url:
         base = types.HttpOptions(base_url=url, retry_options=types.HttpRetryOptions(attempts=1))
-        client = genai.Client(
+        with genai.Client(
             api_key="fake-google-key",
             http_options=metered_http_options(meter, base=base, account="a"),
-        )
-        client.models.generate_content(model=MODEL, contents="hello")
+        ) as client:  # closed: no socket left for the GC
+            client.models.generate_content(model=MODEL, contents="hello")
     (record,) = records
     assert (record.settlement_status, record.account) == ("settled", "a")
     assert record.server_address == "127.0.0.1"

@@ -148,6 +148,6 @@ def test_the_openai_sdk_sees_a_typed_400_for_a_look_alike(make_meter: Callable[.
     upstream = FakeUpstream()
     with serve_asgi(MeteredMiddleware(upstream, meter=make_meter(CONFIG))) as url:
         sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
-        with pytest.raises(openai.BadRequestError):
+        with sdk, pytest.raises(openai.BadRequestError):  # closed: no socket left for the GC
             sdk.chat.completions.create(model="ｇｐｔ-４ｏ-mini", messages=GOOD["messages"])
     assert upstream.requests == []
