@@ -15,7 +15,6 @@ __all__ = [
     "ATTR",
     "DURATION_BUCKETS",
     "EVENT_BUDGET_ALERT",
-    "EVENT_SETTLEMENT",
     "METRIC",
     "SCHEMA_URL",
     "TOKEN_BUCKETS",
@@ -110,7 +109,6 @@ class METRIC:
 
 
 EVENT_BUDGET_ALERT = "metered.budget.alert"
-EVENT_SETTLEMENT = "metered.settlement"
 
 # semconv advisory buckets
 DURATION_BUCKETS = (

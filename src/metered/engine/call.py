@@ -42,7 +42,6 @@ from metered.pricing.route import Quote
 from metered.providers import Transcript
 from metered.records import UsageRecord
 from metered.settlement import Action, SettlementMode
-from metered.telemetry import EVENT_SETTLEMENT
 from metered.usage import Usage
 
 __all__ = ["Call", "aopen_call", "open_call"]
@@ -326,7 +325,7 @@ class Call:
 
     def _observe(self, attributes: Mapping[str, Any] | None, output: Any, response: Any) -> None:
         if attributes:
-            self._watch.event("", attributes)
+            self._watch.describe(attributes)
         self._watch.keep(output if output is not None else response)
 
     def _claim(
@@ -423,14 +422,6 @@ class Call:
         totals = _context.bound.totals.get()
         if totals is not None and settled and quote and quote.pricing_source != "unpriced":
             totals.add(quote.cost, from_nanos(amount))
-        if self._watch.span.is_recording():
-            self._watch.event(
-                EVENT_SETTLEMENT,
-                {
-                    "metered.settlement.status": status,
-                    "metered.settlement.amount.usd": float(from_nanos(amount)),
-                },
-            )
         self._emit(fin.error)
 
     # -- outputs -----------------------------------------------------------------------

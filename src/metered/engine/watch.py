@@ -33,14 +33,15 @@ class Watch:
             or the whole response (SDK object, JSON dict or bytes).
     """
 
-    __slots__ = ("_events", "_runtime", "first_chunk", "output", "span", "started")
+    __slots__ = ("_attributes", "_events", "_runtime", "first_chunk", "output", "span", "started")
 
     def __init__(self, runtime: Runtime, request: Request, body: Mapping[str, Any]) -> None:
         self._runtime = runtime
         self.started = time.perf_counter()
         self.first_chunk: float | None = None
         self.output: Any = None
-        self._events: list[tuple[str, Mapping[str, Any]]] | None = None  # unnamed: attributes
+        self._events: list[tuple[str, Mapping[str, Any]]] | None = None
+        self._attributes: Mapping[str, Any] | None = None
         model = body.get("model")
         self.span: Span = runtime.telemetry.start(
             operation="chat",
@@ -58,10 +59,15 @@ class Watch:
             self.first_chunk = time.perf_counter()
 
     def event(self, name: str, attributes: Mapping[str, Any]) -> None:
-        """Add a span event (an empty ``name``: attributes of the span itself)."""
+        """Add a span event."""
         if self._events is None:
             self._events = []
         self._events.append((name, attributes))
+
+    def describe(self, attributes: Mapping[str, Any]) -> None:
+        """Keep provider-specific attributes for the span, set with the record's at the
+        end (one ``set_attributes`` call: each costs the SDK a lock and a pass)."""
+        self._attributes = attributes
 
     def transcript(self) -> Transcript | None:
         """A transcript for the call's stream reader while content capture is on."""
@@ -97,6 +103,7 @@ class Watch:
             runtime.sink,
             self.span,
             events=self._events or (),
+            attributes=self._attributes,
             error=error,
             started=self.started,
             # read only when captured: no work on the common path

@@ -38,7 +38,6 @@ from metered.semconv import (
     ATTR,
     DURATION_BUCKETS,
     EVENT_BUDGET_ALERT,
-    EVENT_SETTLEMENT,
     METRIC,
     SCHEMA_URL,
     TOKEN_BUCKETS,
@@ -59,7 +58,6 @@ from metered.telemetry.genai import JoinedSpan, enclosing_genai_span, upstream_c
 __all__ = [
     "ATTR",
     "EVENT_BUDGET_ALERT",
-    "EVENT_SETTLEMENT",
     "METRIC",
     "SCHEMA_URL",
     "Content",
@@ -235,6 +233,7 @@ class Telemetry:
         operation: str,
         duration_s: float,
         events: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        attributes: Mapping[str, Any] | None = None,
         error: BaseException | None = None,
         content: Callable[[], Content] | None = None,
         gaps: Sequence[float] = (),
@@ -242,6 +241,8 @@ class Telemetry:
         """Set the outcome attributes, add events, end the span and record metrics.
 
         Args:
+            attributes: provider-specific response attributes, set with the record's
+                (which win a clash).
             content: the call's messages, read only when content capture is on.
             gaps: seconds between consecutive chunks of a stream.
         """
@@ -254,7 +255,7 @@ class Telemetry:
                     captured = content()
                 except Exception:
                     logger.exception("metered: could not read the call's content")
-            self._end(span, record, events, error, captured)
+            self._end(span, record, events, attributes, error, captured)
         if self._metrics_live():
             try:
                 self._record_metrics(
@@ -268,20 +269,20 @@ class Telemetry:
         span: Span,
         record: UsageRecord,
         events: Sequence[tuple[str, Mapping[str, Any]]],
+        extra: Mapping[str, Any] | None,
         error: BaseException | None,
         content: Content | None,
     ) -> None:
         try:
             if span.is_recording():
                 attributes = record_attributes(record)
-                span.set_attributes(attributes)
+                if extra:
+                    attributes = {**extra, **attributes}
+                span.set_attributes(attributes)  # once: each call is a lock and a pass
                 if content is not None:
                     self._content(span, attributes, content)
-                for name, attrs in events:  # no name: attributes of the span itself
-                    if name:
-                        span.add_event(name, attrs)  # the SDK copies them: no copy of ours
-                    else:
-                        span.set_attributes(attrs)
+                for name, attrs in events:
+                    span.add_event(name, attrs)  # the SDK copies them: no copy of ours
                 if error is not None or record.error_type is not None:
                     description = record.policy_reason or record.error_type or type(error).__name__
                     span.set_status(Status(StatusCode.ERROR, description))
