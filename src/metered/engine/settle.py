@@ -14,9 +14,11 @@ released and the record emitted.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sys
 import threading
+import types
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -119,11 +121,57 @@ def protected(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
     Await the result with ``await asyncio.shield(task)``: a cancelled caller stops
     waiting, the task runs to its end. Whatever the ledger is (in-process, Redis, a
     wrapper), settlement is protected the same way.
+
+    The task starts eagerly: its first step runs now, and a coroutine that finishes
+    without suspending never costs a trip round the event loop. Python 3.12+ does that
+    itself (``eager_start``); on 3.11 :func:`_eager` does the same.
     """
     loop = asyncio.get_running_loop()
     if _EAGER:
         return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
-    return loop.create_task(coro)
+    return _eager(coro, loop)
+
+
+def _eager(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> asyncio.Future[T]:
+    """Python 3.11's eager task start: the first step runs here, in a copy of the context
+    as a task's would; a coroutine that suspends goes on in a task (the same context),
+    which resumes it where it stopped. Cancellation reaches a coroutine only where it
+    suspends, so one that never does is as protected as a task."""
+    context = contextvars.copy_context()
+    try:
+        yielded = context.run(coro.send, None)
+    except StopIteration as stop:
+        done: asyncio.Future[T] = loop.create_future()
+        done.set_result(stop.value)
+        return done
+    except BaseException as exc:
+        failed: asyncio.Future[T] = loop.create_future()
+        failed.set_exception(exc)
+        return failed
+    return loop.create_task(_resumed(coro, yielded), context=context)
+
+
+async def _resumed(coro: Coroutine[Any, Any, T], yielded: Any) -> T:
+    return await _relay(coro, yielded)
+
+
+@types.coroutine
+def _relay(coro: Coroutine[Any, Any, T], yielded: Any) -> Generator[Any, Any, T]:
+    """Go on with ``coro``, which yielded ``yielded`` to its first driver: hand each
+    yielded future to the task and what the task sends or throws back to ``coro``."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
 
 
 def reservation(
