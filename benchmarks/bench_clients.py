@@ -20,6 +20,16 @@ round), which keeps a noisy machine's slow phases out of the comparison.
 * **async** — ``MeteredAsyncOpenAI`` vs the bare ``AsyncOpenAI`` (no-op API), awaited
   one after the other on one event loop: reported, no target.
 
+Where the time goes, measured in the same rounds (reported, no target):
+
+* **no-op API, no budget** — the no-op variant without an account budget: no hold, no
+  capture, no output limit added to the request (a budgeted call always sends one, which
+  the SDK then transforms).
+* **span alone** — the stub engine plus one OTel SDK span per call carrying the
+  attributes of a real metered span (its start attributes at ``begin``, the rest at
+  ``finish``): what the SDK itself charges for a span of metered's shape, the floor under
+  the traced variant's span work.
+
 Targets (issue 10): metered + OTel SDK at most the official instrumentation's ratio in the
 same run (metered prices, budgets and settles on top of the span; 1.22x when the official
 package is not installed); metered with the no-op API <= 1.10x the bare call; the proxy
@@ -43,9 +53,10 @@ from typing import Any, cast
 
 import httpx2
 from openai import AsyncOpenAI, OpenAI
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from metered.clients import MeteredAsyncOpenAI, MeteredOpenAI
 from metered.engine.meter import Meter
@@ -104,6 +115,37 @@ class _StubMeter:
 
     def begin(self, body: dict[str, Any], **request: Any) -> _StubCall:
         return _StubCall(body)
+
+
+class _SpanCall(_StubCall):
+    """A stub call with an SDK span of a real metered call's shape."""
+
+    def __init__(self, body: dict[str, Any], meter: _SpanMeter) -> None:
+        super().__init__(body)
+        self._meter = meter
+        self._span = meter.tracer.start_span(
+            meter.name, kind=SpanKind.CLIENT, attributes=meter.start_attributes
+        )
+
+    def finish(self, usage: Usage | None = None, **outcome: Any) -> None:
+        self._span.set_attributes(self._meter.end_attributes)
+        self._span.end()
+
+
+class _SpanMeter:
+    """The stub engine plus the span a metered call makes, attributes copied from one."""
+
+    def __init__(self, provider: TracerProvider, model: ReadableSpan) -> None:
+        self.tracer = provider.get_tracer("bench")
+        self.name = model.name
+        attributes = dict(model.attributes or {})
+        start = ("gen_ai.operation.name", "gen_ai.request.model", "gen_ai.provider.name",
+                 "server.address", "gen_ai.request.stream")  # fmt: skip
+        self.start_attributes = {k: attributes.pop(k) for k in start if k in attributes}
+        self.end_attributes = attributes
+
+    def begin(self, body: dict[str, Any], **request: Any) -> _SpanCall:
+        return _SpanCall(body, self)
 
 
 def _sdk_tracing() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -267,6 +309,8 @@ def main() -> int:
     noop = Meter(CONFIG)  # no SDK configured: the global OTel API is a no-op
     with _bare_client(upstream) as client:
         sdk = _chat(MeteredOpenAI(client, meter=traced, account="bench"))
+        sdk()
+        span_meter = _SpanMeter(provider, exporter.get_finished_spans()[-1])
         times = _alternate(
             {
                 "bare": (_chat(client), None),
@@ -278,6 +322,14 @@ def main() -> int:
                 "proxy alone (stub engine)": (
                     _chat(MeteredOpenAI(client, meter=cast(Meter, _StubMeter()), account="bench")),
                     None,
+                ),
+                "no-op API, no budget": (
+                    _chat(MeteredOpenAI(client, meter=Meter(), account="bench")),
+                    None,
+                ),
+                "span alone (stub engine + SDK span)": (
+                    _chat(MeteredOpenAI(client, meter=cast(Meter, span_meter), account="bench")),
+                    exporter.clear,
                 ),
             }
         )
@@ -313,6 +365,10 @@ def main() -> int:
                 f" us/call               {ratio:.3f}x  (subprocess, own bare {own_bare:.1f} us;"
                 f" {official['spans']:.0f} span traced)"
             )
+        print("  where the time goes (same rounds; reported):")
+        for name in ("no-op API, no budget", "span alone (stub engine + SDK span)"):
+            ratio = _ratio(times, name)
+            print(f"    {name:<34} {(ratio - 1) * base:+7.1f} us/call               {ratio:.3f}x")
         async_bare, async_ratio = _async_ratio(upstream, noop)
         print(
             f"  {'async: MeteredAsyncOpenAI, no-op API':<36} {(async_ratio - 1) * async_bare:+7.1f}"
