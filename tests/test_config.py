@@ -68,7 +68,7 @@ def test_full_config_loads_every_section() -> None:
     assert chat.hooks is not None
     assert chat.hooks.on_request == "tests.pricefns:premium_plan"
     assert config.accounts["team-a"].tier == "pro"
-    assert config.records.path == "usage.jsonl"
+    assert config.records.path == str(CONFIGS.absolute() / "usage.jsonl")  # beside the file
 
 
 def test_empty_yaml_file_is_the_default_config(tmp_path: Path) -> None:

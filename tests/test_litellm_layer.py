@@ -302,3 +302,49 @@ def test_batch_rates_keep_their_long_context_tier(layer: LiteLLMLayer) -> None:
     usage = Usage(input_tokens=300000, output_tokens=1000, batch=True)
     # batch: $1.25 input and $7.5 output per 1M above 200k (standard: $2.5 and $15)
     assert entry.rates.cost(usage) == (Decimal("1.25") * 300000 + Decimal("7.5") * 1000) / MTOK
+
+
+def test_file_paths_in_a_yaml_config_are_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config names its data files as its author sees them, beside the file: the
+    process may start anywhere (a service manager, a container's workdir)."""
+    from metered.config import load_yaml
+    from metered.engine.meter import Meter
+
+    conf = tmp_path / "conf"
+    (conf / "prices").mkdir(parents=True)
+    shutil.copy(FIXTURE, conf / "prices" / "litellm.json")
+    (conf / "metered.yaml").write_text(
+        "catalog:\n"
+        "  litellm: prices/litellm.json\n"
+        "records:\n"
+        "  sink: jsonl\n"
+        "  path: usage.jsonl\n"
+        "  outbox: /var/tmp/outbox.jsonl\n",
+        encoding="utf-8",
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_yaml(Path("..") / "conf" / "metered.yaml")
+    assert config.catalog.litellm == str(conf / "prices" / "litellm.json")
+    assert config.records.path == str(conf / "usage.jsonl")
+    assert config.records.outbox == "/var/tmp/outbox.jsonl"  # absolute: as written
+    meter = Meter.from_yaml(conf / "metered.yaml")
+    quote = meter.quote("azure/eu/gpt-4o-2024-08-06", Usage(input_tokens=1000, output_tokens=0))
+    assert quote.cost_source == "litellm"
+    # a mapping has no file to be beside: its paths are the caller's, as given
+    assert load_config({"catalog": {"litellm": str(FIXTURE)}}).catalog.litellm == str(FIXTURE)
+
+
+def test_installed_is_not_a_path_in_a_yaml_config(tmp_path: Path) -> None:
+    """``litellm: installed`` is a word, not a file beside the config."""
+    from metered.config import load_yaml
+
+    path = tmp_path / "metered.yaml"
+    path.write_text("catalog:\n  litellm: installed\n", encoding="utf-8")
+    config = load_yaml(path)
+    assert config.catalog.litellm == "installed"
+    with pytest.raises(ConfigError, match=r"catalog\.litellm: 'installed' needs an installed"):
+        Catalog.from_config(config.catalog)  # litellm is not installed here

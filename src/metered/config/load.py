@@ -7,6 +7,7 @@ key path and the bad value, e.g.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -98,7 +99,8 @@ def _check_references(config: Config) -> None:
 
 
 def load_yaml(path: str | Path) -> Config:
-    """Load and validate a YAML config file.
+    """Load and validate a YAML config file. Relative paths in the settings that name
+    files (:data:`FILE_SETTINGS`) are relative to the file's directory.
 
     Raises:
         ConfigError: unreadable file, invalid YAML, or invalid settings.
@@ -113,4 +115,37 @@ def load_yaml(path: str | Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(str(path), f"is not valid YAML{where}") from None
+    if isinstance(data, dict):
+        data = _files_beside(data, Path(os.path.abspath(Path(path).parent)))
     return load_config(data if data is not None else {})
+
+
+#: Settings that name files: (section, key). Read from a YAML file, a relative path is
+#: relative to that file's directory (as the file's author sees it), not to wherever the
+#: process happens to start; ``~`` is the user's home.
+FILE_SETTINGS = (
+    ("catalog", "genai_prices_data"),
+    ("catalog", "litellm"),
+    ("records", "path"),
+    ("records", "outbox"),
+)
+_NOT_FILES = frozenset({"installed"})  # catalog.litellm: the installed package's copy
+
+
+def _files_beside(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``data`` with the relative paths of :data:`FILE_SETTINGS` made relative to
+    ``base``; anything that is not a path string is left for validation to report."""
+    out = dict(data)
+    for section, key in FILE_SETTINGS:
+        values = out.get(section)
+        if not isinstance(values, dict):
+            continue
+        value = values.get(key)
+        if not isinstance(value, str) or not value or value in _NOT_FILES:
+            continue
+        where = Path(value).expanduser()
+        if not where.is_absolute():
+            where = base / where
+        out[section] = {**values, key: str(where)}
+        values = out[section]
+    return out
