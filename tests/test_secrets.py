@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from metered.clients import MeteredOpenAI
 from metered.engine.call import Call
 from metered.engine.meter import Meter
+from metered.errors import ConfigError
 from metered.gateway import GatewayProxy, Upstream
 from metered.http.asgi import MeteredMiddleware
 from metered.ledger import RedisLedger
@@ -125,6 +126,70 @@ def test_the_config_names_the_routes_that_forward_their_query(make_meter: Any) -
     app = create_app(meter, upstream="fake", unidentified="allow", environ={})
     assert isinstance(app, MeteredMiddleware)
     assert app.app._query == frozenset({("POST", PATH)})  # type: ignore[attr-defined]
+
+
+#: What real upstreams put on a successful answer that tells the operator's account,
+#: limits and network (OpenAI, Anthropic, Azure, a CDN, a service mesh).
+LEAKY = {
+    "openai-organization": "org-operator-secret",
+    "openai-project": "proj_operator",
+    "anthropic-organization-id": "0d3c-operator",
+    "x-ratelimit-remaining-tokens": "149000",
+    "set-cookie": "__cf_bm=operator-cookie; path=/",
+    "via": "1.1 llm.internal:8443",
+    "x-envoy-upstream-service-time": "412",
+    "x-ms-region": "East US 2",
+    "openai-processing-ms": "311",
+}
+
+
+def leaky(stream: bool) -> httpx.MockTransport:
+    """A successful upstream answer carrying :data:`LEAKY` headers besides its own."""
+    upstream = FakeUpstream()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        real = await upstream.async_httpx_transport().handle_async_request(request)
+        content = await real.aread()
+        headers = {**LEAKY, "x-request-id": "req_123", "cache-control": "no-cache"}
+        headers["content-type"] = real.headers["content-type"]
+        return httpx.Response(real.status_code, content=content, headers=headers)
+
+    return httpx.MockTransport(answer)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_a_successful_answer_keeps_the_operators_headers_from_the_caller(stream: bool) -> None:
+    body = {**BODY, "stream": True} if stream else BODY
+    app = gateway(leaky(stream), Meter(CONFIG))
+
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            return await http.post(PATH, json=body)
+
+    response = asyncio.run(send())
+    assert response.status_code == 200
+    assert not set(LEAKY) & set(response.headers)
+    assert "operator" not in json.dumps(dict(response.headers))
+    assert response.headers["x-request-id"] == "req_123"
+    assert response.headers["cache-control"] == "no-cache"
+    kind = "text/event-stream" if stream else "application/json"
+    assert response.headers["content-type"].startswith(kind)
+    assert ("[DONE]" in response.text) is stream
+
+
+def test_the_config_adds_response_headers_callers_get(make_meter: Any) -> None:
+    from metered.gateway import create_app
+
+    meter = make_meter({"gateway": {"response_headers": ["OpenAI-Processing-Ms"]}})
+    app = create_app(meter, upstream="fake", unidentified="allow", environ={})
+    assert app.app._response_headers == frozenset({"openai-processing-ms"})  # type: ignore[attr-defined]
+    app = gateway(leaky(False), Meter(CONFIG), response_headers=["openai-processing-ms", "te"])
+    response = asyncio.run(post(app))
+    assert response.headers["openai-processing-ms"] == "311"
+    assert "openai-organization" not in response.headers
+    with pytest.raises(ConfigError, match="response_headers"):
+        make_meter({"gateway": {"response_headers": ["x-bad header"]}})
 
 
 def test_credential_headers_given_to_the_sdk_are_invisible_to_hooks_and_rules() -> None:

@@ -37,7 +37,7 @@ would tell your customers your upstream cost).
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping, MutableMapping
+from collections.abc import Collection, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from metered.context import CallerContext
@@ -48,7 +48,7 @@ from metered.http.errors import error_parts
 from metered.http.identity import ApiKeys, Identify, is_unidentified
 from metered.http.request import CREDENTIAL_HEADERS, gateway_routes
 from metered.http.response import TotalHeader
-from metered.http.upstreams import Upstream, reduced_error, resolve_upstream
+from metered.http.upstreams import Upstream, forwarded_headers, reduced_error, resolve_upstream
 
 if TYPE_CHECKING:
     import httpx
@@ -103,6 +103,9 @@ class GatewayProxy:
             two bytes of its response.
         forward_query: the ``(method, path)`` whose query string is forwarded; any other
             request's query string is dropped (it may carry the caller's credentials).
+        response_headers: upstream response headers the caller gets besides
+            :data:`~metered.http.upstreams.FORWARDED_HEADERS` (the rest can tell the
+            operator's account, limits and network).
 
     An upstream's error answer (HTTP 400 and above) reaches the caller reduced to OpenAI's
     error shape (:func:`reduced_error`): an upstream that echoes request headers must not
@@ -116,10 +119,12 @@ class GatewayProxy:
         default: Upstream,
         timeout: float = 600.0,
         forward_query: Collection[tuple[str, str]] = (),
+        response_headers: Collection[str] = (),
     ) -> None:
         import httpx
 
         self._query = frozenset(forward_query)
+        self._response_headers = frozenset(name.lower() for name in response_headers)
         self._upstreams = dict(upstreams)
         self._default = default
         limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
@@ -215,7 +220,9 @@ class GatewayProxy:
                 {
                     "type": "http.response.start",
                     "status": response.status_code,
-                    "headers": _response_headers(response.headers.multi_items()),
+                    "headers": forwarded_headers(
+                        response.headers.multi_items(), self._response_headers
+                    ),
                 }
             )
             # Stream until done or until the client leaves, whichever comes first.
@@ -240,14 +247,6 @@ class GatewayProxy:
         if failure is not None:
             # headers are gone: raising is the only way to tell the client the body is cut
             raise UpstreamError(f"{upstream.name} failed mid-response: {failure}") from failure
-
-
-def _response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    items = list(items)
-    # aiter_bytes() decodes any content-encoding: the length would not match either
-    encoded = any(k.lower() == "content-encoding" for k, _ in items)
-    drop = _HOP | {"content-encoding", "content-length"} if encoded else _HOP - {"content-length"}
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in items if k.lower() not in drop]
 
 
 async def _respond(send: Send, error: MeteredError) -> None:
@@ -315,6 +314,7 @@ def create_app(
             for key, route in routes.items()
             if (config := meter.config.routes.get(route.name)) and config.forward_query
         ],
+        response_headers=meter.config.gateway.response_headers,
     )
     keys = identify if identify is not None else ApiKeys.from_env(environ=environ)
     who: Identify = keys

@@ -100,6 +100,7 @@ def _amount(value: Any) -> Decimal:
 
 
 _TOKEN = frozenset({"token"})
+HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]  # an RFC 9110 token
 #: A per-token price: "$3 / 1M tokens".
 TokenRate = Annotated[Rate, BeforeValidator(_rate_validator(None, _TOKEN))]
 #: A per-request price: "$0.05" (a unit may be written: "$0.05/request").
@@ -394,10 +395,11 @@ class AccountConfig(_Strict):
 
 
 class GatewayConfig(_Strict):
-    """How ``metered gateway`` treats callers without a known API key."""
+    """``metered gateway``: callers without a known key (``None``: 401; an account: served,
+    charged to it); upstream response headers callers get besides the default ones."""
 
-    # None: refused (401). An account name: served, and charged to that account.
     unidentified_account: str | None = Field(default=None, min_length=1)
+    response_headers: list[HeaderName] = Field(default_factory=list)
 
 
 class TelemetryConfig(_Strict):

@@ -1,14 +1,14 @@
 """Where the gateway's routes go: an :class:`Upstream` (resolved from a name or URL by
 :func:`resolve_upstream`), how it is named in error bodies and logs (scheme, host and port:
-never credentials), and what of its error answers reaches the caller
-(:func:`reduced_error`).
+never credentials), and what of its answers reaches the caller: the headers of a
+successful one (:func:`forwarded_headers`), the shape of an error (:func:`reduced_error`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -19,7 +19,14 @@ from metered.headers import CREDENTIAL_HEADERS
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["KNOWN", "Upstream", "reduced_error", "resolve_upstream"]
+__all__ = [
+    "FORWARDED_HEADERS",
+    "KNOWN",
+    "Upstream",
+    "forwarded_headers",
+    "reduced_error",
+    "resolve_upstream",
+]
 
 #: The upstreams known by name: base URL, the API key variable, the header it goes in.
 KNOWN = {
@@ -106,6 +113,35 @@ def _shown(url: str) -> str:
 
 #: Response headers an upstream error keeps (rate-limit hints a client acts on).
 _ERROR_HEADERS = ("retry-after", "x-request-id", "x-ratelimit-reset-requests")
+
+#: The headers of an upstream's successful answer a caller gets (besides what the gateway
+#: sets itself). Everything else stays: the operator's organisation and project ids
+#: (``openai-organization``, ``anthropic-organization-id``), the rate limits of the
+#: operator's account, the CDN's cookies, internal hops and regions (``via``,
+#: ``x-envoy-*``, ``x-ms-region``). ``gateway.response_headers`` adds names.
+FORWARDED_HEADERS = frozenset({"content-type", "cache-control", "x-request-id"})
+# never passed, whatever the config adds: hop-by-hop headers, and the encoding the body
+# loses on its way (the proxy decodes it)
+_NEVER = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+     "upgrade", "content-encoding", "content-length"}
+)  # fmt: skip
+
+
+def forwarded_headers(
+    items: Iterable[tuple[str, str]], extra: Collection[str] = ()
+) -> list[tuple[bytes, bytes]]:
+    """The headers of a successful upstream answer the caller gets: those of
+    :data:`FORWARDED_HEADERS` and ``extra`` (lower-case names), and the length unless the
+    body is decoded on its way (the length would no longer match)."""
+    items = list(items)
+    encoded = any(k.lower() == "content-encoding" for k, _ in items)
+    kept = FORWARDED_HEADERS.union(name.lower() for name in extra) - _NEVER
+    if not encoded:
+        kept |= {"content-length"}
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in items if k.lower() in kept]
+
+
 _MAX_ERROR_MESSAGE = 1000
 
 
