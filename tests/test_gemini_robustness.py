@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from metered.engine.meter import Meter
@@ -114,6 +114,9 @@ def test_any_chunks_are_read_without_raising(chunks: list[Any], ended: bool) -> 
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(  # a null camelCase config beside the snake_case one: one config goes upstream
+    {"model": "gemini-2.5-flash", "generation_config": {}, "generationConfig": None}, None
+)
 @given(
     st.fixed_dictionaries(
         {"model": st.just("gemini-2.5-flash")},

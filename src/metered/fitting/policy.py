@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 from metered.errors import ConfigError, InvalidRequest, PolicyDenied
 from metered.pricing.resolve import PROVIDER_PREFIXES, ResolvedModel, normalize_model_id
 from metered.tokens.estimate import (
+    GEMINI_CONFIG,
     GEMINI_OUTPUT_LIMIT,
     GEMINI_OUTPUT_LIMIT_KEYS,
     MAX_OUTPUT_TOKENS,
@@ -269,6 +270,9 @@ def set_output_limit(body: dict[str, Any], param: str, limit: int) -> None:
     for key in GEMINI_OUTPUT_LIMIT_KEYS:
         out.pop(key, None)
     out[GEMINI_OUTPUT_LIMIT_KEYS[0]] = limit
+    for other in GEMINI_CONFIG:  # a null spelling beside it would be a second config
+        if other != name:
+            body.pop(other, None)
     body[name] = out
 
 
