@@ -35,6 +35,7 @@ from metered.pricing.resolve import normalize_model_id
 from metered.pricing.route import Pricer, Quote, RoutePricer
 from metered.settlement import SettlementMode
 from metered.tokens import ChatCounter, Shape, count_request
+from metered.tokens.encodings import tokenizer
 from metered.tokens.estimate import gemini_config
 from metered.tokens.request import gemini_contents, gemini_system
 from metered.usage import estimated
@@ -94,6 +95,9 @@ class Plan:
     limit_param: str  # the body parameter that limits output for this model and API
     floor: int  # the least output a budget-limited call is sent for
     window: int | None  # the model's context window, if known
+    # the prompt is held at num/den times its count: the model's own tokenizer may count
+    # more than an estimate made with another (see metered.tokens.encodings)
+    headroom: tuple[int, int]
     # None for the Responses API (counted per item). Shared by the plan's calls, which
     # read only totals from it.
     counter: ChatCounter | None
@@ -188,6 +192,7 @@ class Planner:
             limit_param=output_limit_param(base, api),
             floor=self._config.min_output_tokens,
             window=entry.context_window if entry is not None else None,
+            headroom=tokenizer(base).headroom.as_integer_ratio(),
             counter=None
             if api == "responses"
             else ChatCounter(base, shape=_SHAPES.get(api, "openai")),
@@ -229,6 +234,9 @@ def admit(plan: Plan, call: Call, urgent: bool, budgeted: bool) -> tuple[Fit, Qu
 
 
 def _quote(plan: Plan, call: Call, body: dict[str, Any], prompt: int, limit: int) -> Quote:
+    num, den = plan.headroom
+    if num != den:  # the most the provider may count for the prompt, rounded up
+        prompt = -(-prompt * num // den)
     usage = estimated(prompt, limit * choices(body, call.api))
     return plan.pricer.quote(
         plan.model, usage, headers=call.headers, body=body, metadata=call.metadata

@@ -9,6 +9,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from metered.errors import InvalidRequest
@@ -74,6 +75,7 @@ class FakeUpstream:
             reasoning models (o-series, gpt-5 family) and of Anthropic requests with
             ``thinking`` enabled; they count against the output limit first, as they do
             upstream.
+        prompt_scale: prompt tokens reported per counted token (a provider's own tokenizer).
         models: the model ids ``GET /v1/models`` lists.
         keep_requests: how many of the latest requests :attr:`requests` keeps; ``None``
             keeps all (long benchmarks should bound it).
@@ -92,6 +94,7 @@ class FakeUpstream:
         cached_tokens: int | float = 0,
         cache_write_tokens: int | float = 0,
         reasoning_tokens: int = 0,
+        prompt_scale: Fraction | int | str = 1,
         models: Iterable[str] = DEFAULT_MODELS,
         keep_requests: int | None = None,
     ) -> None:
@@ -113,6 +116,9 @@ class FakeUpstream:
         self._cached_tokens = cached_tokens
         self._cache_write_tokens = cache_write_tokens
         self._reasoning_tokens = reasoning_tokens
+        self._prompt_scale = Fraction(prompt_scale)
+        if self._prompt_scale <= 0:
+            raise ValueError(f"prompt_scale must be positive, got {prompt_scale!r}")
         self._models = tuple(models)
         self._lock = threading.Lock()
         self._faults: deque[_Fault] = deque()
@@ -329,6 +335,7 @@ class FakeUpstream:
         text = self._reply if isinstance(self._reply, str) else self._reply(record)
         reasoning_tokens = self._reasoning_tokens if reasoning else 0
         portions = (self._chunk_tokens, self._cached_tokens, self._cache_write_tokens)
+        prompt_tokens = math.ceil(prompt_tokens * self._prompt_scale)
         return generation(text, model, prompt_tokens, limit, reasoning_tokens, *portions)
 
     # -- adapters -------------------------------------------------------------------
