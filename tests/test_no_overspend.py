@@ -11,26 +11,21 @@ amounts the usage records say were settled equals the ledger's spend exactly.
 from __future__ import annotations
 
 import asyncio
-import json
-import multiprocessing
 import random
 import threading
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from metered.clients import MeteredOpenAI
-from metered.config.budgets import parse_budget
 from metered.engine.meter import Meter
 from metered.errors import BudgetExceeded
 from metered.http.asgi import MeteredMiddleware
 from metered.http.identity import ApiKeys
 from metered.ledger import RedisLedger
-from metered.money import to_nanos
-from metered.records import UsageRecord
 from metered.testing import FakeUpstream
+from tests.budget_processes import checked_budget, jsonl_sink, run_workers
 from tests.redis_server import redis_server_fixture  # noqa: F401
 
 BUDGET = "$2/day"  # calls cost up to $0.16 each: exhausted well before the workers stop
@@ -64,13 +59,7 @@ def _body(rng: random.Random) -> dict[str, Any]:
 
 def _worker(redis_url: str, records_path: str, seed: int) -> None:
     """One OS process: threads through MeteredOpenAI, then tasks through a gateway route."""
-    lock = threading.Lock()
-
-    def sink(record: UsageRecord) -> None:
-        line = json.dumps(record.to_dict()) + "\n"
-        with lock, Path(records_path).open("a") as out:
-            out.write(line)
-
+    sink = jsonl_sink(records_path)
     meter = Meter(CONFIG, ledger=RedisLedger(redis_url, prefix=PREFIX), sink=sink)
     upstream = FakeUpstream(reply=LONG_REPLY, keep_requests=10)
 
@@ -112,30 +101,9 @@ def _worker(redis_url: str, records_path: str, seed: int) -> None:
 def test_processes_sharing_a_redis_budget_never_overspend_it(
     redis_server: Any, tmp_path: Path
 ) -> None:
-    records_path = tmp_path / "records.jsonl"
-    records_path.touch()
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker, args=(redis_server.url, str(records_path), seed))
-        for seed in range(WORKERS)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=300)
-        assert process.exitcode == 0
-
-    ledger = RedisLedger(redis_server.url, prefix=PREFIX)
-    budget = parse_budget(BUDGET, key="budget")
-    balance = ledger.balance("shared", budget)
-    records = [json.loads(line) for line in records_path.read_text().splitlines()]
-    settled = [r for r in records if r["settlement_status"] == "settled"]
-    refused = [r for r in records if r["policy_decision"] != "allowed"]
-
-    assert settled  # the budget was used
-    assert refused  # and exhausted
-    assert balance.spent_nanos <= balance.limit_nanos  # no overspend, to the nano
-    assert balance.held_nanos == 0  # no hold leaked
-    assert sum(to_nanos(Decimal(r["settlement_amount"])) for r in settled) == balance.spent_nanos
+    records = tmp_path / "records.jsonl"
+    run_workers(_worker, redis_server.url, records, WORKERS)
+    _, rows = checked_budget(redis_server.url, PREFIX, "shared", BUDGET, records)
+    settled = [r for r in rows if r["settlement_status"] == "settled"]
     # the budget, not only the callers, shortened calls near the end
     assert any(r["max_tokens_source"] == "budget" for r in settled)

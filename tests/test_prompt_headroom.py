@@ -11,12 +11,9 @@ fake Anthropic API whose tokenizer counts 1.3 tokens per estimated one.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import multiprocessing
 import random
 import threading
-from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -24,16 +21,14 @@ from typing import Any
 import pytest
 
 from metered.clients import MeteredAnthropic
-from metered.config.budgets import parse_budget
 from metered.engine.meter import Meter
 from metered.errors import BudgetExceeded
 from metered.ledger import RedisLedger
-from metered.money import to_nanos
-from metered.records import UsageRecord
 from metered.testing import FakeUpstream
 from metered.tokens import set_model_encoding
 from metered.tokens.encodings import ESTIMATE_HEADROOM, tokenizer
 from metered.usage import Usage
+from tests.budget_processes import checked_budget, jsonl_sink, run_workers
 from tests.redis_server import redis_server_fixture  # noqa: F401
 
 CLAUDE = "claude-sonnet-4-5"
@@ -128,13 +123,7 @@ def test_a_budget_that_pays_only_the_estimate_shortens_the_call_instead() -> Non
 
 def _worker(redis_url: str, records_path: str, seed: int) -> None:
     """One OS process: threads calling Claude through MeteredAnthropic."""
-    lock = threading.Lock()
-
-    def sink(record: UsageRecord) -> None:
-        line = json.dumps(record.to_dict()) + "\n"
-        with lock, Path(records_path).open("a") as out:
-            out.write(line)
-
+    sink = jsonl_sink(records_path)
     meter = Meter(CONFIG, ledger=RedisLedger(redis_url, prefix=PREFIX), sink=sink)
     upstream = FakeUpstream(reply="tick tock " * 2000, prompt_scale="1.3", keep_requests=10)
 
@@ -157,27 +146,8 @@ def _worker(redis_url: str, records_path: str, seed: int) -> None:
 def test_processes_never_overspend_when_the_provider_counts_more_than_the_estimate(
     redis_server: Any, tmp_path: Path
 ) -> None:
-    records_path = tmp_path / "records.jsonl"
-    records_path.touch()
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker, args=(redis_server.url, str(records_path), seed))
-        for seed in range(3)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=300)
-        assert process.exitcode == 0
-
-    ledger = RedisLedger(redis_server.url, prefix=PREFIX)
-    balance = ledger.balance("shared", parse_budget(BUDGET, key="budget"))
-    records = [json.loads(line) for line in records_path.read_text().splitlines()]
-    settled = [r for r in records if r["settlement_status"] == "settled"]
-    assert settled  # the budget was used
-    assert any(r["policy_decision"] != "allowed" for r in records)  # and exhausted
+    records = tmp_path / "records.jsonl"
+    run_workers(_worker, redis_server.url, records, 3)
+    _, rows = checked_budget(redis_server.url, PREFIX, "shared", BUDGET, records)
     # the provider counted more than the estimate on every call
-    assert all(r["tokens_in"] > 1.2 * 1000 for r in settled)
-    assert balance.spent_nanos <= balance.limit_nanos  # no overspend, to the nano
-    assert balance.held_nanos == 0
-    assert sum(to_nanos(Decimal(r["settlement_amount"])) for r in settled) == balance.spent_nanos
+    assert all(r["tokens_in"] > 1.2 * 1000 for r in rows if r["settlement_status"] == "settled")
