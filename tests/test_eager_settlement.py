@@ -136,3 +136,13 @@ async def test_a_suspended_coroutine_that_fails_later_reports_it(start: Start) -
 
     with pytest.raises(ConnectionError, match="store went away"):
         await asyncio.shield(start(slow()))
+
+
+@pytest.mark.parametrize("start", STARTS)
+async def test_a_coroutine_cancelled_in_its_first_step_is_cancelled(start: Start) -> None:
+    async def gives_up() -> None:
+        raise asyncio.CancelledError
+
+    future = start(gives_up())
+    await asyncio.sleep(0)  # a task ends its first step here
+    assert future.cancelled()

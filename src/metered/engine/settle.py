@@ -144,9 +144,14 @@ def _eager(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> asy
         done: asyncio.Future[T] = loop.create_future()
         done.set_result(stop.value)
         return done
+    except (KeyboardInterrupt, SystemExit):
+        raise  # as a task step re-raises them
     except BaseException as exc:
         failed: asyncio.Future[T] = loop.create_future()
-        failed.set_exception(exc)
+        if isinstance(exc, asyncio.CancelledError):
+            failed.cancel()
+        else:
+            failed.set_exception(exc)
         return failed
     return loop.create_task(_resumed(coro, yielded), context=context)
 
