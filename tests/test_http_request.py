@@ -131,5 +131,26 @@ def test_upstream_bytes_are_the_clients_own_when_nothing_changed() -> None:
     raw = b'{"model":  "m", "messages": []}'
     sent = json.loads(raw)
     assert upstream_bytes(raw, sent, dict(sent)) is raw
-    changed = {**sent, "max_tokens": 10}
+    changed = {**sent, "messages": [{"role": "user", "content": "trimmed"}]}
     assert json.loads(upstream_bytes(raw, sent, changed)) == changed
+    removed = {k: v for k, v in sent.items() if k != "messages"}
+    assert json.loads(upstream_bytes(raw, sent, removed)) == removed
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model":  "m", "messages": [{"role": "user", "content": "}"}]}',
+        b'{"model":"m","messages":[]} \r\n',  # whitespace after the object
+        b'{"model":"m" ,\n "messages":[] \n}',
+        b"{}",
+    ],
+)
+def test_members_metering_only_adds_are_appended_to_the_clients_bytes(raw: bytes) -> None:
+    """A budgeted call's limit (or stream_options) is appended: the client's bytes up to
+    their closing brace are forwarded as they came, however long the history."""
+    sent = json.loads(raw)
+    fitted = {**sent, "max_tokens": 10, "stream_options": {"include_usage": True}}
+    out = upstream_bytes(raw, sent, fitted)
+    assert json.loads(out) == fitted
+    assert out.startswith(raw.rstrip()[:-1])

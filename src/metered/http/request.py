@@ -242,12 +242,24 @@ def prepare_stream(body: dict[str, Any], api: Api) -> bool:
 def upstream_bytes(raw: bytes, sent: Mapping[str, Any], fitted: Mapping[str, Any]) -> bytes:
     """The request bytes to forward upstream: the client's own when metering changed
     nothing in the body (no re-encoding, which costs most for the longest histories),
-    else the fitted body as JSON.
+    the client's own with the new members appended when metering only added some (a
+    budgeted call's output limit, ``stream_options``), else the fitted body as JSON.
 
     ``fitted`` is the engine's copy of ``sent`` (``call.body``): whatever fitting or
     :func:`prepare_stream` changed (a clamped or filled-in limit, a trimmed history,
     ``stream_options``) is a different object under its key, or a different key set.
     """
-    if fitted.keys() == sent.keys() and all(fitted[key] is value for key, value in sent.items()):
+    if not all(fitted.get(key, _MISSING) is value for key, value in sent.items()):
+        return json.dumps(fitted, separators=(",", ":")).encode()
+    if len(fitted) == len(sent):
         return raw
-    return json.dumps(fitted, separators=(",", ":")).encode()
+    # only added: the parser refused duplicate names, so none of these is in raw
+    added = json.dumps({k: v for k, v in fitted.items() if k not in sent}, separators=(",", ":"))
+    end = raw.rstrip().rfind(b"}")
+    if end < 0:  # pragma: no cover - raw parsed as a JSON object
+        return json.dumps(fitted, separators=(",", ":")).encode()
+    joint = b"," if sent else b""
+    return b"".join((raw[:end], joint, added[1:].encode(), raw[end + 1 :]))
+
+
+_MISSING = object()
