@@ -144,7 +144,11 @@ async def test_caller_credentials_are_replaced_by_the_upstream_key(meter: Meter)
         response = await c.post(
             "/v1/chat/completions?api-version=1",
             json={"model": "gpt-4o", "messages": HI},
-            headers={"authorization": "Bearer sk-caller", "cookie": "session=1"},
+            headers={
+                "authorization": "Bearer sk-caller",
+                "cookie": "session=1",
+                "x-goog-api-key": "caller-gemini-key",
+            },
         )
     assert response.status_code == 200
     (request,) = seen
@@ -152,6 +156,7 @@ async def test_caller_credentials_are_replaced_by_the_upstream_key(meter: Meter)
     assert str(request.url) == "https://llm.example/v1/chat/completions"
     assert request.headers["authorization"] == "Bearer sk-upstream"
     assert "cookie" not in request.headers
+    assert "x-goog-api-key" not in request.headers
     assert request.headers["accept-encoding"] == "identity"
     assert meter.spent("acme") == Decimal("0.05")
 

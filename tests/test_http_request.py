@@ -109,6 +109,8 @@ def test_public_headers_drop_credentials_and_lower_case_names() -> None:
         [
             ("Authorization", "Bearer sk-1"),
             ("X-Api-Key", "sk-2"),
+            ("Api-Key", "azure-key"),
+            ("X-Goog-Api-Key", "gemini-key"),
             ("Cookie", "s=1"),
             ("X-Tenant", "acme"),
         ]

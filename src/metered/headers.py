@@ -13,9 +13,10 @@ from typing import Final
 
 __all__ = ["CREDENTIAL_HEADERS", "public_headers"]
 
-#: Headers that carry credentials: never forwarded by the gateway, never shown to hooks.
+#: Headers that carry credentials: never forwarded by the gateway, never shown to hooks
+#: (``x-api-key``: Anthropic; ``api-key``: Azure OpenAI; ``x-goog-api-key``: Gemini).
 CREDENTIAL_HEADERS: Final = frozenset(
-    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie"}
 )
 _EMPTY: Mapping[str, str] = {}
 
