@@ -315,7 +315,7 @@ def test_check_reports_every_problem_in_one_run(capsys: pytest.CaptureFixture[st
     findings = [line for line in lines if line.startswith(("error", "warning"))]
     assert [" ".join(line.split()) for line in findings] == [
         "error chat - upstream upstream 'openia' does not exist: one of openai, anthropic, "
-        "fake or an http(s) URL",
+        "gemini, fake or an http(s) URL",
         "warning chat gpt-4o route.models route chat prices gpt-4o at $0.001, below its cost "
         "$0.0075 (1000 input + 500 output tokens)",
         "warning chat gemini-2.0-flash route.models is deprecated "

@@ -18,16 +18,12 @@ from metered.clients import MeteredAnthropic, MeteredOpenAI
 from metered.engine.meter import Meter
 from metered.providers import ANTHROPIC, CHAT, RESPONSES, Bound, Transcript
 from metered.testing import FakeUpstream
-from test_parity import DOORS, SCENARIOS, upstream_of
+from test_parity import DOORS, ROUTE_PATHS, SCENARIOS, upstream_of
 from test_semconv_official import official_span
 
 ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 CONTENT_KEYS = ("gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions")
-ROUTES: dict[str, Any] = {
-    "routes": {
-        f"POST {path}": {} for path in ("/v1/chat/completions", "/v1/responses", "/v1/messages")
-    }
-}
+ROUTES: dict[str, Any] = {"routes": {f"POST {path}": {} for path in ROUTE_PATHS}}
 
 CONVERSATION: dict[str, Any] = {
     "model": "gpt-4o",

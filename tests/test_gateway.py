@@ -341,7 +341,7 @@ def test_the_upstream_names_the_config_accepts_are_the_ones_the_gateway_serves()
 
 
 def test_unknown_upstream_name_is_a_config_error() -> None:
-    """Anything but openai, anthropic, fake or an http(s) URL is refused."""
+    """Anything but openai, anthropic, gemini, fake or an http(s) URL is refused."""
     with pytest.raises(ConfigError, match="upstream"):
         resolve_upstream("ftp://nope", environ={})
 

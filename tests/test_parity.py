@@ -4,7 +4,9 @@ Each scenario is served by one upstream and driven through (1) the client proxie
 real OpenAI / Anthropic SDK over HTTP), (2) the ASGI middleware, (3) the WSGI middleware
 and (4) the gateway app (``GatewayProxy`` behind the middleware, as ``metered gateway``
 builds it). The records must agree on everything but the fields that name the door or
-time the call. Only public APIs of the doors are used.
+time the call. Only public APIs of the doors are used. Gemini's client door is the
+google-genai SDK over the metered transport (``metered.clients.genai``); its HTTP doors
+serve ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ import httpx
 import httpx2
 import openai
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
 
 from metered.clients import MeteredAnthropic, MeteredOpenAI
+from metered.clients.genai import metered_transport
 from metered.engine.meter import Meter
 from metered.errors import UpstreamError
 from metered.gateway import GatewayProxy, Upstream
@@ -31,10 +37,17 @@ from metered.http.asgi import MeteredMiddleware
 from metered.http.wsgi import MeteredWSGIMiddleware
 from metered.records import UsageRecord
 from metered.testing import FakeUpstream
+from metered.testing.transports import _transport_class
 
 HI = [{"role": "user", "content": "Say something."}]
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "anthropic": "/v1/messages"}
-CONFIG: dict[str, Any] = {"routes": {f"POST {path}": {} for path in PATHS.values()}}
+GEMINI_MODEL = "gemini-2.5-flash"
+GEMINI_PATHS = (
+    "/v1beta/models/{model}:generateContent",
+    "/v1beta/models/{model}:streamGenerateContent",
+)
+ROUTE_PATHS = (*PATHS.values(), *GEMINI_PATHS)
+CONFIG: dict[str, Any] = {"routes": {f"POST {path}": {} for path in ROUTE_PATHS}}
 # what differs by construction: which door, when, how long, and the exception's class
 DOOR_FIELDS = frozenset(
     {
@@ -293,6 +306,9 @@ RESPONSES = {"model": "gpt-4o", "input": "Say something."}
 MESSAGES = {"model": "claude-sonnet-4-6", "max_tokens": 256, "messages": HI}
 THINKING = {**MESSAGES, "thinking": {"type": "enabled", "budget_tokens": 64}}
 
+# Gemini's REST body; "stream" here picks the streaming URL (the body never says it)
+GEMINI = {"contents": [{"role": "user", "parts": [{"text": "Say something."}]}]}
+
 SCENARIOS = {
     "chat-json": Scenario("chat", CHAT),
     "chat-stream": Scenario("chat", {**CHAT, "stream": True}),
@@ -347,7 +363,24 @@ SCENARIOS = {
         {**RESPONSES, "stream": True},
         fault=lambda up: up.fail_next(500, after_chunks=3),
     ),
+    "gemini-json": Scenario("gemini", GEMINI),
+    "gemini-stream": Scenario("gemini", {**GEMINI, "stream": True}),
+    "gemini-thinking-stream": Scenario(
+        "gemini", {**GEMINI, "stream": True}, lambda: FakeUpstream(reasoning_tokens=6)
+    ),
+    "gemini-cached-json": Scenario("gemini", GEMINI, lambda: FakeUpstream(cached_tokens=0.5)),
+    "gemini-upstream-error": Scenario("gemini", GEMINI, fault=lambda up: up.fail_next(503)),
 }
+
+
+def request_of(scenario: Scenario) -> tuple[str, dict[str, Any]]:
+    """The URL an HTTP door is sent and the JSON body (Gemini's URL names the model and
+    whether it streams)."""
+    if scenario.api != "gemini":
+        return PATHS[scenario.api], scenario.body
+    body = {k: v for k, v in scenario.body.items() if k != "stream"}
+    action = "streamGenerateContent?alt=sse" if scenario.body.get("stream") else "generateContent"
+    return f"/v1beta/models/{GEMINI_MODEL}:{action}", body
 
 
 def upstream_of(scenario: Scenario) -> AnyUpstream:
@@ -361,8 +394,34 @@ def upstream_of(scenario: Scenario) -> AnyUpstream:
 # -- doors --------------------------------------------------------------------------------
 
 
+def via_genai(meter: Meter, scenario: Scenario, upstream: AnyUpstream) -> None:
+    """google-genai over the metered transport (Gemini's client door)."""
+    transport = metered_transport(meter, inner=_transport_class("httpx2")(upstream))
+    with httpx2.Client(transport=transport) as http:
+        client = genai.Client(
+            api_key="fake-google-key",
+            http_options=types.HttpOptions(
+                base_url="http://fake-upstream.test",
+                httpx_client=http,
+                retry_options=types.HttpRetryOptions(attempts=1),
+            ),
+        )
+        text = scenario.body["contents"][0]["parts"][0]["text"]
+        try:
+            if scenario.body.get("stream"):
+                for _ in client.models.generate_content_stream(model=GEMINI_MODEL, contents=text):
+                    pass
+            else:
+                client.models.generate_content(model=GEMINI_MODEL, contents=text)
+        except genai_errors.APIError:
+            pass
+
+
 def via_proxy(meter: Meter, scenario: Scenario, upstream: AnyUpstream) -> None:
     """The SDK client proxies, over HTTP to the upstream."""
+    if scenario.api == "gemini":
+        via_genai(meter, scenario, upstream)
+        return
     if scenario.api == "anthropic":
         create: Any = MeteredAnthropic(upstream.anthropic_client(), meter=meter).messages.create
     else:
@@ -386,7 +445,8 @@ async def _post(app: Any, scenario: Scenario) -> None:
     transport = httpx.ASGITransport(app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
         with contextlib.suppress(*UPSTREAM_LOST):
-            await http.post(PATHS[scenario.api], json=scenario.body, headers=scenario.headers)
+            url, body = request_of(scenario)
+            await http.post(url, json=body, headers=scenario.headers)
 
 
 def via_asgi(meter: Meter, scenario: Scenario, upstream: AnyUpstream) -> None:
@@ -397,7 +457,7 @@ def via_asgi(meter: Meter, scenario: Scenario, upstream: AnyUpstream) -> None:
 def via_gateway(meter: Meter, scenario: Scenario, upstream: AnyUpstream) -> None:
     """The gateway app: GatewayProxy behind MeteredMiddleware, as ``metered gateway``."""
     target = Upstream("fake", "http://fake-upstream.test", (), upstream.async_httpx_transport())
-    routes = {("POST", path): target for path in PATHS.values()}
+    routes = {("POST", path): target for path in ROUTE_PATHS}
     proxy = GatewayProxy(routes, default=target)
     asyncio.run(_post(MeteredMiddleware(proxy, meter=meter), scenario))
 
@@ -435,7 +495,8 @@ def via_wsgi(meter: Meter, scenario: Scenario, upstream: AnyUpstream) -> None:
     app = MeteredWSGIMiddleware(forwarding_wsgi_app(upstream), meter=meter)
     http = httpx.Client(transport=httpx.WSGITransport(app), base_url="http://gw")
     with http, contextlib.suppress(*UPSTREAM_LOST):
-        http.post(PATHS[scenario.api], json=scenario.body, headers=scenario.headers)
+        url, body = request_of(scenario)
+        http.post(url, json=body, headers=scenario.headers)
 
 
 DOORS = {"proxy": via_proxy, "asgi": via_asgi, "wsgi": via_wsgi, "gateway": via_gateway}

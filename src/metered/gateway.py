@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qsl, urlencode
 
 from metered.context import CallerContext
 from metered.engine.meter import Meter
@@ -46,7 +47,7 @@ from metered.errors import ConfigError, MeteredError, NotFound, UpstreamError, U
 from metered.http.asgi import ASGIApp, Message, MeteredMiddleware, Receive, Scope, Send
 from metered.http.errors import error_parts
 from metered.http.identity import ApiKeys, Identify, is_unidentified
-from metered.http.request import CREDENTIAL_HEADERS, gateway_routes
+from metered.http.request import CREDENTIAL_HEADERS, gateway_routes, route_pattern
 from metered.http.response import TotalHeader
 from metered.http.upstreams import Upstream, forwarded_headers, reduced_error, resolve_upstream
 
@@ -126,6 +127,12 @@ class GatewayProxy:
         self._query = frozenset(forward_query)
         self._response_headers = frozenset(name.lower() for name in response_headers)
         self._upstreams = dict(upstreams)
+        # routes whose path names {model} (Gemini's): matched when no path is exact
+        self._templated = tuple(
+            (method, pattern, upstream)
+            for (method, path), upstream in self._upstreams.items()
+            if (pattern := route_pattern(path)) is not None
+        )
         self._default = default
         limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._clients: dict[int, httpx.AsyncClient] = {}
@@ -147,12 +154,18 @@ class GatewayProxy:
             return
         where = (scope["method"], scope["path"])
         upstream = self._upstreams.get(where)
+        templated = False
+        if upstream is None:
+            for method, pattern, candidate in self._templated:
+                if method == where[0] and pattern.fullmatch(where[1]):
+                    upstream, templated = candidate, True
+                    break
         if upstream is None and where in _PASSTHROUGH:
             upstream = self._default
         if upstream is None:
             await _respond(send, NotFound(f"no route for {scope['method']} {scope['path']}"))
             return
-        await self._forward(upstream, scope, receive, send)
+        await self._forward(upstream, scope, receive, send, templated=templated)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -165,7 +178,7 @@ class GatewayProxy:
                 return
 
     async def _forward(
-        self, upstream: Upstream, scope: Scope, receive: Receive, send: Send
+        self, upstream: Upstream, scope: Scope, receive: Receive, send: Send, *, templated: bool
     ) -> None:
         import anyio
         import httpx
@@ -188,6 +201,8 @@ class GatewayProxy:
         query = ""
         if (scope["method"], scope["path"]) in self._query:
             query = scope.get("query_string", b"").decode("latin-1")
+        elif templated:  # Gemini's: how to answer (alt=sse), never a caller's ?key=
+            query = _only_alt(scope.get("query_string", b"").decode("latin-1"))
         request = client.build_request(
             scope["method"],
             upstream.url(scope["path"], query),
@@ -249,6 +264,10 @@ class GatewayProxy:
             raise UpstreamError(f"{upstream.name} failed mid-response: {failure}") from failure
 
 
+def _only_alt(query: str) -> str:
+    return urlencode([(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k == "alt"])
+
+
 async def _respond(send: Send, error: MeteredError) -> None:
     status, headers, body = error_parts(error)
     start: Message = {
@@ -300,7 +319,7 @@ def create_app(
             raise ConfigError(
                 "upstream",
                 f"route {route.name!r} has no upstream: set its 'upstream:' or pass --upstream "
-                "(openai, anthropic, a URL, or fake for the built-in fake upstream)",
+                "(openai, anthropic, gemini, a URL, or fake for the built-in fake upstream)",
             )
         if name not in resolved:  # one Upstream (connection pool, fake) per distinct name
             resolved[name] = resolve_upstream(name, environ=environ)

@@ -35,8 +35,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from metered.clients.adapter import default_meter
-from metered.errors import InvalidRequest
-from metered.http.request import parse_request, upstream_bytes
+from metered.http.request import forwarded_bytes, url_request
 from metered.http.response import GatewayResponse
 
 if TYPE_CHECKING:
@@ -52,10 +51,6 @@ _GENERATE = re.compile(
 )
 
 
-# what the URL says and the engine reads from the body: never forwarded in the body
-_URL_KEYS = ("model", "stream")
-
-
 def _body(method: str, path: str, raw: bytes) -> dict[str, Any] | None:
     """The engine's body of a generate request (the URL's model and whether it streams
     added), or ``None`` for a request not metered.
@@ -66,12 +61,8 @@ def _body(method: str, path: str, raw: bytes) -> dict[str, Any] | None:
     match = _GENERATE.search(path) if method == "POST" else None
     if match is None:
         return None
-    body = parse_request(raw, model=match.group("model"))
-    if "stream" in body:
-        raise InvalidRequest("the URL says whether to stream: the body must not", param="stream")
-    if match.group("method") == "streamGenerateContent":
-        body["stream"] = True
-    return body
+    stream = match.group("method") == "streamGenerateContent"
+    return url_request(raw, match.group("model"), stream=stream)
 
 
 def _library() -> Any:
@@ -90,9 +81,6 @@ class _Exchange:
         self, call: Call, request: Any, raw: bytes, body: dict[str, Any], module: Any
     ) -> None:
         self.call = call
-        # what the URL says is not in what was sent, nor in what goes
-        sent = {k: v for k, v in body.items() if k not in _URL_KEYS}
-        fitted = {k: v for k, v in call.body.items() if k not in _URL_KEYS}
         headers = dict(request.headers)
         headers.pop("content-length", None)
         headers["accept-encoding"] = "identity"
@@ -100,7 +88,7 @@ class _Exchange:
             request.method,
             request.url,
             headers=headers,
-            content=upstream_bytes(raw, sent, fitted),
+            content=forwarded_bytes(raw, body, call.body, url=True),
             extensions=request.extensions,
         )
         self.core = GatewayResponse(call, "gemini", strip_usage=False)

@@ -312,7 +312,7 @@ class Hooks(_Strict):
 UnknownPolicy = Literal["reject", "fallback", "unpriced"]
 
 #: Upstreams a route may name besides an ``http(s)://`` URL (see ``metered.gateway``).
-KNOWN_UPSTREAMS = ("openai", "anthropic", "fake")
+KNOWN_UPSTREAMS = ("openai", "anthropic", "gemini", "fake")
 
 
 class RouteConfig(_Strict):

@@ -59,11 +59,11 @@ from metered.http.request import (
     GatewayRoute,
     check_content_type,
     check_door_options,
+    forwarded_bytes,
     gateway_routes,
-    parse_request,
+    match_route,
     prepare_stream,
     public_headers,
-    upstream_bytes,
 )
 from metered.http.response import (
     COST_HEADER,
@@ -128,6 +128,7 @@ class MeteredMiddleware:
         self._reject = unidentified == "reject"
         self._public = frozenset(public_paths)
         self._routes = gateway_routes(meter, routes)
+        self._templated = tuple(r for r in self._routes.values() if r.pattern is not None)
         self._totals = check_total_headers(total_headers)
         self._max_choices = max_choices
 
@@ -150,7 +151,11 @@ class MeteredMiddleware:
             return
         totals = RequestTotals()
         totals.find_span()  # a server instrumentation outside this middleware
-        route = self._routes.get((scope["method"], scope["path"])) if self._routes else None
+        route = (
+            match_route(self._routes, self._templated, scope["method"], scope["path"])
+            if self._routes
+            else None
+        )
         with bind(totals=totals, **bindings(caller)):
             if route is None:
                 await self._handler(scope, receive, send, totals)
@@ -204,7 +209,7 @@ class MeteredMiddleware:
             raw = await _read_body(receive, headers.get("content-length"), route.max_body_bytes)
             if raw is None:  # the client went away
                 return
-            body = parse_request(raw, max_choices=self._max_choices)
+            body = route.request(raw, scope["path"], max_choices=self._max_choices)
             call = await self.meter.abegin(
                 body,
                 api=route.api,
@@ -216,7 +221,7 @@ class MeteredMiddleware:
             await _respond(send, *error_parts(exc))
             return
         strip = prepare_stream(call.body, route.api)
-        upstream_body = upstream_bytes(raw, body, call.body)
+        upstream_body = forwarded_bytes(raw, body, call.body, url=route.pattern is not None)
         pending = [upstream_body]
 
         async def replay() -> Message:

@@ -58,9 +58,10 @@ def is_unidentified(caller: CallerContext | str | None) -> bool:
 class ApiKeys:
     """Maps API keys sent by callers to accounts, without keeping or revealing the keys.
 
-    Keys are read from ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (see
-    ``headers``). Only SHA-256 digests of the configured keys are stored. A key that is not
-    configured is unidentified, unless a ``secret`` is given: it then becomes the account
+    Keys are read from ``Authorization: Bearer <key>``, ``x-api-key: <key>`` or
+    ``x-goog-api-key: <key>`` (what google-genai sends; see ``headers``). Only SHA-256
+    digests of the configured keys are stored. A key that is not configured is
+    unidentified, unless a ``secret`` is given: it then becomes the account
     ``key:<16 hex>`` (HMAC-SHA256 of the key under the secret), a stable name that cannot
     be turned back into the key, so its spend is tracked. Such a key is still not
     *known*: with ``unidentified="reject"`` it is refused (401) like no key at all.
@@ -89,7 +90,7 @@ class ApiKeys:
         keys: Mapping[str, str] | None = None,
         *,
         secret: str | bytes | None = None,
-        headers: Sequence[str] = ("authorization", "x-api-key"),
+        headers: Sequence[str] = ("authorization", "x-api-key", "x-goog-api-key"),
     ) -> None:
         digests: dict[bytes, str] = {}
         for key, account in (keys or {}).items():

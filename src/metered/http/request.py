@@ -24,14 +24,19 @@ if TYPE_CHECKING:
 __all__ = [
     "CREDENTIAL_HEADERS",
     "MAX_JSON_DEPTH",
+    "URL_KEYS",
     "GatewayRoute",
     "check_content_type",
     "check_door_options",
+    "forwarded_bytes",
     "gateway_routes",
+    "match_route",
     "parse_request",
     "prepare_stream",
     "public_headers",
+    "route_pattern",
     "upstream_bytes",
+    "url_request",
 ]
 
 
@@ -58,6 +63,7 @@ def check_door_options(unidentified: str, max_choices: int) -> None:
 # -- gateway routes -------------------------------------------------------------------
 
 _ROUTE_NAME = re.compile(r"([A-Z]+) (/\S*)")
+_PROVIDERS: dict[str, str] = {"anthropic": "anthropic", "gemini": "google"}
 _DEFAULT_MAX_BODY = 4 * 1024 * 1024
 
 
@@ -66,12 +72,16 @@ class GatewayRoute:
     """One HTTP route metered as an LLM call (a ``routes:`` entry named ``METHOD /path``).
 
     Attributes:
-        name: the route name, e.g. ``"POST /v1/chat/completions"``.
-        api: the wire format, from the path: ``chat``, ``responses`` or ``anthropic``.
+        name: the route name, e.g. ``"POST /v1/chat/completions"``; a Gemini route names
+            the model's place in its path: ``"POST /v1beta/models/{model}:generateContent"``.
+        api: the wire format, from the path: ``chat``, ``responses``, ``anthropic`` or
+            ``gemini`` (``:generateContent`` / ``:streamGenerateContent``).
         provider: the upstream provider, for telemetry.
         max_body_bytes: larger request bodies are refused with 413.
         pricing_route: the config route that prices it; ``None`` for the default rules
             (a route served without a ``routes:`` entry of its own).
+        pattern: the paths of a route whose path names ``{model}`` (``None``: exactly
+            ``path``).
     """
 
     name: str
@@ -81,9 +91,69 @@ class GatewayRoute:
     provider: str
     max_body_bytes: int
     pricing_route: str | None
+    pattern: re.Pattern[str] | None = None
+
+    def request(self, raw: bytes, path: str, *, max_choices: int = 1) -> dict[str, Any]:
+        """The engine's body of a request to this route (see :func:`url_request`)."""
+        if self.pattern is None:
+            return parse_request(raw, max_choices=max_choices)
+        match = self.pattern.fullmatch(path)
+        assert match is not None  # matched by match_route
+        return url_request(raw, match["model"], stream=path.endswith(":streamGenerateContent"))
+
+
+#: A Gemini path names the model and whether the answer streams: ``{model}`` is the one
+#: placeholder a route name may have.
+_GEMINI_ACTION = re.compile(r":(generateContent|streamGenerateContent)$")
+_MODEL = "{model}"
+#: What a Gemini URL says and the engine reads from the body: never forwarded in it.
+URL_KEYS = ("model", "stream")
+
+
+def url_request(raw: bytes, model: str, *, stream: bool) -> dict[str, Any]:
+    """The engine's body of a Gemini request: the URL's model (and whether it streams)
+    added to the JSON body, which must name neither.
+
+    Raises:
+        InvalidRequest: as :func:`parse_request`, or a body naming ``stream``.
+    """
+    body = parse_request(raw, model=model)
+    if "stream" in body:
+        raise InvalidRequest("the URL says whether to stream: the body must not", param="stream")
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def match_route(
+    routes: Mapping[tuple[str, str], GatewayRoute],
+    templated: Iterable[GatewayRoute],
+    method: str,
+    path: str,
+) -> GatewayRoute | None:
+    """The route serving ``method path``: an exact one, else a ``templated`` one (one
+    whose path names ``{model}``) that matches."""
+    route = routes.get((method, path))
+    if route is not None:
+        return route
+    for route in templated:
+        if route.method == method and route.pattern is not None and route.pattern.fullmatch(path):
+            return route
+    return None
+
+
+def route_pattern(path: str) -> re.Pattern[str] | None:
+    """The paths a route path with ``{model}`` matches (a model id: no ``/`` or ``:``);
+    ``None`` for a plain path."""
+    if _MODEL not in path:
+        return None
+    before, _, after = path.partition(_MODEL)
+    return re.compile(re.escape(before) + r"(?P<model>[^/:]+)" + re.escape(after))
 
 
 def _api_of(path: str) -> Api:
+    if _GEMINI_ACTION.search(path):
+        return "gemini"
     if path.endswith("/responses"):
         return "responses"
     if path.endswith("/messages"):
@@ -116,15 +186,22 @@ def gateway_routes(
             raise ConfigError(f"routes[{name!r}]", "a gateway route is named 'METHOD /path'")
         method, path = match.groups()
         api = _api_of(path)
+        pattern = route_pattern(path)
+        if (pattern is None) != (api != "gemini") or path.count(_MODEL) > 1:
+            raise ConfigError(
+                f"routes[{name!r}]",
+                "a Gemini route names the model once in its path, as '{model}', and only "
+                "a Gemini route (':generateContent', ':streamGenerateContent') does",
+            )
         config = configured.get(name)
         upstream = config.upstream if config is not None else None
         if upstream and "://" not in upstream and upstream != "fake":
             provider = upstream
         else:
-            provider = "anthropic" if api == "anthropic" else "openai"
+            provider = _PROVIDERS.get(api, "openai")
         limit = config.max_body_bytes if config is not None else _DEFAULT_MAX_BODY
         routes[(method, path)] = GatewayRoute(
-            name, method, path, api, provider, limit, name if config is not None else None
+            name, method, path, api, provider, limit, name if config is not None else None, pattern
         )
     return routes
 
@@ -237,6 +314,17 @@ def prepare_stream(body: dict[str, Any], api: Api) -> bool:
         return False
     body["stream_options"] = {**(options or {}), "include_usage": True}
     return True
+
+
+def forwarded_bytes(
+    raw: bytes, sent: Mapping[str, Any], fitted: Mapping[str, Any], *, url: bool = False
+) -> bytes:
+    """:func:`upstream_bytes` of a request; ``url``: a Gemini request, whose model and
+    stream flag the URL carries (:data:`URL_KEYS` go in neither body)."""
+    if url:
+        sent = {k: v for k, v in sent.items() if k not in URL_KEYS}
+        fitted = {k: v for k, v in fitted.items() if k not in URL_KEYS}
+    return upstream_bytes(raw, sent, fitted)
 
 
 def upstream_bytes(raw: bytes, sent: Mapping[str, Any], fitted: Mapping[str, Any]) -> bytes:

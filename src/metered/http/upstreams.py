@@ -32,6 +32,7 @@ __all__ = [
 KNOWN = {
     "openai": ("https://api.openai.com", "OPENAI_API_KEY", "authorization"),
     "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY", "x-api-key"),
+    "gemini": ("https://generativelanguage.googleapis.com", "GEMINI_API_KEY", "x-goog-api-key"),
 }
 
 
@@ -89,7 +90,7 @@ def resolve_upstream(name: str | None, *, environ: Mapping[str, str] | None = No
         return Upstream(name, base_url, ((header, value),))
     if urlsplit(name).scheme not in ("http", "https"):
         raise ConfigError(
-            "upstream", "must be openai, anthropic, fake or an http(s) URL", _shown(name)
+            "upstream", "must be openai, anthropic, gemini, fake or an http(s) URL", _shown(name)
         )
     key = env.get("METERED_UPSTREAM_API_KEY") or env.get("OPENAI_API_KEY")
     return Upstream(_shown(name), name, (("authorization", f"Bearer {key}"),) if key else ())

@@ -31,11 +31,11 @@ from metered.http.request import (
     GatewayRoute,
     check_content_type,
     check_door_options,
+    forwarded_bytes,
     gateway_routes,
-    parse_request,
+    match_route,
     prepare_stream,
     public_headers,
-    upstream_bytes,
 )
 from metered.http.response import (
     COST_HEADER,
@@ -107,6 +107,7 @@ class MeteredWSGIMiddleware:
         self._reject = unidentified == "reject"
         self._public = frozenset(public_paths)
         self._routes = gateway_routes(meter, routes)
+        self._templated = tuple(r for r in self._routes.values() if r.pattern is not None)
         self._totals = check_total_headers(total_headers)
         self._max_choices = max_choices
         # Flask answers a view's exception with its own 500 before this middleware sees
@@ -124,7 +125,8 @@ class MeteredWSGIMiddleware:
             return _respond(start_response, *error_parts(_UNAUTHORIZED))
         totals = RequestTotals()
         totals.find_span()  # a server instrumentation outside this middleware
-        route = self._routes.get((environ.get("REQUEST_METHOD", ""), path))
+        method = environ.get("REQUEST_METHOD", "")
+        route = match_route(self._routes, self._templated, method, path)
         # One context per request, holding the caller; the app call and every step of
         # the body iteration run in it, since WSGI servers iterate after the app returns.
         with bind(totals=totals, **bindings(caller)):
@@ -156,7 +158,7 @@ class MeteredWSGIMiddleware:
             headers = public_headers(_request_headers(environ))
             check_content_type(environ.get("CONTENT_TYPE"))
             raw = _read_body(environ, route.max_body_bytes)
-            body = parse_request(raw, max_choices=self._max_choices)
+            body = route.request(raw, environ.get("PATH_INFO", ""), max_choices=self._max_choices)
             call = self.meter.begin(
                 body,
                 api=route.api,
@@ -169,7 +171,7 @@ class MeteredWSGIMiddleware:
         # a metered client forwarding this request must not charge the caller again
         mark_route_metered(call.body)
         strip = prepare_stream(call.body, route.api)
-        data = upstream_bytes(raw, body, call.body)
+        data = forwarded_bytes(raw, body, call.body, url=route.pattern is not None)
         inner = {**environ, "wsgi.input": io.BytesIO(data), "CONTENT_LENGTH": str(len(data))}
         response = GatewayResponse(call, route.api, strip_usage=strip)
         return _Relay(response, start_response, totals, self._totals).run(self.app, inner)
