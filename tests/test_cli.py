@@ -498,6 +498,9 @@ def test_gateway_serves_the_metered_app_with_uvicorn(
     assert code == 0
     assert isinstance(served["app"], MeteredMiddleware)
     assert (served["host"], served["port"]) == ("127.0.0.1", 9999)
+    assert served["access_log"] is True
+    assert main(["gateway", "--config", str(config), "--upstream", "fake", "--no-access-log"]) == 0
+    assert served["access_log"] is False
 
 
 def test_gateway_bad_config_is_one_error_line(

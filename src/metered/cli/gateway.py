@@ -36,10 +36,15 @@ def add_gateway_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8787, help="port to listen on")
     parser.add_argument(
         "--upstream",
-        help="openai | anthropic | fake | URL for every route (default: each route's "
+        help="openai | anthropic | gemini | fake | URL for every route (default: each route's "
         "upstream; fake is the built-in offline fake, used only when named)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="upstream timeout in seconds")
+    parser.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="no uvicorn access log line per request (spans and usage records remain)",
+    )
     # the default now: callers without a known key are refused unless the config names
     # the account they are charged to (gateway.unidentified_account); kept for old scripts
     parser.add_argument("--require-key", action="store_true", help=argparse.SUPPRESS)
@@ -54,7 +59,9 @@ def gateway_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     app = build_app(args)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="info", access_log=not args.no_access_log
+    )
     return 0
 
 
