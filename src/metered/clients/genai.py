@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import re
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from metered.clients.adapter import default_meter
-from metered.http.request import forwarded_bytes, url_request
+from metered.http.request import forwarded_bytes, gemini_target, url_request
 from metered.http.response import GatewayResponse
 
 if TYPE_CHECKING:
@@ -45,11 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["metered_http_options", "metered_transport"]
 
-# .../v1beta/models/gemini-2.5-flash:generateContent (and Vertex's publishers/... form)
-_GENERATE = re.compile(
-    r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$"
-)
-
 
 def _body(method: str, path: str, raw: bytes) -> dict[str, Any] | None:
     """The engine's body of a generate request (the URL's model and whether it streams
@@ -58,11 +52,8 @@ def _body(method: str, path: str, raw: bytes) -> dict[str, Any] | None:
     Raises:
         InvalidRequest: not a JSON object, or naming the model or ``stream`` itself.
     """
-    match = _GENERATE.search(path) if method == "POST" else None
-    if match is None:
-        return None
-    stream = match.group("method") == "streamGenerateContent"
-    return url_request(raw, match.group("model"), stream=stream)
+    target = gemini_target(path) if method == "POST" else None
+    return None if target is None else url_request(raw, target)
 
 
 def _library() -> Any:
@@ -189,7 +180,7 @@ def _transport_class(module: Any) -> Any:
             )
 
         def handle_request(self, request: Any) -> Any:
-            if _GENERATE.search(request.url.path) is None:
+            if gemini_target(request.url.path) is None:
                 return self._inner.handle_request(request)
             raw = request.read()
             body = _body(request.method, request.url.path, raw)
@@ -206,7 +197,7 @@ def _transport_class(module: Any) -> Any:
             return self._response(response, exchange)
 
         async def handle_async_request(self, request: Any) -> Any:
-            if _GENERATE.search(request.url.path) is None:
+            if gemini_target(request.url.path) is None:
                 return await self._inner.handle_async_request(request)
             raw = await request.aread()
             body = _body(request.method, request.url.path, raw)

@@ -30,6 +30,7 @@ __all__ = [
     "check_door_options",
     "forwarded_bytes",
     "gateway_routes",
+    "gemini_target",
     "match_route",
     "parse_request",
     "prepare_stream",
@@ -97,26 +98,40 @@ class GatewayRoute:
         """The engine's body of a request to this route (see :func:`url_request`)."""
         if self.pattern is None:
             return parse_request(raw, max_choices=max_choices)
-        match = self.pattern.fullmatch(path)
-        assert match is not None  # matched by match_route
-        return url_request(raw, match["model"], stream=path.endswith(":streamGenerateContent"))
+        target = gemini_target(path)
+        assert target is not None  # the route's pattern matched it
+        return url_request(raw, target)
 
 
 #: A Gemini path names the model and whether the answer streams: ``{model}`` is the one
 #: placeholder a route name may have.
-_GEMINI_ACTION = re.compile(r":(generateContent|streamGenerateContent)$")
+_GEMINI_METHODS = "generateContent|streamGenerateContent"
+_GEMINI_ACTION = re.compile(rf":({_GEMINI_METHODS})$")
+# .../v1beta/models/gemini-2.5-flash:generateContent (and Vertex's publishers/... form)
+_GEMINI_GENERATE = re.compile(rf"/models/(?P<model>[^/:]+):(?P<method>{_GEMINI_METHODS})$")
 _MODEL = "{model}"
 #: What a Gemini URL says and the engine reads from the body: never forwarded in it.
 URL_KEYS = ("model", "stream")
 
 
-def url_request(raw: bytes, model: str, *, stream: bool) -> dict[str, Any]:
-    """The engine's body of a Gemini request: the URL's model (and whether it streams)
-    added to the JSON body, which must name neither.
+def gemini_target(path: str) -> tuple[str, bool] | None:
+    """The model a Gemini generate URL path names and whether it streams; ``None`` for
+    any other path. Every door reads a Gemini URL with this."""
+    match = _GEMINI_GENERATE.search(path)
+    if match is None:
+        return None
+    return match["model"], match["method"] == "streamGenerateContent"
+
+
+def url_request(raw: bytes, target: tuple[str, bool]) -> dict[str, Any]:
+    """The engine's body of a Gemini request: the URL's model (and whether it streams,
+    ``target`` as :func:`gemini_target` reads them) added to the JSON body, which must
+    name neither.
 
     Raises:
         InvalidRequest: as :func:`parse_request`, or a body naming ``stream``.
     """
+    model, stream = target
     body = parse_request(raw, model=model)
     if "stream" in body:
         raise InvalidRequest("the URL says whether to stream: the body must not", param="stream")
