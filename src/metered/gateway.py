@@ -47,7 +47,7 @@ from metered.errors import ConfigError, MeteredError, NotFound, UpstreamError, U
 from metered.http.asgi import ASGIApp, Message, MeteredMiddleware, Receive, Scope, Send
 from metered.http.errors import error_parts
 from metered.http.identity import ApiKeys, Identify, is_unidentified
-from metered.http.request import CREDENTIAL_HEADERS, gateway_routes, route_pattern
+from metered.http.request import CREDENTIAL_HEADERS, RouteTable, gateway_routes
 from metered.http.response import TotalHeader
 from metered.http.upstreams import Upstream, forwarded_headers, reduced_error, resolve_upstream
 
@@ -126,17 +126,11 @@ class GatewayProxy:
 
         self._query = frozenset(forward_query)
         self._response_headers = frozenset(name.lower() for name in response_headers)
-        self._upstreams = dict(upstreams)
-        # routes whose path names {model} (Gemini's): matched when no path is exact
-        self._templated = tuple(
-            (method, pattern, upstream)
-            for (method, path), upstream in self._upstreams.items()
-            if (pattern := route_pattern(path)) is not None
-        )
+        self._upstreams = RouteTable(upstreams)
         self._default = default
         limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._clients: dict[int, httpx.AsyncClient] = {}
-        for upstream in {*self._upstreams.values(), default}:
+        for upstream in {*upstreams.values(), default}:
             key = id(upstream.transport)
             if key not in self._clients:
                 self._clients[key] = httpx.AsyncClient(transport=upstream.transport, timeout=limits)
@@ -153,13 +147,8 @@ class GatewayProxy:
         if scope["type"] != "http":
             return
         where = (scope["method"], scope["path"])
-        upstream = self._upstreams.get(where)
-        templated = False
-        if upstream is None:
-            for method, pattern, candidate in self._templated:
-                if method == where[0] and pattern.fullmatch(where[1]):
-                    upstream, templated = candidate, True
-                    break
+        found = self._upstreams.find(*where)
+        upstream, templated = found if found is not None else (None, False)
         if upstream is None and where in _PASSTHROUGH:
             upstream = self._default
         if upstream is None:

@@ -57,11 +57,11 @@ from metered.http.identity import (
 )
 from metered.http.request import (
     GatewayRoute,
+    RouteTable,
     check_content_type,
     check_door_options,
     forwarded_bytes,
     gateway_routes,
-    match_route,
     prepare_stream,
     public_headers,
 )
@@ -127,8 +127,7 @@ class MeteredMiddleware:
         self._identify = identify
         self._reject = unidentified == "reject"
         self._public = frozenset(public_paths)
-        self._routes = gateway_routes(meter, routes)
-        self._templated = tuple(r for r in self._routes.values() if r.pattern is not None)
+        self._table = RouteTable(gateway_routes(meter, routes))
         self._totals = check_total_headers(total_headers)
         self._max_choices = max_choices
 
@@ -151,11 +150,8 @@ class MeteredMiddleware:
             return
         totals = RequestTotals()
         totals.find_span()  # a server instrumentation outside this middleware
-        route = (
-            match_route(self._routes, self._templated, scope["method"], scope["path"])
-            if self._routes
-            else None
-        )
+        found = self._table.find(scope["method"], scope["path"]) if self._table else None
+        route = None if found is None else found[0]
         with bind(totals=totals, **bindings(caller)):
             if route is None:
                 await self._handler(scope, receive, send, totals)

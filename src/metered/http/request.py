@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from metered.errors import (
     ConfigError,
@@ -26,12 +26,12 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "URL_KEYS",
     "GatewayRoute",
+    "RouteTable",
     "check_content_type",
     "check_door_options",
     "forwarded_bytes",
     "gateway_routes",
     "gemini_target",
-    "match_route",
     "parse_request",
     "prepare_stream",
     "public_headers",
@@ -40,6 +40,8 @@ __all__ = [
     "url_request",
 ]
 
+
+V = TypeVar("V")
 
 #: Headers that carry credentials: never passed to pricing rules, hooks, spans or logs.
 #: Deepest nesting of arrays and objects in a gateway request: far beyond real requests
@@ -140,21 +142,33 @@ def url_request(raw: bytes, target: tuple[str, bool]) -> dict[str, Any]:
     return body
 
 
-def match_route(
-    routes: Mapping[tuple[str, str], GatewayRoute],
-    templated: Iterable[GatewayRoute],
-    method: str,
-    path: str,
-) -> GatewayRoute | None:
-    """The route serving ``method path``: an exact one, else a ``templated`` one (one
-    whose path names ``{model}``) that matches."""
-    route = routes.get((method, path))
-    if route is not None:
-        return route
-    for route in templated:
-        if route.method == method and route.pattern is not None and route.pattern.fullmatch(path):
-            return route
-    return None
+class RouteTable(Generic[V]):
+    """What serves each ``(method, path)``: an exact path first, else a path that names
+    ``{model}`` (a Gemini route) and matches. The doors and the gateway's proxy all look
+    their routes up here."""
+
+    __slots__ = ("_exact", "_templated")
+
+    def __init__(self, table: Mapping[tuple[str, str], V]) -> None:
+        self._exact = dict(table)
+        self._templated = tuple(
+            (method, pattern, value)
+            for (method, path), value in self._exact.items()
+            if (pattern := route_pattern(path)) is not None
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self._exact)
+
+    def find(self, method: str, path: str) -> tuple[V, bool] | None:
+        """What serves ``method path`` and whether its path names the model; ``None``."""
+        value = self._exact.get((method, path))
+        if value is not None:
+            return value, False
+        for wanted, pattern, value in self._templated:
+            if wanted == method and pattern.fullmatch(path):
+                return value, True
+        return None
 
 
 def route_pattern(path: str) -> re.Pattern[str] | None:

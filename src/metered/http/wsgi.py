@@ -29,11 +29,11 @@ from metered.http.handlers import add_exception_handlers, is_flask_app
 from metered.http.identity import ApiKeys, Identify, bindings, caller_of, is_unidentified
 from metered.http.request import (
     GatewayRoute,
+    RouteTable,
     check_content_type,
     check_door_options,
     forwarded_bytes,
     gateway_routes,
-    match_route,
     prepare_stream,
     public_headers,
 )
@@ -106,8 +106,7 @@ class MeteredWSGIMiddleware:
         self._identify = identify
         self._reject = unidentified == "reject"
         self._public = frozenset(public_paths)
-        self._routes = gateway_routes(meter, routes)
-        self._templated = tuple(r for r in self._routes.values() if r.pattern is not None)
+        self._table = RouteTable(gateway_routes(meter, routes))
         self._totals = check_total_headers(total_headers)
         self._max_choices = max_choices
         # Flask answers a view's exception with its own 500 before this middleware sees
@@ -126,7 +125,8 @@ class MeteredWSGIMiddleware:
         totals = RequestTotals()
         totals.find_span()  # a server instrumentation outside this middleware
         method = environ.get("REQUEST_METHOD", "")
-        route = match_route(self._routes, self._templated, method, path)
+        found = self._table.find(method, path) if self._table else None
+        route = None if found is None else found[0]
         # One context per request, holding the caller; the app call and every step of
         # the body iteration run in it, since WSGI servers iterate after the app returns.
         with bind(totals=totals, **bindings(caller)):
